@@ -1,0 +1,69 @@
+"""Result writers: every file the project writes goes through here, atomically.
+
+A run killed mid-write must never leave a half-written results.json or weights file behind: each
+writer writes to a temporary file in the target folder, then renames it over the target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it."""
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"cannot create output folder {target.parent}: {err.strerror}; choose a writable path") from None
+    if not os.access(target.parent, os.W_OK):
+        raise PermissionError(f"output folder {target.parent} is not writable; choose a writable path")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return Path(path)
+
+
+def write_tensors(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
+                  metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors as safetensors, atomically (contiguous CPU copies)."""
+    cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(cpu, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def read_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a safetensors file with a one-line error when it is missing."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"tensor file {path} does not exist")
+    return load_file(str(path))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")

@@ -1,0 +1,31 @@
+"""Sampling with gradient policies: the loop, the policies, denoiser adapters and schedulers.
+
+Imports no Lightning, no tasks and no objectives (see DESIGN.md).
+"""
+
+from lit_sdo.sampling.denoisers import (
+    DenoiserAdapter,
+    LatentUNetDenoiser,
+    PixelUNetDenoiser,
+    TransformerDenoiser,
+)
+from lit_sdo.sampling.loop import SampleOutput, sample
+from lit_sdo.sampling.policies import POLICY_NAMES, CallMode, GradientPolicy, as_policy
+from lit_sdo.sampling.schedulers import SCHEDULERS, build_scheduler, fresh_scheduler, start_step_for
+
+__all__ = [
+    "POLICY_NAMES",
+    "SCHEDULERS",
+    "CallMode",
+    "DenoiserAdapter",
+    "GradientPolicy",
+    "LatentUNetDenoiser",
+    "PixelUNetDenoiser",
+    "SampleOutput",
+    "TransformerDenoiser",
+    "as_policy",
+    "build_scheduler",
+    "fresh_scheduler",
+    "sample",
+    "start_step_for",
+]

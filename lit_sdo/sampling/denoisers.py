@@ -1,0 +1,144 @@
+"""Denoiser adapters: one contract for every model family.
+
+Contract (k-diffusion style, adapted to diffusers schedulers): ``denoiser(x, t, cond) -> model_output``
+where ``model_output`` is what the scheduler's ``prediction_type`` expects (ε, v, x₀ or flow
+velocity), ``t`` is one scheduler timestep (0-d tensor) and ``cond`` a tensor of class labels (B,)
+or text embeddings (B, L, D), or None. ``decode(x0)`` maps the sampler's output to an image in
+[-1, 1] (the VAE for latent models, identity for pixel models) with gradient.
+
+Classifier-free guidance lives here, once for all families: the batch is doubled with a null
+condition and ``uncond + s * (cond - uncond)`` is returned.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class DenoiserAdapter(nn.Module):
+    """Base adapter: guidance, timestep broadcasting, learned-sigma split and decoding.
+
+    Subclasses implement :meth:`predict` (one network call) and :meth:`null_condition`.
+    """
+
+    def __init__(self, network: nn.Module, sample_shape: tuple[int, int, int], guidance_scale: float = 1.0,
+                 vae: nn.Module | None = None) -> None:
+        super().__init__()
+        self.network = network
+        self.vae = vae
+        self.sample_shape = tuple(sample_shape)
+        self.guidance_scale = guidance_scale
+
+    def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def null_condition(self, cond: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        if cond is None or self.guidance_scale == 1.0:
+            return self._call_network(x, t, cond)
+        both = self._call_network(torch.cat([x, x]), t, torch.cat([self.null_condition(cond), cond]))
+        uncond, conditioned = both.chunk(2)  # (B, C, H, W) each
+        return uncond + self.guidance_scale * (conditioned - uncond)
+
+    def _call_network(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        t_batch = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])  # (B,)
+        out = self.predict(x, t_batch, cond)
+        if out.shape[1] == 2 * x.shape[1]:
+            # Learned-sigma models (IDDPM, DiT) output [ε, variance]; the samplers here use ε only.
+            out = out[:, : x.shape[1]]
+        return out
+
+    def decode(self, x0: Tensor) -> Tensor:
+        """Latent -> image in [-1, 1] (keeps the graph); identity for pixel models."""
+        if self.vae is None:
+            return x0
+        scale = getattr(self.vae.config, "scaling_factor", 1.0)
+        return self.vae.decode(x0 / scale).sample
+
+    def check_latent(self, x: Tensor) -> None:
+        """One-line error for a latent that does not fit the network."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.sample_shape:
+            raise ValueError(
+                f"latent x has shape {tuple(x.shape)}; this denoiser expects (B, {', '.join(map(str, self.sample_shape))})"
+            )
+
+
+class ClassConditionalMixin:
+    """Null condition for class-label models: the label reserved for 'no class'."""
+
+    null_class: int | None
+
+    def null_condition(self, cond: Tensor) -> Tensor:
+        if self.null_class is None:
+            raise ValueError("guidance_scale != 1 needs null_class (the label the model was trained with for 'no class')")
+        return torch.full_like(cond, self.null_class)
+
+
+class PixelUNetDenoiser(ClassConditionalMixin, DenoiserAdapter):
+    """diffusers ``UNet2DModel`` in pixel space, optionally class-conditional (``num_class_embeds``)."""
+
+    def __init__(self, unet: nn.Module, guidance_scale: float = 1.0, null_class: int | None = None) -> None:
+        cfg = unet.config
+        size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+        super().__init__(unet, (cfg.in_channels, size, size), guidance_scale)
+        self.null_class = null_class
+
+    def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        return self.network(x, t, class_labels=cond).sample
+
+
+class LatentUNetDenoiser(DenoiserAdapter):
+    """diffusers ``UNet2DConditionModel`` on VAE latents, conditioned on text embeddings (B, L, D).
+
+    ``null_embedding`` (1, L, D) is the embedding of the empty prompt, used for guidance.
+    """
+
+    def __init__(self, unet: nn.Module, vae: nn.Module, guidance_scale: float = 1.0,
+                 null_embedding: Tensor | None = None, latent_size: int | None = None) -> None:
+        cfg = unet.config
+        size = latent_size or (cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0])
+        super().__init__(unet, (cfg.in_channels, size, size), guidance_scale, vae=vae)
+        self.register_buffer("null_embedding", null_embedding, persistent=False)
+
+    def null_condition(self, cond: Tensor) -> Tensor:
+        if self.null_embedding is None:
+            raise ValueError("guidance_scale != 1 needs null_embedding (the empty prompt's text embedding)")
+        return self.null_embedding.to(cond).expand(cond.shape[0], -1, -1)
+
+    def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        if cond is None:
+            raise ValueError("a text-conditioned UNet needs cond = text embeddings (B, L, D)")
+        return self.network(x, t, encoder_hidden_states=cond).sample
+
+
+class TransformerDenoiser(ClassConditionalMixin, DenoiserAdapter):
+    """diffusers DiT (class labels, ``DiTTransformer2DModel``) or PixArt (text, ``PixArtTransformer2DModel``).
+
+    Both are latent models; ``vae`` decodes. DiT's learned-sigma output is split in the base class.
+    """
+
+    def __init__(self, transformer: nn.Module, vae: nn.Module | None = None, guidance_scale: float = 1.0,
+                 null_class: int | None = None, null_embedding: Tensor | None = None) -> None:
+        cfg = transformer.config
+        super().__init__(transformer, (cfg.in_channels, cfg.sample_size, cfg.sample_size), guidance_scale, vae=vae)
+        self.null_class = null_class
+        self.text_conditioned = getattr(cfg, "caption_channels", None) is not None
+        self.register_buffer("null_embedding", null_embedding, persistent=False)
+
+    def null_condition(self, cond: Tensor) -> Tensor:
+        if not self.text_conditioned:
+            return ClassConditionalMixin.null_condition(self, cond)
+        if self.null_embedding is None:
+            raise ValueError("guidance_scale != 1 needs null_embedding (the empty prompt's text embedding)")
+        return self.null_embedding.to(cond).expand(cond.shape[0], -1, -1)
+
+    def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
+        if self.text_conditioned:
+            extra: dict[str, Any] = {"resolution": None, "aspect_ratio": None}
+            return self.network(x, encoder_hidden_states=cond, timestep=t, added_cond_kwargs=extra).sample
+        return self.network(x, timestep=t, class_labels=cond).sample
