@@ -124,7 +124,7 @@ class ImageFolderDataModule(L.LightningDataModule):
                  val_fraction: float = 0.1, seed: int = 0, num_workers: int = 0) -> None:
         super().__init__()
         if not Path(root).is_dir():
-            raise FileNotFoundError(f"image folder root={root!r} does not exist; pass a folder with one sub-folder per class")
+            raise FileNotFoundError(f"image folder root={root!r} does not exist; pass a folder of class sub-folders")
         if channels not in (1, 3):
             raise ValueError(f"channels={channels} must be 1 or 3")
         self.save_hyperparameters()

@@ -63,9 +63,8 @@ class DenoiserAdapter(nn.Module):
     def check_latent(self, x: Tensor) -> None:
         """One-line error for a latent that does not fit the network."""
         if x.dim() != 4 or tuple(x.shape[1:]) != self.sample_shape:
-            raise ValueError(
-                f"latent x has shape {tuple(x.shape)}; this denoiser expects (B, {', '.join(map(str, self.sample_shape))})"
-            )
+            expected = ", ".join(map(str, self.sample_shape))
+            raise ValueError(f"latent x has shape {tuple(x.shape)}; this denoiser expects (B, {expected})")
 
 
 class ClassConditionalMixin:
@@ -75,7 +74,7 @@ class ClassConditionalMixin:
 
     def null_condition(self, cond: Tensor) -> Tensor:
         if self.null_class is None:
-            raise ValueError("guidance_scale != 1 needs null_class (the label the model was trained with for 'no class')")
+            raise ValueError("guidance_scale != 1 needs null_class (the label the model was trained with for no class)")
         return torch.full_like(cond, self.null_class)
 
 
