@@ -160,3 +160,62 @@ class ImageFolderDataModule(L.LightningDataModule):
         self.setup()
         return DataLoader(self._splits["val"], batch_size=self.hparams.batch_size,
                           num_workers=self.hparams.num_workers)
+
+
+class LabelSeedDataset(Dataset):
+    """(index, class label, seed) triples: a generated sample is fully named by its label and seed."""
+
+    def __init__(self, labels: list[int], seeds: list[int]) -> None:
+        self.labels, self.seeds = labels, seeds
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {"index": torch.tensor(index), "label": torch.tensor(self.labels[index]),
+                "seed": torch.tensor(self.seeds[index])}
+
+
+class LabelSeedDataModule(L.LightningDataModule):
+    """The samples a latent-optimisation task works on: ``per_class`` seeds for each class in ``classes``.
+
+    The same (label, seed) regenerates the same x_T on any machine and any DDP rank, so the dataset is
+    the whole description of the experiment. Item j (classes cycle fastest) gets seed ``seed + j``.
+
+    Args:
+        classes: class labels to generate (default: 0 .. num_classes-1).
+        num_classes: number of classes of the generator (used when ``classes`` is not given).
+        per_class: samples per class.
+        seed: first seed.
+        batch_size: samples optimised together in one step.
+    """
+
+    def __init__(self, classes: list[int] | None = None, num_classes: int = 10, per_class: int = 10, seed: int = 0,
+                 batch_size: int = 100) -> None:
+        super().__init__()
+        classes = list(range(num_classes)) if classes is None else list(classes)
+        if not classes or per_class < 1 or batch_size < 1:
+            raise ValueError(f"need classes, per_class >= 1 and batch_size >= 1 (got {classes}, {per_class}, "
+                             f"{batch_size})")
+        if min(classes) < 0:
+            raise ValueError(f"class labels must be >= 0, got {min(classes)}")
+        self.classes, self.batch_size = classes, batch_size
+        labels = [c for _ in range(per_class) for c in classes]
+        seeds = [seed + i for i in range(len(labels))]
+        self.dataset = LabelSeedDataset(labels, seeds)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def _loader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader()

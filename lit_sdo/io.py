@@ -67,3 +67,23 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def write_markdown_section(path: str | os.PathLike[str], heading: str, body: str) -> Path:
+    """Replace (or append) the ``## heading`` section of a markdown file, atomically.
+
+    Benchmarks each own one section of benchmarks/RESULTS.md and rewrite only that section.
+    """
+    target = Path(path)
+    lines = target.read_text().splitlines() if target.exists() else ["# Results", ""]
+    title = f"## {heading}"
+    new_section = [title, "", *body.strip().splitlines(), ""]
+    if title in lines:
+        start = lines.index(title)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[start:end] = new_section
+    else:
+        lines += ["", *new_section] if lines and lines[-1] != "" else new_section
+    with atomic_path(target) as tmp:
+        tmp.write_text("\n".join(lines).rstrip() + "\n")
+    return target

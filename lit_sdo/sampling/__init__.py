@@ -10,6 +10,7 @@ from lit_sdo.sampling.denoisers import (
     TransformerDenoiser,
 )
 from lit_sdo.sampling.loop import SampleOutput, sample
+from lit_sdo.sampling.noise import noise_for_seeds
 from lit_sdo.sampling.policies import POLICY_NAMES, CallMode, GradientPolicy, as_policy
 from lit_sdo.sampling.schedulers import SCHEDULERS, build_scheduler, fresh_scheduler, start_step_for
 
@@ -26,6 +27,7 @@ __all__ = [
     "as_policy",
     "build_scheduler",
     "fresh_scheduler",
+    "noise_for_seeds",
     "sample",
     "start_step_for",
 ]
