@@ -1,6 +1,10 @@
-"""Metrics shared by every task: attack success, image distances (SSIM, L2, L∞, LPIPS), FID on custom features.
+"""Metrics shared by every task: flat functions, images in [0, 1] unless stated.
 
-One function per metric; tasks call these, never their own copies.
+Zoo quality: classification accuracy (overall and per conditioning label) and a "digits-FID" — the
+Fréchet distance between penultimate-layer features of a shipped classifier (the same idea as FID on
+MNIST with a LeNet; Inception features mean nothing on 16×16 grey digits). The Fréchet distance itself is
+clean-fid's ``fid_from_feats``, so nothing is downloaded. Attacks: success rate as the README defines it,
+SSIM, L2/L∞, and LPIPS only when its backbone weights exist locally.
 """
 
 from __future__ import annotations
@@ -13,6 +17,49 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+# ----- classification and FID ------------------------------------------------------------------
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> float:
+    """Share of rows whose arg-max is the label."""
+    return float((logits.argmax(1) == labels).float().mean())
+
+
+def per_class_accuracy(logits: Tensor, labels: Tensor, num_classes: int) -> list[float]:
+    """Accuracy restricted to each label 0..num_classes-1 (NaN for a label that does not occur)."""
+    hits = (logits.argmax(1) == labels).float()
+    return [float(hits[labels == c].mean()) if (labels == c).any() else float("nan") for c in range(num_classes)]
+
+
+@torch.no_grad()
+def batched_outputs(fn: nn.Module, images: Tensor, batch_size: int = 500) -> Tensor:
+    """``fn`` over ``images`` in batches without a graph, concatenated on the CPU."""
+    return torch.cat([fn(images[i:i + batch_size]).cpu() for i in range(0, len(images), batch_size)])
+
+
+def frechet_distance(features_a: np.ndarray | Tensor, features_b: np.ndarray | Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets (N, F) and (M, F) (clean-fid)."""
+    from cleanfid.fid import fid_from_feats
+
+    a = features_a.double().numpy() if isinstance(features_a, Tensor) else np.asarray(features_a, np.float64)
+    b = features_b.double().numpy() if isinstance(features_b, Tensor) else np.asarray(features_b, np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise ValueError(f"feature arrays {a.shape} and {b.shape} must be (N, F) and (M, F) with N, M >= 2")
+    return float(fid_from_feats(a, b))
+
+
+def feature_fid(classifier: nn.Module, images_a: Tensor, images_b: Tensor, batch_size: int = 500) -> float:
+    """FID with ``classifier.features`` as the feature extractor (digits-FID with the shipped ResNet).
+
+    Args:
+        classifier: anything with ``features(images in [0, 1]) -> (B, F)`` (a lit_sdo ``Classifier``).
+        images_a, images_b: image sets in [0, 1], (N, C, H, W).
+    """
+    features = classifier.features  # type: ignore[attr-defined]
+    return frechet_distance(batched_outputs(features, images_a, batch_size),
+                            batched_outputs(features, images_b, batch_size))
+
 
 # ----- image distances -------------------------------------------------------------------------------
 
@@ -62,18 +109,6 @@ def lpips_distance(a: Tensor, b: Tensor) -> Tensor | None:
         return model.to(a.device)(to_rgb(a) * 2 - 1, to_rgb(b) * 2 - 1).flatten()
 
 
-# ----- FID ------------------------------------------------------------------------------------------
-
-
-def frechet_distance(features_a: Tensor | np.ndarray, features_b: Tensor | np.ndarray) -> float:
-    """FID between two feature sets (N, F), via clean-fid's Fréchet distance of the fitted Gaussians."""
-    from cleanfid.fid import fid_from_feats
-
-    as_np = [f.detach().double().cpu().numpy() if isinstance(f, Tensor) else np.asarray(f, dtype=np.float64)
-             for f in (features_a, features_b)]
-    return float(fid_from_feats(*as_np))
-
-
 # ----- attacks --------------------------------------------------------------------------------------
 
 
@@ -103,7 +138,8 @@ def attack_report(records: dict[str, Tensor], classifier: nn.Module, targeted: b
     fooled = (records["adv_pred"] == targets) if targeted else (records["adv_pred"] != labels)
     if transfer:
         success = fooled & (records["clean_pred"] == labels)
-        transferred = records["transfer_adv_pred"] != labels if not targeted else records["transfer_adv_pred"] == targets
+        transfer_pred = records["transfer_adv_pred"]
+        transferred = transfer_pred == targets if targeted else transfer_pred != labels
         summary["transfer_rate"] = float(transferred[success].float().mean()) if success.any() else float("nan")
     l2, linf = lp_distances(adversarial, clean)
     structural = ssim(adversarial, clean)
