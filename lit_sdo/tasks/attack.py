@@ -1,0 +1,229 @@
+"""Classifier-bypass attack (paper Sec. 5.1.4, Table 5): a small δ on x_T, ‖δ‖∞ ≤ τ, such that the
+generated image still shows class y but the classifier no longer predicts y.
+
+``AttackModule`` is the LightningCLI job (``lit-sdo fit --config configs/attack/digits.yaml``);
+``SDOAttack`` is the same attack as a plain callable for library use, torchattacks style.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from lit_sdo import metrics
+from lit_sdo.images import image_grid, save_png, to_unit_range
+from lit_sdo.io import write_json, write_tensors
+from lit_sdo.models import Classifier, DiffusionModel, load_classifier
+from lit_sdo.objectives import ClassifierObjective
+from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer, project_linf
+from lit_sdo.sampling import GradientPolicy, build_scheduler, noise_for_seeds, sample
+from lit_sdo.tasks.latent import LatentOptimizationModule
+
+
+def check_compatible(generator: DiffusionModel, classifier: Classifier, resize: bool = False) -> None:
+    """One-line error when the classifier's input size differs from the generator's images.
+
+    Classifiers resize their input themselves, but a silent 16 -> 224 resize is rarely what a user
+    meant: a mismatch must be asked for (``resize=True``, e.g. DiT-256 images into a 224 ResNet50).
+    """
+    if classifier.input_size != generator.image_size and not resize:
+        raise ValueError(
+            f"classifier {classifier.name} takes {classifier.input_size}×{classifier.input_size} images but generator "
+            f"{generator.name} makes {generator.image_size}×{generator.image_size}; pick a matching classifier or set "
+            "resize_for_classifier: true")
+
+
+class AttackModule(LatentOptimizationModule):
+    """δ per sample on x_T, SDO gradient at the first step, L∞ projection after each step.
+
+    Args (beyond :class:`LatentOptimizationModule`'s):
+        classifier: the attacked classifier (``embedded:digits-resnet``, ``timm/<id>``, ``torchvision:<name>``).
+        transfer_classifier: a second classifier to measure transfer (None to skip).
+        loss: ``margin`` (default) or ``ce``.
+        targeted: attack towards a target class instead of away from the label.
+        target: the target class (targeted only; None draws one per sample from its seed).
+        kappa: margin confidence κ.
+        grid_samples: samples shown in the clean | adversarial | difference grid.
+        resize_for_classifier: allow generated images of another size than the classifier's input.
+    """
+
+    def __init__(self, generator: str = "embedded:digits-ddpm", classifier: str = "embedded:digits-resnet",
+                 transfer_classifier: str | None = "embedded:digits-convnext", loss: Literal["margin", "ce"] = "margin",
+                 targeted: bool = False, target: int | None = None, kappa: float = 0.0, scheduler: str = "ddim",
+                 num_steps: int = 30, guidance_scale: float = 1.0, policy: str = "sdo", k: int | Literal["random"] = 0,
+                 last_k: int = 1, eps: float = 0.1, optimizer: OptimizerName = "sgd", lr: float = 0.1,
+                 output_dir: str | None = None, grid_samples: int = 8, resize_for_classifier: bool = False) -> None:
+        super().__init__(generator=generator, scheduler=scheduler, num_steps=num_steps, guidance_scale=guidance_scale,
+                         policy=policy, k=k, last_k=last_k, eps=eps, optimizer=optimizer, lr=lr, output_dir=output_dir)
+        self.save_hyperparameters()
+        self.classifier = load_classifier(classifier).requires_grad_(False)
+        check_compatible(self.generator, self.classifier, resize_for_classifier)
+        self.transfer = None
+        if transfer_classifier is not None:
+            self.transfer = load_classifier(transfer_classifier).requires_grad_(False)
+            check_compatible(self.generator, self.transfer, resize_for_classifier)
+        self.objective = ClassifierObjective(loss=loss, targeted=targeted, kappa=kappa)
+        self._records: list[dict[str, Tensor]] = []
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        return [m for m in (self.denoiser, self.classifier, self.transfer) if m is not None]
+
+    def check_data(self, datamodule: Any) -> None:
+        labels = [int(label) for label in getattr(datamodule.dataset, "labels", [])]
+        n = self.generator.num_classes
+        if n is not None and labels and not 0 <= min(labels) <= max(labels) < n:
+            raise ValueError(f"class labels {min(labels)}..{max(labels)} are out of range for generator "
+                             f"{self.generator.name} with {n} classes (0..{n - 1})")
+        if self.hparams.target is not None and not 0 <= self.hparams.target < self.classifier.num_classes:
+            raise ValueError(f"target={self.hparams.target} is out of range for a {self.classifier.num_classes}-class "
+                             "classifier")
+
+    def targets(self, batch: dict[str, Tensor]) -> Tensor | None:
+        if not self.hparams.targeted:
+            return None
+        if self.hparams.target is not None:
+            return torch.full_like(batch["label"], self.hparams.target)
+        return ClassifierObjective.draw_targets(batch["label"], self.classifier.num_classes, batch["seed"])
+
+    def loss_and_success(self, images: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        logits = self.classifier(images)
+        targets = self.targets(batch)
+        return self.objective(logits, batch["label"], targets), self.objective.success(logits, batch["label"], targets)
+
+    # ----- evaluation and results -----------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate_batch(self, batch: dict[str, Tensor], offer_current: bool) -> None:
+        """Clean and adversarial (best δ) images of a batch, with everything the metrics need."""
+        rows, cond = batch["index"], self.condition(batch)
+        x_start = self.start_latent(batch)
+        if offer_current:  # the δ after the last update has not been scored yet
+            images = self.generate(x_start + self.delta[rows], cond, "none")
+            self.tracker.update(rows, self.delta[rows], *self.loss_and_success(images, batch))
+        best = self.tracker.best[rows]
+        clean = self.generate(x_start, cond, "none")
+        adversarial = self.generate(x_start + best, cond, "none")
+        targets = self.targets(batch)
+        record = {
+            "index": rows, "label": batch["label"], "seed": batch["seed"],
+            "target": targets if targets is not None else torch.full_like(rows, -1),
+            "clean_pred": self.classifier(clean).argmax(1), "adv_pred": self.classifier(adversarial).argmax(1),
+            "delta_linf": best.flatten(1).abs().amax(1), "clean": clean, "adversarial": adversarial,
+            "clean_features": self.classifier.features(clean), "adv_features": self.classifier.features(adversarial),
+        }
+        if self.transfer is not None:
+            record["transfer_clean_pred"] = self.transfer(clean).argmax(1)
+            record["transfer_adv_pred"] = self.transfer(adversarial).argmax(1)
+        self._records.append(record)
+
+    def on_train_end(self) -> None:
+        for batch in self.trainer.train_dataloader:
+            self.evaluate_batch(self.transfer_batch_to_device(batch, self.device, 0), offer_current=True)
+        self.merge_ranks()
+        self.write_results()
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.evaluate_batch(batch, offer_current=False)
+
+    def on_test_epoch_end(self) -> None:
+        self.write_results()
+
+    def gather_records(self) -> dict[str, Tensor]:
+        """All ranks' records as full (N, ...) tensors in sample order (rows evaluated twice are averaged)."""
+        n = self.delta.shape[0]
+        local = {key: torch.cat([r[key] for r in self._records]) for key in self._records[0]}
+        self._records = []
+        rows = local.pop("index")
+        count = torch.zeros(n, device=self.device).index_add_(0, rows, torch.ones(len(rows), device=self.device))
+        count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        full = {}
+        for key, value in local.items():
+            buffer = torch.zeros((n, *value.shape[1:]), device=self.device)
+            buffer.index_add_(0, rows, value.float())
+            total = self.trainer.strategy.reduce(buffer, reduce_op="sum")
+            full[key] = total / count.clamp(min=1).view(-1, *([1] * (value.dim() - 1)))
+        for key in ("label", "seed", "target", "clean_pred", "adv_pred", "transfer_clean_pred", "transfer_adv_pred"):
+            if key in full:
+                full[key] = full[key].round().long()
+        return full
+
+    def write_results(self) -> None:
+        records = self.gather_records()
+        if not self.trainer.is_global_zero:
+            return
+        out_dir = Path(self.hparams.output_dir or self.trainer.log_dir or ".")
+        summary, per_sample = metrics.attack_report(
+            records, classifier=self.classifier, targeted=self.hparams.targeted,
+            transfer=self.transfer is not None)
+        if self.step_seconds:
+            summary["seconds_per_step"] = sum(self.step_seconds) / len(self.step_seconds)
+        write_json(out_dir / "results.json",
+                   {"config": dict(self.hparams), "aggregate": summary, "samples": per_sample})
+        write_tensors(out_dir / "delta.safetensors", {"delta": self.tracker.best, "succeeded": self.tracker.succeeded},
+                      metadata={"generator": self.hparams.generator, "eps": str(self.hparams.eps)})
+        grid = self.comparison_grid(records)
+        save_png(out_dir / "grid.png", grid, scale=4)
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_image"):
+            experiment.add_image("attack/clean|adversarial|difference×5", grid, self.current_epoch)
+            for key, value in summary.items():
+                if isinstance(value, (int, float)):
+                    experiment.add_scalar(f"result/{key}", value, self.current_epoch)
+        print(f"[lit_sdo] attack success rate {summary['success_rate']:.2%} "
+              f"({summary['num_success']}/{summary['num_clean_correct']} clean-correct samples); "
+              f"results in {out_dir / 'results.json'}; TensorBoard: tensorboard --logdir {out_dir.parent}")
+
+    def comparison_grid(self, records: dict[str, Tensor]) -> Tensor:
+        """Rows of clean | adversarial | amplified (×5) difference, for the first ``grid_samples`` samples."""
+        n = self.hparams.grid_samples
+        clean, adversarial = records["clean"][:n], records["adversarial"][:n]
+        difference = ((adversarial - clean) * 5 + 0.5).clamp(0, 1)
+        triples = torch.stack([clean, adversarial, difference], dim=1).flatten(0, 1)  # (3n, C, H, W)
+        return image_grid(triples, nrow=3)
+
+
+class SDOAttack:
+    """The attack as a plain callable: ``SDOAttack(generator, classifier, eps=0.1)(labels, seeds)``.
+
+    Returns adversarial images in [0, 1] (the best δ per sample: the first that fools the classifier,
+    else the lowest loss). Names follow torchattacks (eps, steps, lr/alpha, targeted).
+    """
+
+    def __init__(self, generator: DiffusionModel, classifier: Classifier, eps: float = 0.1, steps: int = 30,
+                 lr: float = 0.1, num_sampling_steps: int = 30, scheduler: str = "ddim",
+                 policy: GradientPolicy | str = "sdo", optimizer: OptimizerName = "sgd",
+                 loss: Literal["margin", "ce"] = "margin", targeted: bool = False, resize: bool = False) -> None:
+        if eps <= 0:
+            raise ValueError(f"eps={eps} must be > 0")
+        check_compatible(generator, classifier, resize)
+        self.generator, self.classifier = generator, classifier.eval()
+        self.eps, self.steps, self.lr, self.optimizer, self.policy = eps, steps, lr, optimizer, policy
+        self.scheduler = build_scheduler(scheduler, num_sampling_steps, base_config=generator.scheduler_config)
+        self.objective = ClassifierObjective(loss=loss, targeted=targeted)
+
+    def generate(self, x: Tensor, labels: Tensor, policy: GradientPolicy | str) -> Tensor:
+        out = sample(self.generator.denoiser, self.scheduler, x, labels, policy=policy)
+        return to_unit_range(self.generator.denoiser.decode(out.sample))
+
+    def __call__(self, labels: Tensor, seeds: Tensor, targets: Tensor | None = None) -> Tensor:
+        device = next(self.generator.denoiser.parameters()).device
+        labels = labels.to(device)
+        x_t = noise_for_seeds(seeds.tolist(), self.generator.denoiser.sample_shape, device=device)
+        rows = torch.arange(len(labels), device=device)
+        delta = torch.zeros_like(x_t)
+        optim = PerSampleOptimizer(tuple(delta.shape), self.optimizer, self.lr).to(device)
+        tracker = BestTracker(tuple(delta.shape)).to(device)
+        for step in range(self.steps + 1):  # the last pass only scores the final δ
+            leaf = delta.clone().requires_grad_(True)
+            logits = self.classifier(self.generate(x_t + leaf, labels, self.policy))
+            loss = self.objective(logits, labels, targets)
+            tracker.update(rows, delta, loss.detach(), self.objective.success(logits, labels, targets))
+            if step == self.steps or tracker.succeeded.all():
+                break
+            (grad,) = torch.autograd.grad(loss.sum(), leaf)
+            optim.step(delta, grad, rows)
+            delta = project_linf(delta, self.eps)
+        with torch.no_grad():
+            return self.generate(x_t + tracker.best, labels, "none")

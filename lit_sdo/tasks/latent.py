@@ -1,0 +1,178 @@
+"""Latent optimisation: one LightningModule for every task whose trainable thing is a latent.
+
+δ is added to a starting latent (x_T, or the latent at an intermediate step) of each sample; the
+forward pass is the SDO sampler; an injected objective scores the decoded image. The attack, text
+edit, style and aesthetic tasks are configurations of this idea (subclasses add their objective and
+metrics). One Lightning epoch is one optimisation step for every sample, so ``trainer.max_epochs`` is
+the number of optimisation steps and a checkpoint per epoch lets a killed run resume exactly.
+
+Distributed runs: each rank optimises its own samples. Gradients come from ``torch.autograd.grad`` on
+a per-batch leaf (DDP never reduces them), and the per-sample state is merged after every step by
+taking each row from the rank that owns it, so a sample's δ is never averaged across ranks.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from lit_sdo.images import to_unit_range
+from lit_sdo.models import DiffusionModel, load_diffusion
+from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer, merge_rows_by_version, project_linf
+from lit_sdo.sampling import GradientPolicy, build_scheduler, noise_for_seeds, sample, start_step_for
+
+
+class LatentOptimizationModule(L.LightningModule):
+    """Optimise a per-sample δ on a starting latent through the sampler.
+
+    Args:
+        generator: diffusion model name for :func:`lit_sdo.models.load_diffusion` (``embedded:<name>``,
+            a hub id or a local folder).
+        scheduler: sampler (``ddim``, ``dpm``, ``euler``, ``lcm``, ``flow_euler``, ``ddpm``).
+        num_steps: sampling steps N.
+        guidance_scale: classifier-free guidance scale (1 = none).
+        policy: gradient policy name (``sdo``, ``full``, ``checkpoint``, ``last_k``, ...).
+        k: SDO's graph step (0 = the first step run: the paper's Fig. 4), or ``random``.
+        last_k: K for the ``last_k`` policy.
+        start_timestep: optimise the latent at this timestep (e.g. 600 of 1000) instead of x_T.
+        eps: L∞ bound τ on δ (None = unbounded).
+        optimizer: per-sample update rule: ``sgd`` (paper), ``sign`` (PGD) or ``adam``.
+        lr: learning rate.
+        output_dir: where results are written (default: the logger's folder).
+    """
+
+    def __init__(self, generator: str = "embedded:digits-ddpm", scheduler: str = "ddim", num_steps: int = 30,
+                 guidance_scale: float = 1.0, policy: str = "sdo", k: int | Literal["random"] = 0, last_k: int = 1,
+                 start_timestep: int | None = None, eps: float | None = None, optimizer: OptimizerName = "sgd",
+                 lr: float = 0.1, output_dir: str | None = None) -> None:
+        super().__init__()
+        if eps is not None and eps <= 0:
+            raise ValueError(f"eps={eps} must be > 0 (the L∞ bound τ on δ), or null for no bound")
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.policy = GradientPolicy(name=policy, k=k, last_k=last_k)  # type: ignore[arg-type]
+        self.generator = self.load_generator(generator, guidance_scale)
+        self.denoiser = self.generator.denoiser.requires_grad_(False)  # registered: moves with .to(device)
+        self.strict_loading = False  # checkpoints hold δ and its state, not the frozen networks
+        self.scheduler = build_scheduler(scheduler, num_steps, base_config=self.generator.scheduler_config)
+        self.start_step = 0 if start_timestep is None else start_step_for(self.scheduler, start_timestep)
+        self.delta: torch.nn.Parameter | None = None
+        self.optim: PerSampleOptimizer | None = None
+        self.tracker: BestTracker | None = None
+        self.step_seconds: list[float] = []  # wall-clock of each optimisation step on this rank
+
+    # ----- construction ---------------------------------------------------------------------------
+    @staticmethod
+    def load_generator(name: str, guidance_scale: float) -> DiffusionModel:
+        return load_diffusion(name, guidance_scale=guidance_scale)
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        """Networks that must stay in eval mode (no dropout, BatchNorm running stats)."""
+        return [self.denoiser]
+
+    def train(self, mode: bool = True) -> LatentOptimizationModule:
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    def setup(self, stage: str) -> None:
+        """Allocate δ and the per-sample state once the number of samples is known (before a restore)."""
+        if self.delta is not None:
+            return
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "num_samples"):
+            raise ValueError("this task needs a data module with num_samples, e.g. LabelSeedDataModule")
+        self.check_data(datamodule)
+        shape = (datamodule.num_samples, *self.denoiser.sample_shape)
+        self.delta = torch.nn.Parameter(torch.zeros(shape, device=self.device))
+        self.optim = PerSampleOptimizer(shape, self.hparams.optimizer, self.hparams.lr).to(self.device)
+        self.tracker = BestTracker(shape).to(self.device)
+
+    def check_data(self, datamodule: Any) -> None:
+        """Subclasses validate the samples against the models (e.g. class labels in range)."""
+
+    def configure_optimizers(self) -> None:
+        return None  # per-sample updates: see lit_sdo.optim.PerSampleOptimizer
+
+    # ----- the forward pass -----------------------------------------------------------------------
+    def start_latent(self, batch: dict[str, Tensor]) -> Tensor:
+        """The latent δ is added to: x_T from each sample's seed (subclasses may invert an image)."""
+        return noise_for_seeds(batch["seed"].tolist(), self.denoiser.sample_shape, device=self.device)
+
+    def condition(self, batch: dict[str, Tensor]) -> Tensor | None:
+        return batch.get("label")
+
+    def generate(self, x: Tensor, cond: Tensor | None, policy: GradientPolicy | str) -> Tensor:
+        """Latent -> image in [0, 1] through the sampler and the decoder."""
+        out = sample(self.denoiser, self.scheduler, x, cond, policy=policy, start_step=self.start_step)
+        return to_unit_range(self.denoiser.decode(out.sample))
+
+    def loss_and_success(self, images: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """Per-sample loss (B,) to minimise and, where the task has one, a success flag (B,)."""
+        raise NotImplementedError
+
+    # ----- one optimisation step ------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        started = time.perf_counter()
+        rows = batch["index"]
+        delta = self.delta.detach()[rows].clone().requires_grad_(True)  # leaf: DDP never sees its grad
+        images = self.generate(self.start_latent(batch) + delta, self.condition(batch), self.policy)
+        loss, success = self.loss_and_success(images, batch)
+        self.tracker.update(rows, delta.detach(), loss.detach(), success)
+        (grad,) = torch.autograd.grad(loss.sum(), delta)
+        with torch.no_grad():
+            self.optim.step(self.delta.data, grad, rows)
+            if self.hparams.eps is not None:
+                self.delta.data[rows] = project_linf(self.delta.data[rows], self.hparams.eps)
+        self.merge_ranks()
+        self.step_seconds.append(time.perf_counter() - started)
+        self.log_step(loss, success, rows, self.step_seconds[-1])
+        return loss.mean().detach()
+
+    def log_step(self, loss: Tensor, success: Tensor | None, rows: Tensor, seconds: float) -> None:
+        batch_size = len(rows)
+        self.log("train/loss", loss.mean(), on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
+        if success is not None:
+            self.log("train/success_rate", success.float().mean(), on_step=False, on_epoch=True, sync_dist=True,
+                     batch_size=batch_size, prog_bar=True)
+        self.log("train/delta_linf", self.delta.detach()[rows].abs().amax(), on_step=False, on_epoch=True,
+                 sync_dist=True, reduce_fx="max", batch_size=batch_size)
+        self.log("train/seconds_per_step", seconds, on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=batch_size)
+
+    def per_sample_state(self) -> dict[str, Tensor]:
+        return {"delta": self.delta.data} | {f"optim.{n}": t for n, t in self.optim.tensors.items()} | {
+            f"tracker.{n}": t for n, t in self.tracker.tensors.items()}
+
+    def merge_ranks(self) -> None:
+        """Make every rank hold every sample's current state (each row from the rank that owns it)."""
+        if self.trainer.world_size == 1:
+            return
+        state = self.per_sample_state()
+        gathered = {name: self.all_gather(t) for name, t in state.items()}  # (W, N, ...)
+        merged = merge_rows_by_version(gathered, gathered["optim.steps"])
+        for name, t in state.items():
+            t.copy_(merged[name])
+
+    # ----- checkpoints ----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {"delta": self.delta.detach().cpu()}  # frozen networks load from their names
+        checkpoint["per_sample_state"] = {n: t.cpu() for n, t in self.per_sample_state().items()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("per_sample_state")
+        if state is None:
+            raise ValueError("the checkpoint has no per-sample state: it was not written by a latent-optimisation task")
+        delta = state["delta"]
+        if self.delta is None or delta.shape != self.delta.shape:
+            expected = None if self.delta is None else tuple(self.delta.shape)
+            raise ValueError(f"checkpoint δ has shape {tuple(delta.shape)}, this config expects {expected}: "
+                             "the checkpoint comes from another config (other samples or model)")
+        checkpoint["state_dict"]["delta"] = delta
+        self.optim.load_state_dict({n[len("optim."):]: t for n, t in state.items() if n.startswith("optim.")})
+        self.tracker.load_state_dict({n[len("tracker."):]: t for n, t in state.items() if n.startswith("tracker.")})
