@@ -1,0 +1,142 @@
+"""Diffusion models by name, each turned into a :class:`DiffusionModel` with the right denoiser adapter.
+
+Sources: ``embedded:<name>`` (lit_sdo's digits DDPM), a diffusers folder or a hub id in the local cache:
+a bare ``UNet2DModel`` folder (config.json + scheduler_config.json, what lit_sdo exports), or a pipeline
+folder (model_index.json) with a ``UNet2DModel`` (pixel), a ``UNet2DConditionModel`` + VAE + text encoder
+(latent, text), or a DiT / PixArt transformer + VAE.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lit_sdo.models.hub import resolve_folder
+from lit_sdo.sampling.denoisers import DenoiserAdapter, LatentUNetDenoiser, PixelUNetDenoiser, TransformerDenoiser
+
+LIT_SDO_CONFIG = "lit_sdo.json"  # beside diffusers' config: the null label of lit_sdo's class-conditional models
+PROMPT_MAX_LENGTH = 120  # cap for tokenizers that report no practical maximum (T5)
+
+
+@dataclass
+class DiffusionModel:
+    """A loaded diffusion model: the denoiser adapter and what a sampler needs to drive it.
+
+    Attributes:
+        name: the name it was loaded by.
+        denoiser: adapter with the ``denoiser(x, t, cond)`` contract; eval mode, frozen weights.
+        scheduler_config: the model's scheduler config, for ``build_scheduler(name, N, base_config=...)``.
+        num_classes: labels 0..num_classes-1 for class-conditional models, else None.
+        image_size: side of the decoded image.
+        channels: channels of the decoded image.
+        encode_prompt: prompts -> text embeddings (B, L, D) for text-conditioned models, else None.
+    """
+
+    name: str
+    denoiser: DenoiserAdapter
+    scheduler_config: dict
+    num_classes: int | None
+    image_size: int
+    channels: int
+    encode_prompt: Callable[[list[str]], Tensor] | None = None
+
+
+def load_diffusion(name: str, *, guidance_scale: float = 1.0, device: str | torch.device = "cpu") -> DiffusionModel:
+    """Load ``name`` (``embedded:<name>``, a diffusers folder, or a cached hub id) ready for sampling."""
+    folder = resolve_folder(name, "diffusion model")
+    if (folder / "model_index.json").is_file():
+        model = _load_pipeline_folder(name, folder, guidance_scale)
+    elif (folder / "config.json").is_file():
+        model = _load_pixel_unet(name, folder, folder / "scheduler_config.json", guidance_scale)
+    else:
+        raise FileNotFoundError(f"diffusion model folder {folder} has neither model_index.json nor config.json; "
+                                "pass a diffusers pipeline or UNet2DModel folder")
+    model.denoiser.to(device).eval().requires_grad_(False)
+    return model
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; the model folder is incomplete")
+    return json.loads(path.read_text())
+
+
+def _load_pixel_unet(name: str, unet_folder: Path, scheduler_path: Path, guidance_scale: float) -> DiffusionModel:
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(unet_folder)
+    extra_path = unet_folder / LIT_SDO_CONFIG
+    extra = _read_json(extra_path) if extra_path.is_file() else {}
+    num_embeds = unet.config.num_class_embeds
+    null_class = extra.get("null_class")
+    num_classes = extra.get("num_classes", num_embeds)
+    if guidance_scale != 1.0 and null_class is None:
+        raise ValueError(f"{name!r} was not trained with a null label; classifier-free guidance needs "
+                         "guidance_scale=1.0")
+    denoiser = PixelUNetDenoiser(unet, guidance_scale=guidance_scale, null_class=null_class)
+    return DiffusionModel(name, denoiser, _read_json(scheduler_path), num_classes, denoiser.sample_shape[-1],
+                          unet.config.out_channels)
+
+
+def _load_pipeline_folder(name: str, folder: Path, guidance_scale: float) -> DiffusionModel:
+    index = _read_json(folder / "model_index.json")
+    scheduler_path = folder / "scheduler" / "scheduler_config.json"
+    if "unet" in index and index["unet"][1] == "UNet2DModel":
+        return _load_pixel_unet(name, folder / "unet", scheduler_path, guidance_scale)
+    vae = _load_component(folder, index, "vae")
+    if vae is None:
+        raise FileNotFoundError(f"pipeline {name!r} has no vae/ folder; latent models need their VAE")
+    encode = _prompt_encoder(folder, index)
+    null_embedding = encode([""]) if encode is not None and guidance_scale != 1.0 else None
+    scheduler_config = _read_json(scheduler_path)
+    if "unet" in index:
+        network = _load_component(folder, index, "unet")
+        denoiser: DenoiserAdapter = LatentUNetDenoiser(network, vae, guidance_scale, null_embedding=null_embedding)
+        num_classes = None
+    elif "transformer" in index:
+        network = _load_component(folder, index, "transformer")
+        text = getattr(network.config, "caption_channels", None) is not None
+        num_classes = None if text else network.config.num_embeds_ada_norm
+        # DiT's label table has num_classes + 1 rows; the last one is the null label of its training.
+        denoiser = TransformerDenoiser(network, vae, guidance_scale, null_class=None if text else num_classes,
+                                       null_embedding=null_embedding)
+    else:
+        raise ValueError(f"pipeline {name!r} has neither a unet nor a transformer component")
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)  # VAE downsampling factor
+    return DiffusionModel(name, denoiser, scheduler_config, num_classes, denoiser.sample_shape[-1] * factor,
+                          vae.config.out_channels, encode_prompt=encode)
+
+
+def _load_component(folder: Path, index: dict[str, Any], key: str) -> Any:
+    """Load one pipeline component by the library/class names model_index.json gives it."""
+    if key not in index or index[key][0] is None or not (folder / key).is_dir():
+        return None
+    library, class_name = index[key]
+    module = __import__(library)
+    return getattr(module, class_name).from_pretrained(folder / key)
+
+
+def _prompt_encoder(folder: Path, index: dict[str, Any]) -> Callable[[list[str]], Tensor] | None:
+    """prompts -> last hidden states of the pipeline's text encoder (None when it ships none)."""
+    text_encoder = _load_component(folder, index, "text_encoder")
+    tokenizer = _load_component(folder, index, "tokenizer")
+    if text_encoder is None or tokenizer is None:
+        return None
+    text_encoder.eval().requires_grad_(False)
+    max_length = min(tokenizer.model_max_length, PROMPT_MAX_LENGTH)
+
+    @torch.no_grad()
+    def encode(prompts: list[str]) -> Tensor:
+        tokens = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
+                           return_tensors="pt")
+        device = next(text_encoder.parameters()).device
+        return text_encoder(tokens.input_ids.to(device))[0]  # (B, L, D)
+
+    encode.text_encoder = text_encoder  # type: ignore[attr-defined] - so callers can move it to a device
+    return encode
