@@ -1,0 +1,182 @@
+"""Digits-FID vs sampling steps for the shortcut model and its flow-matching baseline (issue 6).
+
+Both shipped models (``data/models/digits-shortcut``, ``data/models/digits-flow``: same DiT, batch and
+step budget) sample ``--num-samples`` digits (labels 0..9 cycling) from the SAME noise at N = 1, 2, 4,
+..., 128 steps through :func:`lit_sdo.sampling.sample`: the shortcut model with shortcut steps (d = 1/N),
+the baseline with Euler steps of its flow velocity. Digits-FID is :func:`lit_sdo.metrics.feature_fid`
+with the shipped ResNet's penultimate features against the test split of DigitsDataModule(seed=0), as in
+``benchmarks/evaluate_zoo.py``; the floor is FID(train split, test split).
+
+``--gradient-cost`` also times one gradient d(sum of x₀)/d x_T through 1-, 2- and 4-step shortcut
+sampling under the ``sdo`` and ``full`` policies (with few steps, SDO's one graph step is most of the chain).
+
+Writes ``--out`` (JSON), the section "## Shortcut models (issue 6)" of ``benchmarks/RESULTS.md`` (replaced
+if present, else appended) and the plot ``docs/shortcut_fid.png``.
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.shortcut_fid --gradient-cost
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lit_sdo.datamodules import DigitsDataModule
+from lit_sdo.images import to_unit_range
+from lit_sdo.io import atomic_path, write_json
+from lit_sdo.metrics import batched_outputs, frechet_distance
+from lit_sdo.models import load_classifier
+from lit_sdo.models.shortcut import ShortcutDiT, load_shortcut
+from lit_sdo.sampling import GradientPolicy, sample
+from lit_sdo.sampling.shortcut import build_shortcut_sampler
+
+SECTION = "## Shortcut models (issue 6)"
+
+
+def generate(network: ShortcutDiT, num_steps: int, noise: Tensor, labels: Tensor, flow_only: bool,
+             guidance_scale: float, batch_size: int) -> tuple[Tensor, float]:
+    """Samples in [0, 1] from ``noise`` with ``num_steps`` steps, and the seconds it took."""
+    denoiser, scheduler = build_shortcut_sampler(network, num_steps, flow_only=flow_only,
+                                                 guidance_scale=guidance_scale)
+    start = time.perf_counter()
+    with torch.no_grad():
+        images = [to_unit_range(sample(denoiser, scheduler, noise[i:i + batch_size], labels[i:i + batch_size],
+                                       policy="none").sample) for i in range(0, len(noise), batch_size)]
+    return torch.cat(images), time.perf_counter() - start
+
+
+def gradient_cost(network: ShortcutDiT, steps: list[int], batch: int, repeats: int) -> list[dict[str, Any]]:
+    """Seconds per gradient of sum(x₀) w.r.t. x_T through N-step shortcut sampling, per policy."""
+    network = network.requires_grad_(False)
+    noise = torch.randn(batch, network.in_channels, network.sample_size, network.sample_size,
+                        generator=torch.Generator().manual_seed(1))
+    labels = torch.arange(batch) % network.num_classes
+    rows = []
+    for num_steps in steps:
+        denoiser, scheduler = build_shortcut_sampler(network, num_steps)
+        for policy in (GradientPolicy("sdo", k=0), GradientPolicy("full")):
+            times = []
+            for _ in range(repeats + 1):  # the first run warms up
+                x = noise.clone().requires_grad_(True)
+                start = time.perf_counter()
+                (grad,) = torch.autograd.grad(sample(denoiser, scheduler, x, labels, policy=policy).sample.sum(), x)
+                times.append(time.perf_counter() - start)
+            rows.append({"steps": num_steps, "policy": policy.name, "batch": batch,
+                         "seconds_per_gradient": round(min(times[1:]), 4), "grad_norm": round(float(grad.norm()), 4)})
+    return rows
+
+
+def markdown(results: dict[str, Any], command: str) -> str:
+    """The RESULTS.md section: FID table, floor, and the gradient-cost table when measured."""
+    lines = [SECTION, "", f"Command: `{command}`", "",
+             f"Digits-FID (ResNet penultimate features) of {results['num_samples']} samples vs the "
+             f"{results['test_size']}-image test split; floor FID(train, test) = {results['fid_floor']:.3f}. "
+             f"Guidance scale {results['guidance_scale']}. Models: same DiT ({results['parameters']} parameters), "
+             "batch and step budget (MANIFEST.json in data/models/digits-shortcut, data/models/digits-flow).", "",
+             "| steps | shortcut FID | flow-matching FID | shortcut s | flow s |", "|---:|---:|---:|---:|---:|"]
+    for row in results["fid"]:
+        lines.append(f"| {row['steps']} | {row['shortcut_fid']:.3f} | {row['flow_fid']:.3f} | "
+                     f"{row['shortcut_seconds']:.1f} | {row['flow_seconds']:.1f} |")
+    if results.get("gradient_cost"):
+        lines += ["", "Gradient of sum(x₀) w.r.t. x_T through shortcut sampling (CPU, seconds per gradient, "
+                  "best of repeats):", "", "| steps | policy | batch | s / gradient |", "|---:|---|---:|---:|"]
+        lines += [f"| {r['steps']} | {r['policy']} | {r['batch']} | {r['seconds_per_gradient']:.4f} |"
+                  for r in results["gradient_cost"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace this benchmark's section of RESULTS.md (up to the next '## ' heading), or append it."""
+    text = path.read_text() if path.is_file() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["steps"] for r in results["fid"]]
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    ax.plot(steps, [r["shortcut_fid"] for r in results["fid"]], "o-", label="shortcut model")
+    ax.plot(steps, [r["flow_fid"] for r in results["fid"]], "s--", label="flow matching (Euler)")
+    ax.axhline(results["fid_floor"], color="grey", lw=0.8, ls=":", label="floor: train vs test")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(steps, [str(s) for s in steps])
+    ax.set_xlabel("sampling steps")
+    ax.set_ylabel("digits-FID (lower is better)")
+    ax.set_title("Shortcut vs flow matching, 16×16 digits")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shortcut", default="data/models/digits-shortcut")
+    parser.add_argument("--flow", default="data/models/digits-flow")
+    parser.add_argument("--classifier", default="embedded:digits-resnet", help="digits-FID features")
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128])
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help="applied at d = 1/M only (paper)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--gradient-cost", action="store_true", help="also time SDO/full gradients at 1, 2, 4 steps")
+    parser.add_argument("--out", default="runs/shortcut_fid.json")
+    parser.add_argument("--results", default="benchmarks/RESULTS.md")
+    parser.add_argument("--plot", default="docs/shortcut_fid.png")
+    args = parser.parse_args(argv)
+    command = "OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.shortcut_fid " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+
+    shortcut, flow = load_shortcut(args.shortcut), load_shortcut(args.flow)
+    classifier = load_classifier(args.classifier)
+    data = DigitsDataModule(image_size=shortcut.sample_size, seed=0)
+    train_images, test_images = (to_unit_range(data.split_tensors(s)[0]) for s in ("train", "test"))
+    test_features = batched_outputs(classifier.features, test_images)
+    generator = torch.Generator().manual_seed(args.seed)
+    noise = torch.randn(args.num_samples, shortcut.in_channels, shortcut.sample_size, shortcut.sample_size,
+                        generator=generator)  # x_0 of the paper (t = 0), shared by every run
+    labels = torch.arange(args.num_samples) % shortcut.num_classes
+
+    results: dict[str, Any] = {
+        "command": command, "num_samples": args.num_samples, "test_size": len(test_images),
+        "guidance_scale": args.guidance_scale, "parameters": sum(p.numel() for p in shortcut.parameters()),
+        "fid_floor": round(frechet_distance(batched_outputs(classifier.features, train_images), test_features), 3),
+        "fid": [],
+    }
+    for num_steps in args.steps:
+        row: dict[str, Any] = {"steps": num_steps}
+        for name, network, flow_only in (("shortcut", shortcut, False), ("flow", flow, True)):
+            images, seconds = generate(network, num_steps, noise, labels, flow_only, args.guidance_scale,
+                                       args.batch_size)
+            row[f"{name}_fid"] = round(frechet_distance(batched_outputs(classifier.features, images),
+                                                        test_features), 3)
+            row[f"{name}_seconds"] = round(seconds, 2)
+        results["fid"].append(row)
+        print(json.dumps(row), flush=True)  # noqa: T201
+    if args.gradient_cost:
+        results["gradient_cost"] = gradient_cost(shortcut, [1, 2, 4], batch=16, repeats=3)
+    write_json(args.out, results)
+    write_section(Path(args.results), markdown(results, command))
+    plot(results, Path(args.plot))
+    print(json.dumps(results, indent=2))  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
