@@ -66,3 +66,37 @@ def test_two_ddp_ranks_give_the_same_per_sample_results_as_one_device(tmp_path: 
     assert one.abs().max() > 0 and one.abs().max() <= 0.1 + 1e-7
     # a second run in the same folder does not stop on the saved config
     run_attack(tmp_path / "one", tiny_folders)
+
+
+def test_imagenet_dit_config_runs_on_tiny_models_of_the_same_classes(tmp_path: Path) -> None:
+    """configs/attack/imagenet_dit.yaml with a tiny DiT pipeline + a tiny timm ResNet in place of the real weights."""
+    import timm
+    from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
+    from timm.models import save_for_hf
+
+    import cli
+
+    torch.manual_seed(0)
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=4, in_channels=4, out_channels=8,
+                                num_layers=1, sample_size=4, patch_size=2, num_embeds_ada_norm=1000)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(4, 8), latent_channels=4,
+                        norm_num_groups=4, sample_size=8)
+    folder = tmp_path / "dit"
+    index = {"_class_name": "DiTPipeline"}
+    for key, component in {"transformer": dit, "vae": vae, "scheduler": DDIMScheduler()}.items():
+        component.save_pretrained(folder / key)
+        index[key] = ["diffusers", type(component).__name__]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    resnet = timm.create_model("test_resnet", pretrained=False, num_classes=1000).eval()
+    save_for_hf(resnet, tmp_path / "resnet", model_config={"num_classes": 1000})
+
+    out = tmp_path / "out"
+    cli.main(["fit", "--config", str(ROOT / "configs/attack/imagenet_dit.yaml"), "--trainer.accelerator=cpu",
+              "--trainer.devices=1", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false",
+              f"--trainer.logger.init_args.save_dir={tmp_path}", f"--model.init_args.generator={folder}",
+              f"--model.init_args.classifier={tmp_path / 'resnet'}", "--model.init_args.num_steps=2",
+              f"--model.init_args.output_dir={out}", "--data.init_args.per_class=1"])
+    results = json.loads((out / "results.json").read_text())
+    assert [s["label"] for s in results["samples"]] == [1, 9, 130, 207, 279, 291, 323, 388, 417, 511, 817, 933, 980]
+    assert results["aggregate"]["delta_linf_max"] <= 0.1 + 1e-7
