@@ -98,6 +98,44 @@ def test_latent_unet_pipeline_folder_gets_the_latent_adapter(tmp_path: Path) -> 
         assert model.denoiser.decode(x).shape == (1, 3, 16, 16)
 
 
+def save_tiny_text_encoder(folder: Path) -> None:
+    """A 6-token CLIP tokenizer and a 1-layer CLIP text encoder (width 8) in pipeline sub-folders."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "b</w>": 3, "a": 4, "b": 5}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=6).save_pretrained(
+        folder / "tokenizer")
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=6, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                            num_attention_heads=2, max_position_embeddings=6, bos_token_id=0, eos_token_id=1,
+                            pad_token_id=1)
+    CLIPTextModel(config).save_pretrained(folder / "text_encoder")
+    index = json.loads((folder / "model_index.json").read_text())
+    index |= {"tokenizer": ["transformers", "CLIPTokenizer"], "text_encoder": ["transformers", "CLIPTextModel"]}
+    (folder / "model_index.json").write_text(json.dumps(index))
+
+
+def test_text_pipeline_encodes_prompts_and_guides_with_the_empty_prompt(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+                                norm_num_groups=4, attention_head_dim=4)
+    folder = save_pipeline(tmp_path / "sd", {"unet": unet, "vae": tiny_vae(), "scheduler": DDIMScheduler()})
+    save_tiny_text_encoder(folder)
+    model = load_diffusion(str(folder), guidance_scale=2.0)
+    text = model.encode_prompt(["a b"])
+    empty = model.encode_prompt([""])
+    assert text.shape == (1, 6, 8)
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor(10)
+    with torch.no_grad():
+        cond = unet(x, t, encoder_hidden_states=text).sample
+        uncond = unet(x, t, encoder_hidden_states=empty).sample
+        torch.testing.assert_close(model.denoiser(x, t, text), uncond + 2.0 * (cond - uncond))
+
+
 def test_dit_pipeline_folder_is_class_conditional_with_its_null_label(tmp_path: Path) -> None:
     torch.manual_seed(0)
     dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=4, in_channels=4, out_channels=8,

@@ -58,6 +58,8 @@ def load_diffusion(name: str, *, guidance_scale: float = 1.0, device: str | torc
         raise FileNotFoundError(f"diffusion model folder {folder} has neither model_index.json nor config.json; "
                                 "pass a diffusers pipeline or UNet2DModel folder")
     model.denoiser.to(device).eval().requires_grad_(False)
+    if model.encode_prompt is not None:
+        model.encode_prompt.text_encoder.to(device)  # type: ignore[attr-defined]
     return model
 
 
