@@ -8,13 +8,14 @@ Images are scaled to [-1, 1] (the diffusion models' range); splits are fixed by 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
 DIGITS_CLASSES = 10
 
@@ -219,3 +220,248 @@ class LabelSeedDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader()
+
+
+class ConditionIndexDataset(Dataset):
+    """Positions 0..n-1 of one optimisation step's samples; the task turns (epoch, position) into a
+    condition and a noise seed, so every step sees fresh noise without the dataset knowing the epoch."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {"index": torch.tensor(index)}
+
+
+class RewardPromptDataModule(L.LightningDataModule):
+    """Conditions for reward fine-tuning (paper Sec. 5.3): class labels or a prompt list, cycled.
+
+    One Lightning epoch is ONE optimisation step of ``samples_per_step`` samples (split into
+    ``batch_size`` micro-batches over the accumulation and the DDP ranks), so ``trainer.max_epochs`` is
+    the number of optimiser steps and a checkpoint per epoch resumes exactly. Sample j of step e
+    (global number g = e·samples_per_step + j) gets condition g mod (number of conditions) and noise
+    seed ``seed + g``: the same on every rank and after a resume.
+
+    Args:
+        classes: class labels for class-conditional models, or a text file of labels (one a line, ``#``
+            comments allowed, e.g. data/prompts/digits.txt); default 0..num_classes-1 when no prompts.
+        num_classes: number of classes of the generator (when ``classes`` is not given).
+        prompts: a text file with one prompt per line (text models), e.g. data/prompts/animals45.txt.
+        samples_per_step: samples per optimiser step over all ranks (paper: 16 × accumulation 4 = 64).
+        batch_size: samples per micro-batch on one rank.
+        seed: first noise seed.
+    """
+
+    def __init__(self, classes: list[int] | str | None = None, num_classes: int = 10, prompts: str | None = None,
+                 samples_per_step: int = 64, batch_size: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        if samples_per_step < 1 or batch_size < 1:
+            raise ValueError(f"samples_per_step={samples_per_step} and batch_size={batch_size} must be >= 1")
+        if samples_per_step % batch_size:
+            raise ValueError(f"samples_per_step={samples_per_step} is not a multiple of batch_size={batch_size}; "
+                             "pick values where batch_size divides samples_per_step")
+        self.prompts = None if prompts is None else read_lines(prompts, "prompt")
+        if isinstance(classes, str):
+            try:
+                classes = [int(line.split("#")[0]) for line in read_lines(classes, "class")]
+            except ValueError:
+                raise ValueError(f"class file {classes} must hold one integer label a line") from None
+        self.classes = None if self.prompts is not None else (
+            list(range(num_classes)) if classes is None else list(classes))
+        if self.classes is not None and (not self.classes or min(self.classes) < 0):
+            raise ValueError(f"classes={self.classes} must be a non-empty list of labels >= 0")
+        self.samples_per_step, self.batch_size, self.seed = samples_per_step, batch_size, seed
+        self.dataset = ConditionIndexDataset(samples_per_step)
+
+    @property
+    def num_conditions(self) -> int:
+        return len(self.prompts) if self.prompts is not None else len(self.classes)  # type: ignore[arg-type]
+
+    def conditions(self, epoch: int, index: Tensor) -> tuple[Tensor, Tensor]:
+        """(condition position (B,), noise seed (B,)) of the samples at ``index`` in step ``epoch``."""
+        global_index = epoch * self.samples_per_step + index.long()
+        return global_index % self.num_conditions, self.seed + global_index
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = BlockSampler(self.dataset, num_replicas=world, rank=rank)
+        return DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler)
+
+
+class BlockSampler(DistributedSampler):
+    """Rank r takes the r-th contiguous block of the step's samples (not every W-th sample), so the
+    micro-batches of W ranks are exactly the micro-batches one device accumulates: same samples, same
+    policy draws, same gradient. A DistributedSampler subclass, so Lightning does not re-wrap it."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        if len(dataset) % num_replicas:
+            raise ValueError(f"samples_per_step={len(dataset)} is not divisible by the {num_replicas} devices")
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+
+    def __iter__(self) -> Iterator[int]:
+        block = len(self.dataset) // self.num_replicas
+        return iter(range(self.rank * block, (self.rank + 1) * block))
+
+    def __len__(self) -> int:
+        return len(self.dataset) // self.num_replicas
+
+
+def read_lines(path: str, what: str) -> list[str]:
+    """Non-empty stripped lines of a text file; relative paths are tried from the cwd, then the repository."""
+    candidate = Path(path)
+    if not candidate.is_file() and not candidate.is_absolute():
+        candidate = Path(__file__).resolve().parents[1] / path
+    if not candidate.is_file():
+        raise FileNotFoundError(f"{what} file {path} does not exist; pass a text file, one {what} a line "
+                                "(see data/prompts/)")
+    lines = [line.strip() for line in candidate.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{what} file {path} is empty")
+    return lines
+
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class ReferenceImageDataset(Dataset):
+    """(index, seed, label, reference image in [-1, 1], prompt) items for guided editing of real images."""
+
+    def __init__(self, images: Tensor, labels: list[int], prompts: list[str], seed: int) -> None:
+        self.images, self.labels, self.prompts, self.seed = images, labels, prompts, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        return {"index": torch.tensor(index), "seed": torch.tensor(self.seed + index),
+                "label": torch.tensor(self.labels[index]), "image": self.images[index], "prompt": self.prompts[index]}
+
+
+class ReferenceImageDataModule(L.LightningDataModule):
+    """Real images to edit (paper Sec. 5.1: DDIM-inverted, then guided), each with a prompt.
+
+    Sources: ``digits`` (the first ``num_samples`` images of the digits test split, seed 0, with their
+    labels, so label preservation can be scored) or a folder of image files (label -1), e.g. faces
+    exported from ``skimage.data.lfw_subset()`` or matplotlib's sample photographs.
+
+    Args:
+        source: ``digits`` or a folder of .png/.jpg files (sorted by name).
+        num_samples: how many images (all of a folder when None).
+        prompts: one per image, cycled; None uses ``prompt_template``.
+        prompt_template: ``{name}`` / ``{label}`` become the digit's name / label.
+        image_size: side the images are resized to (a folder image of another size is resized with a
+            warning); None keeps a folder's native size (the task refuses a size the generator does not make).
+        channels: 1 (grey) or 3 (RGB).
+        seed: first per-sample seed (sample j gets ``seed + j``).
+        batch_size: samples optimised together.
+    """
+
+    def __init__(self, source: str = "digits", num_samples: int | None = 20, prompts: list[str] | None = None,
+                 prompt_template: str = "a thick digit {name}", image_size: int | None = 16, channels: int = 1,
+                 seed: int = 0, batch_size: int = 20) -> None:
+        super().__init__()
+        if channels not in (1, 3):
+            raise ValueError(f"channels={channels} must be 1 or 3")
+        if num_samples is not None and num_samples < 1 or batch_size < 1:
+            raise ValueError(f"num_samples={num_samples} and batch_size={batch_size} must be >= 1")
+        if source == "digits":
+            images, labels = DigitsDataModule(image_size=image_size or 16, seed=0).split_tensors("test")
+            images, labels = images[:num_samples], labels[:num_samples].tolist()
+            if channels == 3:
+                images = images.expand(-1, 3, -1, -1).contiguous()
+        else:
+            images = self._read_folder(Path(source), num_samples, image_size, channels)
+            labels = [-1] * len(images)
+        if prompts:
+            texts = [prompts[i % len(prompts)] for i in range(len(images))]
+        else:
+            texts = [prompt_template.format(name=DIGIT_NAMES[y] if 0 <= y < 10 else "", label=y) for y in labels]
+        self.batch_size = batch_size
+        self.dataset = ReferenceImageDataset(images, labels, texts, seed)
+
+    @staticmethod
+    def _read_folder(folder: Path, num_samples: int | None, image_size: int | None, channels: int) -> Tensor:
+        import warnings
+
+        from PIL import Image
+
+        if not folder.is_dir():
+            raise FileNotFoundError(f"reference image source {str(folder)!r} is neither 'digits' nor an existing "
+                                    "folder of images; pass data.init_args.source=<folder>")
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:num_samples]
+        if not files:
+            raise FileNotFoundError(f"reference folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} images")
+        out = []
+        for path in files:
+            image = Image.open(path).convert("L" if channels == 1 else "RGB")
+            if image_size is not None and image.size != (image_size, image_size):
+                warnings.warn(f"reference {path.name} is {image.width}×{image.height}: resized to "
+                              f"{image_size}×{image_size}", stacklevel=3)
+                image = image.resize((image_size, image_size), Image.BICUBIC)
+            array = torch.tensor(list(image.getdata()), dtype=torch.float32).view(image.height, image.width, -1)
+            out.append(array.permute(2, 0, 1) / 127.5 - 1)  # (C, H, W) in [-1, 1]
+        if len({tuple(t.shape) for t in out}) > 1:
+            raise ValueError(f"reference images in {folder} differ in size; set data.init_args.image_size to resize")
+        return torch.stack(out)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def _loader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+
+class PromptSeedDataset(Dataset):
+    """(index, seed, label −1, prompt) items: a generated sample of a text model is named by its prompt and seed."""
+
+    def __init__(self, prompts: list[str], seeds: list[int]) -> None:
+        self.prompts, self.seeds, self.labels = prompts, seeds, [-1] * len(prompts)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        return {"index": torch.tensor(index), "seed": torch.tensor(self.seeds[index]), "label": torch.tensor(-1),
+                "prompt": self.prompts[index]}
+
+
+class PromptSeedDataModule(L.LightningDataModule):
+    """Prompts × seeds for guided generation with text-conditioned generators (style on LCM, aesthetic on SD).
+
+    Args:
+        prompts: the prompts; each gets ``per_prompt`` seeds (item j has seed ``seed + j``).
+        per_prompt: samples per prompt.
+        seed: first seed.
+        batch_size: samples optimised together.
+    """
+
+    def __init__(self, prompts: list[str], per_prompt: int = 1, seed: int = 0, batch_size: int = 4) -> None:
+        super().__init__()
+        if not prompts or per_prompt < 1 or batch_size < 1:
+            raise ValueError(f"need prompts, per_prompt >= 1 and batch_size >= 1 (got {prompts!r}, {per_prompt}, "
+                             f"{batch_size})")
+        texts = [p for _ in range(per_prompt) for p in prompts]
+        self.batch_size = batch_size
+        self.dataset = PromptSeedDataset(texts, [seed + j for j in range(len(texts))])
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.train_dataloader()

@@ -1,0 +1,155 @@
+"""Differentiable rewards for fine-tuning (paper Sec. 5.3, Eq. 27): images in [0, 1] (+ condition) -> (B,).
+
+Rewards are maximised (the reward task minimises −r). The embedded ones can be checked by eye on the
+digits: ``ClassLogProbReward`` makes every sample look more like one digit; ``InkReward`` makes strokes
+bolder (or thinner with ``sign=-1``). ``EmbeddingMLPReward`` is the LAION-aesthetic shape (an MLP on
+normalised image embeddings, weights from a user file); for Stable Diffusion it runs on CLIP ViT-L/14.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LAION_AESTHETIC_HIDDEN: tuple[int, ...] = (1024, 128, 64, 16)  # the LAION aesthetic predictor v2 MLP on CLIP L/14
+
+
+class ClassLogProbReward(nn.Module):
+    """log p(c | x) from a frozen classifier: c is ``target_class``, or the sample's own label when None.
+
+    Args:
+        classifier: classifier name for :func:`lit_sdo.models.load_classifier` (``embedded:digits-resnet``).
+        target_class: the class every sample is pushed towards (None: the class it was generated for).
+    """
+
+    def __init__(self, classifier: str = "embedded:digits-resnet", target_class: int | None = None) -> None:
+        super().__init__()
+        from lit_sdo.models import load_classifier
+
+        self.classifier = load_classifier(classifier).requires_grad_(False)
+        if target_class is not None and not 0 <= target_class < self.classifier.num_classes:
+            raise ValueError(f"target_class={target_class} is out of range for {classifier} with "
+                             f"{self.classifier.num_classes} classes")
+        self.target_class = target_class
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+        log_probs = F.log_softmax(self.classifier(images), dim=1)  # (B, classes)
+        if self.target_class is not None:
+            return log_probs[:, self.target_class]
+        if labels is None:
+            raise ValueError("ClassLogProbReward without target_class needs the samples' labels")
+        return log_probs.gather(1, labels.long()[:, None]).squeeze(1)
+
+
+class InkReward(nn.Module):
+    """Mean ink per image (stroke thickness): the mean of ``images`` in [0, 1] where ink is bright.
+
+    Args:
+        sign: +1 rewards bolder strokes, −1 thinner ones.
+        dark_ink: set for dark-on-light images (ink = 1 − brightness).
+    """
+
+    def __init__(self, sign: float = 1.0, dark_ink: bool = False) -> None:
+        super().__init__()
+        if sign not in (1.0, -1.0):
+            raise ValueError(f"sign={sign} must be 1 (bolder) or -1 (thinner)")
+        self.sign, self.dark_ink = sign, dark_ink
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+        ink = 1 - images if self.dark_ink else images
+        return self.sign * ink.flatten(1).mean(1)  # (B,)
+
+
+class EmbeddingMLPReward(nn.Module):
+    """An MLP on L2-normalised image embeddings (LAION aesthetic predictor style), weights from a file.
+
+    Args:
+        weights: ``.safetensors`` or ``.pt`` state dict with keys ``layers.{i}.weight/bias`` of Linear layers
+            (the LAION file's layout: dropouts between them keep their indices).
+        embedder: image encoder: ``clip:<name or folder>`` (CLIP image features via
+            :func:`lit_sdo.models.load_clip`) or ``classifier:<name>`` (penultimate classifier features).
+        embed_dim: embedding size the MLP expects (768 for CLIP ViT-L/14).
+        hidden: hidden sizes of the MLP (LAION: 1024, 128, 64, 16); the last layer outputs one score.
+    """
+
+    def __init__(self, weights: str, embedder: str = "clip:openai/clip-vit-large-patch14", embed_dim: int = 768,
+                 hidden: Sequence[int] = LAION_AESTHETIC_HIDDEN) -> None:
+        super().__init__()
+        sizes = [embed_dim, *hidden, 1]
+        modules: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            modules.append(nn.Linear(n_in, n_out))
+            if i < len(sizes) - 3:
+                modules.append(nn.Dropout(0.0))  # LAION's layout: Linear, Dropout, ... keeps its key indices
+        self.layers = nn.Sequential(*modules)
+        load_mlp_weights(self.layers, weights)
+        self.layers.requires_grad_(False).eval()
+        self.embed = _build_embedder(embedder)
+
+    def score(self, embeddings: Tensor) -> Tensor:
+        """(B, D) embeddings -> (B,) scores (embeddings are L2-normalised first, as LAION trained it)."""
+        return self.layers(F.normalize(embeddings, dim=-1)).squeeze(1)
+
+    def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.score(self.embed(images))
+
+
+def load_mlp_weights(layers: nn.Sequential, path: str | os.PathLike[str]) -> None:
+    """Load a state dict into ``layers``; a missing file or a shape mismatch is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reward weights {path} are not available locally; pass the MLP's .safetensors/.pt "
+                                "file (e.g. LAION's sac+logos+ava1-l14-linearMSE) — nothing is downloaded")
+    if path.suffix == ".safetensors":
+        from lit_sdo.io import read_tensors
+
+        state = read_tensors(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {key.removeprefix("layers."): value for key, value in state.items()}
+    expected = {key: tuple(value.shape) for key, value in layers.state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in state.items()}
+    if found != expected:
+        raise ValueError(f"reward weights {path} have shapes {found}, but this MLP expects {expected}: "
+                         "set embed_dim/hidden to match the file")
+    layers.load_state_dict(state)
+
+
+def _build_embedder(spec: str) -> nn.Module:
+    """``clip:<name>`` or ``classifier:<name>`` -> a frozen module images [0, 1] -> (B, D)."""
+    kind, _, name = spec.partition(":")
+    if kind == "clip":
+        from lit_sdo.models import load_clip
+
+        return _ClipImageEmbedder(load_clip(name))
+    if kind == "classifier":
+        from lit_sdo.models import load_classifier
+
+        return _ClassifierFeatures(load_classifier(name))
+    raise ValueError(f"embedder={spec!r} is unknown; use clip:<name> or classifier:<name>")
+
+
+class _ClipImageEmbedder(nn.Module):
+    def __init__(self, clip: object) -> None:
+        super().__init__()
+        self.clip = clip
+        model = getattr(clip, "model", None)
+        if isinstance(model, nn.Module):
+            self.model = model.requires_grad_(False)  # registered so it moves with the reward
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.clip.image_embeddings(images)  # type: ignore[attr-defined]
+
+
+class _ClassifierFeatures(nn.Module):
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier.requires_grad_(False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.classifier.features(images)  # type: ignore[operator]

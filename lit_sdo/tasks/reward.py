@@ -1,0 +1,287 @@
+"""LoRA reward fine-tuning (paper Sec. 5.3, Eq. 27, Fig. 11-13): maximise r(G(x_T, θ + ΔW_LoRA), c).
+
+Each micro-batch samples from fresh noise with the gradient policy deciding which denoiser calls keep a
+graph: SDO with ``k="random"`` keeps ONE uniformly drawn call (about one sampling run plus one
+backward), ``random_truncation`` is AlignProp-uniform, ``last_k`` DRaFT-K (``last_k=1``: AlignProp-1 /
+DRaFT-1), ``checkpoint`` the exact gradient. Only the LoRA weights train (fp32); the base network is
+frozen (fp32 on CPU, bf16 on GPU).
+
+One Lightning epoch is one optimiser step (see :class:`lit_sdo.datamodules.RewardPromptDataModule`):
+``trainer.max_epochs`` is the number of steps, ``trainer.accumulate_grad_batches`` the accumulation, and
+a checkpoint per epoch resumes the same run (same noise, same random k, same optimiser state).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from lit_sdo.images import image_grid, save_png, to_unit_range
+from lit_sdo.io import write_json
+from lit_sdo.lora import DEFAULT_TARGETS, inject_lora, lora_parameters, save_lora
+from lit_sdo.models import DiffusionModel, load_diffusion
+from lit_sdo.sampling import GradientPolicy, build_scheduler, noise_for_seeds, sample
+
+GRID_SEED_OFFSET = 10_000_000  # fixed-seed grid/eval samples never share noise with training samples
+
+
+class RewardFinetuneModule(L.LightningModule):
+    """Fine-tune LoRA weights of a diffusion model's denoiser to maximise a differentiable reward.
+
+    Args:
+        generator: diffusion model for :func:`lit_sdo.models.load_diffusion`.
+        reward: module ``images in [0, 1], labels -> reward (B,)`` to maximise (default: log p(label) under
+            the embedded digits ResNet, :class:`lit_sdo.objectives.ClassLogProbReward`).
+        scheduler: sampler name (``ddim`` in the paper).
+        num_steps: sampling steps N (paper: 50).
+        guidance_scale: classifier-free guidance (paper: 7.5 for SD 1.5; 1 = none).
+        policy: gradient policy: ``sdo`` | ``random_truncation`` | ``last_k`` | ``checkpoint`` | ``full``.
+        k: SDO's graph step, ``random`` (paper Fig. 5) or a fixed index.
+        last_k: K of ``last_k``.
+        lora_rank: LoRA rank r.
+        lora_alpha: LoRA α (None: α = r, scale 1).
+        lora_targets: module names to adapt (None: attention projections to_q, to_k, to_v, to_out.0).
+        base_dtype: frozen weights' dtype: ``auto`` (bf16 on GPU, fp32 on CPU), ``float32`` or ``bfloat16``.
+        lr: AdamW learning rate (paper: 4e-4).
+        betas: AdamW betas (paper: 0.9, 0.999).
+        weight_decay: AdamW weight decay (paper: 1e-4).
+        grid_every_n_steps: log a fixed-seed image grid and its reward every this many optimiser steps.
+        grid_samples: samples in that grid (conditions cycle through the data module's classes/prompts).
+        policy_seed: seed of the policy's random draws (SDO's k, the truncation depth).
+        output_dir: where the LoRA, history.json and grid.png go (default: the logger's folder).
+    """
+
+    def __init__(self, generator: str = "embedded:digits-ddpm", reward: nn.Module | None = None,
+                 scheduler: str = "ddim", num_steps: int = 50, guidance_scale: float = 1.0, policy: str = "sdo",
+                 k: int | Literal["random"] = "random", last_k: int = 1, lora_rank: int = 4,
+                 lora_alpha: float | None = None, lora_targets: list[str] | None = None,
+                 base_dtype: Literal["auto", "float32", "bfloat16"] = "auto", lr: float = 4e-4,
+                 betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 1e-4, grid_every_n_steps: int = 10,
+                 grid_samples: int = 16, policy_seed: int = 0, output_dir: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["reward"])
+        if grid_every_n_steps < 1 or grid_samples < 1:
+            raise ValueError(f"grid_every_n_steps={grid_every_n_steps} and grid_samples={grid_samples} must be >= 1")
+        self.policy = GradientPolicy(name=policy, k=k, last_k=last_k)  # type: ignore[arg-type]
+        self.generator: DiffusionModel = load_diffusion(generator, guidance_scale=guidance_scale)
+        self.denoiser = self.generator.denoiser
+        inject_lora(self.denoiser.network, lora_targets or DEFAULT_TARGETS, lora_rank, lora_alpha)
+        if reward is None:
+            from lit_sdo.objectives import ClassLogProbReward
+
+            reward = ClassLogProbReward()
+        self.reward = reward.requires_grad_(False)
+        self.scheduler = build_scheduler(scheduler, num_steps, base_config=self.generator.scheduler_config)
+        self.strict_loading = False  # checkpoints hold the LoRA only; frozen networks load from their names
+        self.history: list[dict[str, float]] = []  # one row per optimiser step (rank 0's view, synced rewards)
+        self.train_seconds = 0.0  # wall-clock of training steps only (no grids, no checkpoints)
+        self._step_rewards: list[Tensor] = []
+        self._step_peak_bytes = 0
+        self._batch_started = 0.0
+        self._prompt_embeddings: Tensor | None = None
+        self._autocast_dtype: torch.dtype | None = None
+
+    # ----- construction ---------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> RewardFinetuneModule:
+        super().train(mode)
+        self.denoiser.eval()  # frozen networks: no dropout, fixed normalisation statistics
+        self.reward.eval()
+        return self
+
+    def setup(self, stage: str) -> None:
+        """Validate the data against the model and the trainer, cast the frozen base, embed the prompts."""
+        datamodule = self.trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "conditions"):
+            raise ValueError("reward fine-tuning needs lit_sdo.datamodules.RewardPromptDataModule as data")
+        per_step = datamodule.batch_size * self.trainer.accumulate_grad_batches * self.trainer.world_size
+        if per_step != datamodule.samples_per_step:
+            raise ValueError(
+                f"samples_per_step={datamodule.samples_per_step} must equal batch_size={datamodule.batch_size} × "
+                f"accumulate_grad_batches={self.trainer.accumulate_grad_batches} × devices={self.trainer.world_size} "
+                f"= {per_step}; set --trainer.accumulate_grad_batches="
+                f"{datamodule.samples_per_step / (datamodule.batch_size * self.trainer.world_size):g} or change "
+                "batch_size/samples_per_step so they divide")
+        if datamodule.prompts is not None:
+            if self.generator.encode_prompt is None:
+                raise ValueError(f"generator {self.hparams.generator} takes no text; use classes, not prompts")
+            self._prompt_embeddings = self.generator.encode_prompt(datamodule.prompts)  # (P, L, D)
+        else:
+            n = self.generator.num_classes
+            if n is None:
+                raise ValueError(f"generator {self.hparams.generator} is not class-conditional; pass prompts")
+            if max(datamodule.classes) >= n:
+                raise ValueError(f"classes {datamodule.classes} are out of range for {self.hparams.generator} with "
+                                 f"{n} classes (0..{n - 1})")
+        dtype = self.hparams.base_dtype
+        on_gpu = self.trainer.strategy.root_device.type == "cuda"
+        if dtype == "bfloat16" or (dtype == "auto" and on_gpu):
+            for name, param in self.denoiser.named_parameters():
+                if "lora_" not in name:
+                    param.data = param.data.to(torch.bfloat16)
+            self._autocast_dtype = torch.bfloat16
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(lora_parameters(self.denoiser.network), lr=self.hparams.lr,
+                                 betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay)
+
+    # ----- sampling -------------------------------------------------------------------------------
+    def condition(self, positions: Tensor) -> Tensor:
+        """Condition positions (B,) -> class labels (B,) or prompt embeddings (B, L, D)."""
+        datamodule = self.trainer.datamodule
+        if self._prompt_embeddings is not None:
+            return self._prompt_embeddings.to(self.device)[positions.cpu()]
+        return torch.tensor(datamodule.classes, device=self.device)[positions.to(self.device)]
+
+    def generate(self, seeds: Tensor, cond: Tensor, policy: GradientPolicy | str,
+                 policy_generator: torch.Generator | None = None) -> Tensor:
+        """Seeds -> images in [0, 1] through the sampler (gradient where ``policy`` keeps it)."""
+        x = noise_for_seeds(seeds.tolist(), self.denoiser.sample_shape, device=self.device)
+        autocast = (torch.autocast(self.device.type, dtype=self._autocast_dtype) if self._autocast_dtype
+                    else nullcontext())
+        with autocast:
+            out = sample(self.denoiser, self.scheduler, x, cond, policy=policy, policy_generator=policy_generator)
+            return to_unit_range(self.denoiser.decode(out.sample).float())
+
+    # ----- one micro-batch ------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        positions, seeds = self.trainer.datamodule.conditions(self.current_epoch, batch["index"].cpu())
+        cond = self.condition(positions)
+        # The policy's draws are a function of the run's seed and the micro-batch's first noise seed:
+        # the same after a resume and different on every rank and micro-batch.
+        policy_generator = torch.Generator().manual_seed(self.hparams.policy_seed * 1_000_003 + int(seeds[0]))
+        with _saved_tensor_bytes(self.device, self._parameter_storages()) as memory:
+            images = self.generate(seeds, cond, self.policy, policy_generator)
+            reward = self.reward(images, cond if cond.dim() == 1 else None)  # (B,)
+            if not torch.isfinite(reward).all():
+                raise FloatingPointError(self._nan_message("reward"))
+            loss = -reward.mean()
+        self._step_peak_bytes = max(self._step_peak_bytes, memory())
+        self._step_rewards.append(reward.detach().mean())
+        return loss
+
+    def _parameter_storages(self) -> set[int]:
+        """Storage addresses of all weights: autograd saves them for backward, but they cost no new memory."""
+        return {p.untyped_storage().data_ptr() for p in self.parameters()}
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        for param in lora_parameters(self.denoiser.network):
+            if param.grad is not None and not torch.isfinite(param.grad).all():
+                raise FloatingPointError(self._nan_message("LoRA gradient"))
+
+    def _nan_message(self, what: str) -> str:
+        callback = getattr(self.trainer, "checkpoint_callback", None)
+        last = getattr(callback, "last_model_path", "") or "none written yet"
+        return (f"{what} is NaN/inf at optimiser step {self.global_step} (epoch {self.current_epoch}); the run stops "
+                f"without updating the LoRA; last good checkpoint: {last}")
+
+    # ----- bookkeeping per optimiser step ---------------------------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._batch_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.train_seconds += time.perf_counter() - self._batch_started
+
+    def on_train_start(self) -> None:
+        if self.global_step == 0:  # the untrained model: step 0 of the reward curves
+            self.history.append({"step": 0, "seconds": 0.0, "eval_reward": self.log_grid()})
+
+    def on_train_epoch_end(self) -> None:
+        """One optimiser step is complete: sync its reward, record it, log it vs step and vs wall-clock."""
+        reward = torch.stack(self._step_rewards).mean()
+        reward = self.trainer.strategy.reduce(reward, reduce_op="mean")
+        seconds = torch.tensor(self.train_seconds, device=self.device)
+        seconds = float(self.trainer.strategy.reduce(seconds, reduce_op="max"))  # the slowest rank sets the pace
+        self._step_rewards = []
+        row = {"step": self.global_step, "seconds": seconds, "reward": float(reward),
+               "peak_bytes": self._step_peak_bytes}
+        self._step_peak_bytes = 0
+        self.log("train/reward", reward, prog_bar=True, batch_size=self.trainer.datamodule.samples_per_step)
+        experiment = getattr(self.logger, "experiment", None)
+        if self.trainer.is_global_zero and hasattr(experiment, "add_scalar"):
+            experiment.add_scalar("reward/vs_step", row["reward"], self.global_step)
+            experiment.add_scalar("reward/vs_wallclock_ms", row["reward"], round(seconds * 1000))
+        if self.global_step % self.hparams.grid_every_n_steps == 0 or self.global_step == self.trainer.max_epochs:
+            row["eval_reward"] = self.log_grid()
+        self.history.append(row)
+
+    @torch.no_grad()
+    def fixed_samples(self) -> tuple[Tensor, Tensor]:
+        """The fixed-seed samples (images in [0, 1]) and their rewards, plain sampling without gradient."""
+        n = self.hparams.grid_samples
+        datamodule = self.trainer.datamodule
+        positions = torch.arange(n) % datamodule.num_conditions
+        seeds = GRID_SEED_OFFSET + torch.arange(n)
+        cond = self.condition(positions)
+        images = self.generate(seeds, cond, "none")
+        return images, self.reward(images, cond if cond.dim() == 1 else None)
+
+    def log_grid(self) -> float:
+        """Image grid of the fixed seeds to TensorBoard; returns their mean reward (the eval reward)."""
+        images, reward = self.fixed_samples()
+        value = float(reward.mean())
+        experiment = getattr(self.logger, "experiment", None)
+        if self.trainer.is_global_zero and hasattr(experiment, "add_image"):
+            experiment.add_image("samples/fixed_seeds", image_grid(images, nrow=8), self.global_step)
+            experiment.add_scalar("reward/eval_vs_step", value, self.global_step)
+            experiment.add_scalar("reward/eval_vs_wallclock_ms", value, round(self.train_seconds * 1000))
+        return value
+
+    # ----- results and checkpoints ----------------------------------------------------------------
+    def output_dir(self) -> Path:
+        return Path(self.hparams.output_dir or self.trainer.log_dir or ".")
+
+    def on_train_end(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        out = self.output_dir()
+        save_lora(self.denoiser.network, out / "lora", metadata={"generator": self.hparams.generator,
+                                                                 "policy": str(self.policy)})
+        images, _ = self.fixed_samples()
+        save_png(out / "grid.png", image_grid(images, nrow=8), scale=4)
+        write_json(out / "history.json", {"config": dict(self.hparams), "steps": self.history})
+        last = self.history[-1] if self.history else {}
+        steps = sum("reward" in row for row in self.history)
+        print(f"[lit_sdo] reward fine-tuning: {steps} steps, reward {last.get('reward', float('nan')):.4f}"
+              f", eval reward {last.get('eval_reward', float('nan')):.4f}, {self.train_seconds:.1f} s; LoRA in "
+              f"{out / 'lora'}")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if "lora_" in k}
+        checkpoint["reward_task"] = {"history": self.history, "train_seconds": self.train_seconds}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("reward_task")
+        if state is None:
+            raise ValueError("the checkpoint was not written by RewardFinetuneModule (no reward_task state)")
+        expected = {k for k in self.state_dict() if "lora_" in k}
+        if set(checkpoint["state_dict"]) != expected:
+            raise ValueError("the checkpoint's LoRA does not match this config's (other generator, rank or targets)")
+        self.history, self.train_seconds = list(state["history"]), float(state["train_seconds"])
+
+
+@contextmanager
+def _saved_tensor_bytes(device: torch.device, weights: set[int]) -> Iterator[Any]:
+    """Measure the memory a policy keeps for backward: peak CUDA memory on GPU; on CPU the bytes of the
+    distinct tensors autograd saves, weights (storage addresses ``weights``) excluded (CPU has no
+    allocator statistics)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        yield lambda: torch.cuda.max_memory_allocated(device)
+        return
+    seen: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield lambda: sum(seen.values())

@@ -1,0 +1,261 @@
+"""Reward fine-tuning on tiny models: which steps carry gradient, what trains, resume, NaN, DDP, rewards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from diffusers import DDPMScheduler
+
+from lit_sdo.datamodules import RewardPromptDataModule
+from lit_sdo.images import to_unit_range
+from lit_sdo.io import read_tensors, write_tensors
+from lit_sdo.lora import lora_parameters
+from lit_sdo.models.networks import build_network
+from lit_sdo.objectives import ClassLogProbReward, EmbeddingMLPReward, InkReward
+from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample
+from lit_sdo.tasks.reward import RewardFinetuneModule
+from lit_sdo.tasks.train_classifier import export_classifier
+from lit_sdo.tasks.train_diffusion import export_diffusion
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM_STEPS = 4  # sampling steps of the tiny runs
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """A tiny 2-class attention DDPM and a tiny 2-class ResNet, exported like the shipped models."""
+    from test_lora import make_attention_unet
+
+    root = tmp_path_factory.mktemp("reward-models")
+    scheduler = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=False)
+    ddpm = export_diffusion(make_attention_unet(), scheduler, root / "ddpm", num_classes=2)
+    torch.manual_seed(0)
+    kwargs = {"in_chans": 1, "layers": [1, 1, 1, 1], "channels": [4, 4, 4, 4]}
+    resnet = export_classifier(build_network("resnet", num_classes=2, **kwargs), root / "resnet", "resnet", kwargs,
+                               num_classes=2, input_size=8)
+    return SimpleNamespace(ddpm=ddpm, resnet=resnet)
+
+
+def make_module(folders: SimpleNamespace, out: Path, reward: torch.nn.Module | None = None,
+                **kwargs: object) -> RewardFinetuneModule:
+    L.seed_everything(0, verbose=False)  # LoRA's A matrices are drawn at injection
+    reward = reward if reward is not None else ClassLogProbReward(str(folders.resnet))
+    options = {"num_steps": NUM_STEPS, "grid_every_n_steps": 100, "grid_samples": 2, "output_dir": str(out)} | kwargs
+    return RewardFinetuneModule(generator=str(folders.ddpm), reward=reward, **options)
+
+
+def fit(module: RewardFinetuneModule, out: Path, steps: int, samples_per_step: int = 4, batch_size: int = 2,
+        accumulate: int = 2, callbacks: list | None = None, ckpt_path: str | None = None) -> L.Trainer:
+    data = RewardPromptDataModule(num_classes=2, samples_per_step=samples_per_step, batch_size=batch_size)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=steps, accumulate_grad_batches=accumulate,
+                        logger=False, enable_checkpointing=bool(callbacks), callbacks=callbacks or [],
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=out)
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+    return trainer
+
+
+class GradCapture(L.Callback):
+    """The LoRA gradients the optimiser is about to apply (before any clipping)."""
+
+    def __init__(self) -> None:
+        self.grads: list[list[torch.Tensor]] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule, optimizer: object) -> None:
+        self.grads.append([p.grad.clone() for p in lora_parameters(module.denoiser.network)])
+
+
+def lora_state(module: RewardFinetuneModule) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters() if "lora_" in n}
+
+
+@pytest.mark.parametrize("policy", ["sdo", "random_truncation", "last_k"])
+def test_gradient_comes_from_the_policys_steps_and_equals_the_fixed_k_reference(
+        folders: SimpleNamespace, tmp_path: Path, policy: str) -> None:
+    module = make_module(folders, tmp_path, policy=policy, k="random", last_k=1)
+    initial = lora_state(module)
+    graph_calls: list[bool] = []
+    module.denoiser.network.register_forward_hook(lambda *_: graph_calls.append(torch.is_grad_enabled()))
+    capture = GradCapture()
+    fit(module, tmp_path, steps=1, samples_per_step=2, accumulate=1, callbacks=[capture])
+    # The policy's draw for the one micro-batch (noise seeds 0, 1): the module's documented rule.
+    draw = int(torch.randint(NUM_STEPS, (1,), generator=torch.Generator().manual_seed(0)).item())
+    expected_calls = {"sdo": 1, "random_truncation": draw + 1, "last_k": 1}[policy]
+    assert sum(graph_calls) == expected_calls  # grids and eval run without graph
+
+    # Reference: the same micro-batch with the drawn step(s) fixed, gradients by autograd.
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if name in initial:
+                param.copy_(initial[name])
+    reference_policy = {"sdo": GradientPolicy("sdo", k=draw), "random_truncation": GradientPolicy(
+        "last_k", last_k=draw + 1), "last_k": GradientPolicy("last_k", last_k=1)}[policy]
+    labels = torch.tensor([0, 1])
+
+    def gradient(policy_: GradientPolicy) -> list[torch.Tensor]:
+        x = noise_for_seeds([0, 1], module.denoiser.sample_shape)
+        images = to_unit_range(sample(module.denoiser, module.scheduler, x, labels, policy=policy_).sample)
+        loss = -module.reward(images, labels).mean()
+        return list(torch.autograd.grad(loss, lora_parameters(module.denoiser.network)))
+
+    for got, want in zip(capture.grads[0], gradient(reference_policy), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-8)
+    assert sum(g.abs().sum() for g in capture.grads[0]) > 0
+    if policy == "sdo":  # another step's gradient differs: the test can tell which step was used
+        other = gradient(GradientPolicy("sdo", k=(draw + 1) % NUM_STEPS))
+        assert any(not torch.allclose(a, b) for a, b in zip(capture.grads[0], other, strict=True))
+
+
+def test_only_lora_weights_change(folders: SimpleNamespace, tmp_path: Path) -> None:
+    module = make_module(folders, tmp_path, lr=1e-2)
+    before = {n: t.clone() for n, t in module.state_dict().items()}
+    fit(module, tmp_path, steps=2)
+    after = module.state_dict()
+    assert before.keys() == after.keys()
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert any("lora_B" in n for n in changed) and any("lora_A" in n for n in changed)
+    saved = read_tensors(tmp_path / "lora" / "pytorch_lora_weights.safetensors")
+    assert len(saved) == len([n for n in before if "lora_" in n])
+
+
+def test_reward_increases_on_a_tiny_problem(folders: SimpleNamespace, tmp_path: Path) -> None:
+    module = make_module(folders, tmp_path, reward=InkReward(), lr=0.2, grid_samples=4)
+    fit(module, tmp_path, steps=10)
+    evals = [row["eval_reward"] for row in module.history if "eval_reward" in row]
+    assert len(evals) == 2  # step 0 and the last step, on the same fixed seeds
+    assert evals[1] > evals[0] + 0.015, evals  # measured: 0.479 -> 0.504
+
+
+def test_batch_and_accumulation_that_do_not_divide_are_one_line_errors(folders: SimpleNamespace,
+                                                                       tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"^samples_per_step=5 is not a multiple of batch_size=2[^\n]*$"):
+        RewardPromptDataModule(samples_per_step=5, batch_size=2)
+    module = make_module(folders, tmp_path)
+    with pytest.raises(ValueError, match=r"accumulate_grad_batches=2 or change[^\n]*$"):
+        fit(module, tmp_path, steps=1, samples_per_step=4, batch_size=2, accumulate=1)
+
+
+class NaNAfter(torch.nn.Module):
+    """Ink reward whose training calls (those with gradient) turn NaN from the ``n``-th on."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n, self.calls = n, 0
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        reward = images.flatten(1).mean(1)
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls >= self.n:
+                return reward * float("nan")
+        return reward
+
+
+def test_nan_reward_stops_naming_the_step_and_keeps_the_last_good_checkpoint(folders: SimpleNamespace,
+                                                                            tmp_path: Path) -> None:
+    module = make_module(folders, tmp_path, reward=NaNAfter(3), lr=1e-2)
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=1)
+    with pytest.raises(FloatingPointError, match=r"reward is NaN/inf at optimiser step 2 .*last good checkpoint: "):
+        fit(module, tmp_path, steps=5, samples_per_step=2, accumulate=1, callbacks=[checkpoint])
+    last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 2
+    current = lora_state(module)  # the NaN step never updated the LoRA
+    assert set(last["state_dict"]) == set(current)
+    for name, value in current.items():
+        torch.testing.assert_close(last["state_dict"][name], value, rtol=0, atol=0)
+
+
+def test_resume_from_checkpoint_continues_the_same_run(folders: SimpleNamespace, tmp_path: Path) -> None:
+    straight = make_module(folders, tmp_path / "a", lr=1e-2)
+    fit(straight, tmp_path / "a", steps=4)
+    first = make_module(folders, tmp_path / "b", lr=1e-2)
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=1)
+    fit(first, tmp_path / "b", steps=2, callbacks=[checkpoint])
+    resumed = make_module(folders, tmp_path / "b", lr=1e-2)
+    fit(resumed, tmp_path / "b", steps=4, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"),
+        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=1)])
+    for name, value in lora_state(straight).items():
+        torch.testing.assert_close(lora_state(resumed)[name], value, rtol=0, atol=1e-7)
+    assert [r["step"] for r in resumed.history] == [0, 1, 2, 3, 4]
+    assert [r.get("reward") for r in resumed.history] == pytest.approx([r.get("reward") for r in straight.history])
+
+
+def test_embedded_rewards_match_their_definitions(folders: SimpleNamespace) -> None:
+    images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(InkReward()(images), images.mean((1, 2, 3)))
+    torch.testing.assert_close(InkReward(sign=-1, dark_ink=True)(images), -(1 - images).mean((1, 2, 3)))
+    reward = ClassLogProbReward(str(folders.resnet))
+    log_probs = torch.log_softmax(reward.classifier(images), 1)
+    torch.testing.assert_close(reward(images, torch.tensor([0, 1, 1])), log_probs[[0, 1, 2], [0, 1, 1]])
+    torch.testing.assert_close(ClassLogProbReward(str(folders.resnet), target_class=1)(images), log_probs[:, 1])
+    with pytest.raises(ValueError, match="target_class=5 is out of range"):
+        ClassLogProbReward(str(folders.resnet), target_class=5)
+
+
+def test_embedding_mlp_reward_loads_user_weights_and_rejects_wrong_shapes(folders: SimpleNamespace,
+                                                                          tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(4, 8), torch.nn.Linear(8, 1)]  # hidden=(8,): no dropout between, keys 0 and 1
+    weights = {"layers.0.weight": layers[0].weight, "layers.0.bias": layers[0].bias,
+               "layers.1.weight": layers[1].weight, "layers.1.bias": layers[1].bias}
+    write_tensors(tmp_path / "mlp.safetensors", weights)
+    reward = EmbeddingMLPReward(str(tmp_path / "mlp.safetensors"), embedder=f"classifier:{folders.resnet}",
+                                embed_dim=4, hidden=(8,))
+    images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    features = torch.nn.functional.normalize(reward.embed.classifier.features(images), dim=-1)
+    torch.testing.assert_close(reward(images), layers[1](layers[0](features)).squeeze(1).detach())
+    with pytest.raises(ValueError, match=r"^reward weights .* have shapes .* set embed_dim/hidden to match[^\n]*$"):
+        EmbeddingMLPReward(str(tmp_path / "mlp.safetensors"), embedder=f"classifier:{folders.resnet}",
+                           embed_dim=768)
+    with pytest.raises(FileNotFoundError, match="not available locally"):
+        EmbeddingMLPReward(str(tmp_path / "none.safetensors"), embedder=f"classifier:{folders.resnet}")
+
+
+def test_prompt_sets_are_shipped() -> None:
+    animals = (ROOT / "data/prompts/animals45.txt").read_text().splitlines()
+    assert len(animals) == len(set(animals)) == 45
+    assert "a painting of an ant" in animals and "a painting of a cat" in animals
+    data = RewardPromptDataModule(classes="data/prompts/digits.txt", samples_per_step=4, batch_size=2)
+    assert data.classes == list(range(10))
+    positions, seeds = data.conditions(epoch=3, index=torch.tensor([0, 1]))
+    assert positions.tolist() == [2, 3] and seeds.tolist() == [12, 13]  # sample 3·4 + j
+    with pytest.raises(FileNotFoundError, match="prompt file nowhere.txt does not exist"):
+        RewardPromptDataModule(prompts="nowhere.txt")
+
+
+@pytest.mark.slow
+def test_two_ddp_ranks_through_the_cli_give_the_one_device_lora(folders: SimpleNamespace, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    command = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ROOT / "configs/reward/digits.yaml"),
+               f"--model.init_args.generator={folders.ddpm}",
+               f"--model.init_args.reward.init_args.classifier={folders.resnet}",
+               f"--model.init_args.num_steps={NUM_STEPS}", "--model.init_args.lr=0.01",
+               "--model.init_args.grid_samples=2", f"--model.init_args.output_dir={out}",
+               "--data.init_args.num_classes=2", "--data.init_args.samples_per_step=4", "--data.init_args.batch_size=2",
+               "--trainer.max_epochs=2", "--trainer.gradient_clip_val=null", "--trainer.accumulate_grad_batches=1",
+               "--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.enable_progress_bar=false",
+               f"--trainer.logger.init_args.save_dir={out}"]
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = read_tensors(out / "lora" / "pytorch_lora_weights.safetensors")
+
+    # One device, accumulating the same two micro-batches (the CLI seeds everything with 0 first too).
+    L.seed_everything(0, verbose=False)
+    reward = ClassLogProbReward(str(folders.resnet))
+    single = RewardFinetuneModule(generator=str(folders.ddpm), reward=reward, num_steps=NUM_STEPS, lr=0.01,
+                                  grid_samples=2, output_dir=str(tmp_path / "one"))
+    fit(single, tmp_path / "one", steps=2, samples_per_step=4, batch_size=2, accumulate=2)
+    one = read_tensors(tmp_path / "one" / "lora" / "pytorch_lora_weights.safetensors")
+    assert ddp.keys() == one.keys()
+    for key in one:
+        torch.testing.assert_close(ddp[key], one[key], rtol=0, atol=1e-5)
+    assert any(one[key].abs().max() > 0 for key in one if "lora_B" in key)
+
