@@ -160,3 +160,59 @@ def attack_report(records: dict[str, Tensor], classifier: nn.Module, targeted: b
         for i in range(len(labels))
     ]
     return summary, per_sample
+
+
+# ----- digit shape measurements (captions of the embedded text–image model, the aesthetic stand-in) ---------
+
+
+def _ink(images: Tensor, threshold: float = 0.5) -> np.ndarray:
+    """Boolean ink masks (B, H, W) of grey images in [0, 1] (white strokes on black, as in the digits)."""
+    grey = images.detach().float().mean(1) if images.dim() == 4 else images.detach().float()
+    return (grey > threshold).cpu().numpy()
+
+
+def stroke_thickness(images: Tensor) -> Tensor:
+    """Mean stroke width in pixels (B,): twice the mean distance of ink pixels to the background (EDT).
+
+    A measured property, not a judgement: the embedded "aesthetic" stand-in predicts it
+    differentiably. 0 for an image without ink.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    widths = [2 * float(distance_transform_edt(mask)[mask].mean()) if mask.any() else 0.0 for mask in _ink(images)]
+    return torch.tensor(widths)
+
+
+def stroke_slant(images: Tensor) -> Tensor:
+    """Horizontal shear of the ink (B,): x-shift per pixel upwards (> 0 leans right), from second moments."""
+    values = []
+    for mask in _ink(images):
+        ys, xs = np.nonzero(mask)
+        if len(ys) < 2:
+            values.append(0.0)
+            continue
+        dy, dx = -(ys - ys.mean()), xs - xs.mean()  # y up
+        values.append(float((dx * dy).sum() / max((dy * dy).sum(), 1e-6)))
+    return torch.tensor(values)
+
+
+def ink_width(images: Tensor) -> Tensor:
+    """Width of the ink's bounding box as a fraction of the image width (B,) (the digits all fill the height)."""
+    masks = _ink(images)
+    cols = [np.nonzero(m.any(0))[0] for m in masks]
+    return torch.tensor([(c[-1] - c[0] + 1) / m.shape[1] if len(c) else 0.0 for c, m in zip(cols, masks, strict=True)])
+
+
+# ----- guided generation ----------------------------------------------------------------------------------
+
+
+def clip_score(image_embeddings: Tensor, text_embeddings: Tensor) -> Tensor:
+    """CLIP score per sample (B,): 100 · max(cos(image, text), 0) (Hessel et al. 2021, w = 1)."""
+    return 100 * (image_embeddings * text_embeddings).sum(-1).clamp(min=0)
+
+
+def gram_distance(features_a: Tensor, features_b: Tensor) -> Tensor:
+    """Mean squared difference of Gram matrices per sample (B,) of features (B, C, N) (the style metric)."""
+    from lit_sdo.objectives.style import gram_matrix
+
+    return (gram_matrix(features_a) - gram_matrix(features_b)).flatten(1).pow(2).mean(1)

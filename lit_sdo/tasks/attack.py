@@ -7,7 +7,6 @@ generated image still shows class y but the classifier no longer predicts y.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -66,7 +65,6 @@ class AttackModule(LatentOptimizationModule):
             self.transfer = load_classifier(transfer_classifier).requires_grad_(False)
             check_compatible(self.generator, self.transfer, resize_for_classifier)
         self.objective = ClassifierObjective(loss=loss, targeted=targeted, kappa=kappa)
-        self._records: list[dict[str, Tensor]] = []
 
     def frozen_modules(self) -> list[torch.nn.Module]:
         return [m for m in (self.denoiser, self.classifier, self.transfer) if m is not None]
@@ -94,15 +92,14 @@ class AttackModule(LatentOptimizationModule):
         return self.objective(logits, batch["label"], targets), self.objective.success(logits, batch["label"], targets)
 
     # ----- evaluation and results -----------------------------------------------------------------
+    integer_record_keys = ("label", "seed", "target", "clean_pred", "adv_pred", "transfer_clean_pred",
+                           "transfer_adv_pred")
+
     @torch.no_grad()
     def evaluate_batch(self, batch: dict[str, Tensor], offer_current: bool) -> None:
         """Clean and adversarial (best δ) images of a batch, with everything the metrics need."""
-        rows, cond = batch["index"], self.condition(batch)
-        x_start = self.start_latent(batch)
-        if offer_current:  # the δ after the last update has not been scored yet
-            images = self.generate(x_start + self.delta[rows], cond, "none")
-            self.tracker.update(rows, self.delta[rows], *self.loss_and_success(images, batch))
-        best = self.tracker.best[rows]
+        x_start, cond, best = self.final_delta(batch, offer_current)
+        rows = batch["index"]
         clean = self.generate(x_start, cond, "none")
         adversarial = self.generate(x_start + best, cond, "none")
         targets = self.targets(batch)
@@ -118,42 +115,11 @@ class AttackModule(LatentOptimizationModule):
             record["transfer_adv_pred"] = self.transfer(adversarial).argmax(1)
         self._records.append(record)
 
-    def on_train_end(self) -> None:
-        for batch in self.trainer.train_dataloader:
-            self.evaluate_batch(self.transfer_batch_to_device(batch, self.device, 0), offer_current=True)
-        self.merge_ranks()
-        self.write_results()
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.evaluate_batch(batch, offer_current=False)
-
-    def on_test_epoch_end(self) -> None:
-        self.write_results()
-
-    def gather_records(self) -> dict[str, Tensor]:
-        """All ranks' records as full (N, ...) tensors in sample order (rows evaluated twice are averaged)."""
-        n = self.delta.shape[0]
-        local = {key: torch.cat([r[key] for r in self._records]) for key in self._records[0]}
-        self._records = []
-        rows = local.pop("index")
-        count = torch.zeros(n, device=self.device).index_add_(0, rows, torch.ones(len(rows), device=self.device))
-        count = self.trainer.strategy.reduce(count, reduce_op="sum")
-        full = {}
-        for key, value in local.items():
-            buffer = torch.zeros((n, *value.shape[1:]), device=self.device)
-            buffer.index_add_(0, rows, value.float())
-            total = self.trainer.strategy.reduce(buffer, reduce_op="sum")
-            full[key] = total / count.clamp(min=1).view(-1, *([1] * (value.dim() - 1)))
-        for key in ("label", "seed", "target", "clean_pred", "adv_pred", "transfer_clean_pred", "transfer_adv_pred"):
-            if key in full:
-                full[key] = full[key].round().long()
-        return full
-
     def write_results(self) -> None:
         records = self.gather_records()
         if not self.trainer.is_global_zero:
             return
-        out_dir = Path(self.hparams.output_dir or self.trainer.log_dir or ".")
+        out_dir = self.output_folder()
         summary, per_sample = metrics.attack_report(
             records, classifier=self.classifier, targeted=self.hparams.targeted,
             transfer=self.transfer is not None)

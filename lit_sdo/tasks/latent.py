@@ -14,6 +14,7 @@ taking each row from the rank that owns it, so a sample's δ is never averaged a
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -64,6 +65,7 @@ class LatentOptimizationModule(L.LightningModule):
         self.optim: PerSampleOptimizer | None = None
         self.tracker: BestTracker | None = None
         self.step_seconds: list[float] = []  # wall-clock of each optimisation step on this rank
+        self._records: list[dict[str, Tensor]] = []  # per-batch evaluation records (see evaluate_batch)
 
     # ----- construction ---------------------------------------------------------------------------
     @staticmethod
@@ -158,6 +160,60 @@ class LatentOptimizationModule(L.LightningModule):
         merged = merge_rows_by_version(gathered, gathered["optim.steps"])
         for name, t in state.items():
             t.copy_(merged[name])
+
+    # ----- evaluation and results (subclasses: evaluate_batch + write_results) ----------------------
+    integer_record_keys: tuple[str, ...] = ("label", "seed")  # record keys rounded back to integers after gathering
+
+    def evaluate_batch(self, batch: dict[str, Tensor], offer_current: bool) -> None:
+        """Append a record (tensors with a leading sample dimension, ``index`` included) to ``self._records``."""
+        raise NotImplementedError
+
+    def write_results(self) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def final_delta(self, batch: dict[str, Tensor], offer_current: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+        """(start latent, condition, best δ) of a batch; ``offer_current`` first scores the δ of the last update."""
+        rows, cond = batch["index"], self.condition(batch)
+        x_start = self.start_latent(batch)
+        if offer_current:  # the δ after the last update has not been scored yet
+            images = self.generate(x_start + self.delta[rows], cond, "none")
+            self.tracker.update(rows, self.delta[rows], *self.loss_and_success(images, batch))
+        return x_start, cond, self.tracker.best[rows]
+
+    def on_train_end(self) -> None:
+        for batch in self.trainer.train_dataloader:
+            self.evaluate_batch(self.transfer_batch_to_device(batch, self.device, 0), offer_current=True)
+        self.merge_ranks()
+        self.write_results()
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.evaluate_batch(batch, offer_current=False)
+
+    def on_test_epoch_end(self) -> None:
+        self.write_results()
+
+    def gather_records(self) -> dict[str, Tensor]:
+        """All ranks' records as full (N, ...) tensors in sample order (rows evaluated twice are averaged)."""
+        n = self.delta.shape[0]
+        local = {key: torch.cat([r[key] for r in self._records]) for key in self._records[0]}
+        self._records = []
+        rows = local.pop("index")
+        count = torch.zeros(n, device=self.device).index_add_(0, rows, torch.ones(len(rows), device=self.device))
+        count = self.trainer.strategy.reduce(count, reduce_op="sum")
+        full = {}
+        for key, value in local.items():
+            buffer = torch.zeros((n, *value.shape[1:]), device=self.device)
+            buffer.index_add_(0, rows, value.float())
+            total = self.trainer.strategy.reduce(buffer, reduce_op="sum")
+            full[key] = total / count.clamp(min=1).view(-1, *([1] * (value.dim() - 1)))
+        for key in self.integer_record_keys:
+            if key in full:
+                full[key] = full[key].round().long()
+        return full
+
+    def output_folder(self) -> Path:
+        return Path(self.hparams.output_dir or self.trainer.log_dir or ".")
 
     # ----- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
