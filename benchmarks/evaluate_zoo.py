@@ -89,7 +89,8 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_manifests(results: dict[str, Any], wall_clock: dict[str, float], command: str) -> None:
+def write_manifests(results: dict[str, Any], wall_clock: dict[str, float], notes: dict[str, str],
+                    command: str) -> None:
     """One MANIFEST (JSON) per shipped model: files + sha256, training command, seed, time, metrics."""
     import yaml
 
@@ -107,7 +108,9 @@ def write_manifests(results: dict[str, Any], wall_clock: dict[str, float], comma
         manifest = {
             "name": f"embedded:{name}",
             "files": {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "MANIFEST"},
-            "training_command": f".venv/bin/python cli.py fit --config {config_path}",
+            # One thread per run: on 2 cores shared with other jobs, torch's 2 threads each oversubscribe.
+            "training_command": f"OMP_NUM_THREADS=1 .venv/bin/python cli.py fit --config {config_path}",
+            "training_notes": notes.get(name),
             "seed": config["seed_everything"],
             "data": "sklearn digits 16×16, DigitsDataModule(seed=0) split 70/10/20 train/val/test",
             "training_wall_clock_s": wall_clock.get(name),
@@ -132,6 +135,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--manifest", action="store_true", help="also write data/models/<name>/MANIFEST")
     parser.add_argument("--wall-clock", nargs="*", default=[], metavar="NAME=SECONDS",
                         help="measured training time of each model, recorded in its MANIFEST")
+    parser.add_argument("--note", nargs="*", default=[], metavar="NAME=TEXT",
+                        help="how a model's training deviated from its plain command, recorded in its MANIFEST")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     results = evaluate(args)
@@ -139,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(results, indent=2))  # noqa: T201
     if args.manifest:
         wall_clock = {k: float(v) for k, v in (item.split("=", 1) for item in args.wall_clock)}
-        write_manifests(results, wall_clock, "benchmarks/evaluate_zoo.py " + " ".join(argv or sys.argv[1:]))
+        notes = dict(item.split("=", 1) for item in args.note)
+        command = ".venv/bin/python benchmarks/evaluate_zoo.py " + " ".join(argv or sys.argv[1:])
+        write_manifests(results, wall_clock, notes, command)
 
 
 if __name__ == "__main__":

@@ -253,7 +253,7 @@ def test_shipped_files_match_their_manifest(name: str) -> None:
     manifest = json.loads((folder / "MANIFEST").read_text())
     for file, digest in manifest["files"].items():
         assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == digest, file
-    assert manifest["training_command"].startswith(".venv/bin/python cli.py fit --config configs/train/")
+    assert "cli.py fit --config configs/train/" in manifest["training_command"]
 
 
 def test_shipped_zoo_is_small() -> None:

@@ -76,7 +76,7 @@ def test_diffusion_fit_updates_ema_and_exports_a_diffusers_folder(tmp_path: Path
     assert any(moved) and not any(p.requires_grad for p in module.ema.parameters())
     unet = UNet2DModel.from_pretrained(tmp_path / "export")  # diffusers' own loaders
     scheduler = DDPMScheduler.from_pretrained(tmp_path / "export")
-    assert scheduler.config.timestep_spacing == "trailing" and scheduler.config.clip_sample is False
+    assert scheduler.config.timestep_spacing == "leading" and scheduler.config.clip_sample is False
     for a, b in zip(unet.parameters(), module.ema.parameters(), strict=True):
         assert torch.equal(a, b)  # the EMA weights are what ships
     model = load_diffusion(str(tmp_path / "export"), guidance_scale=2.0)

@@ -58,8 +58,10 @@ class DiffusionTrainingModule(L.LightningModule):
         self.ema = copy.deepcopy(self.unet).requires_grad_(False).eval()
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
                                              prediction_type=prediction_type, clip_sample=False,
-                                             # sampling starts at t = T-1 (Lin et al. 2024), not T - T/N
-                                             timestep_spacing="trailing")
+                                             # NOT "trailing": the cosine schedule caps β at 0.999, so ᾱ at
+                                             # t = T-1 is ~1e-6 and x̂₀ = (x - √(1-ᾱ)ε̂)/√ᾱ blows ε̂'s error up
+                                             # 1000× without the clamp that optimisation must turn off.
+                                             timestep_spacing="leading")
 
     def diffusion_loss(self, network: torch.nn.Module, images: Tensor, labels: Tensor) -> Tensor:
         """Mean squared error of the ε / v regression at uniformly drawn timesteps (images in [-1, 1])."""
@@ -128,6 +130,9 @@ def export_checkpoint(checkpoint: str | Path, folder: str | Path) -> Path:
 if __name__ == "__main__":
     import sys
 
+    # Import by package path: the checkpoint names lit_sdo.tasks.train_diffusion's class, not __main__'s.
+    from lit_sdo.tasks.train_diffusion import export_checkpoint as export
+
     if len(sys.argv) != 3:
         raise SystemExit("usage: python -m lit_sdo.tasks.train_diffusion CHECKPOINT.ckpt EXPORT_FOLDER")
-    print(export_checkpoint(sys.argv[1], sys.argv[2]))  # noqa: T201
+    print(export(sys.argv[1], sys.argv[2]))  # noqa: T201
