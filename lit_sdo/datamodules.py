@@ -328,6 +328,16 @@ DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
+def digits_test_tensors(image_size: int = 16) -> tuple[Tensor, Tensor]:
+    """The test split of ``DigitsDataModule(image_size, seed=0)`` (same fractions), without building a module.
+
+    A LightningDataModule built inside another one's ``__init__`` confuses ``save_hyperparameters``.
+    """
+    images, labels = load_digits_tensors(image_size)
+    _, _, test = split_indices(len(images), 0.1, 0.2, 0)
+    return images[test], labels[test]
+
+
 class ReferenceImageDataset(Dataset):
     """(index, seed, label, reference image in [-1, 1], prompt) items for guided editing of real images."""
 
@@ -370,7 +380,7 @@ class ReferenceImageDataModule(L.LightningDataModule):
         if num_samples is not None and num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples={num_samples} and batch_size={batch_size} must be >= 1")
         if source == "digits":
-            images, labels = DigitsDataModule(image_size=image_size or 16, seed=0).split_tensors("test")
+            images, labels = digits_test_tensors(image_size or 16)
             images, labels = images[:num_samples], labels[:num_samples].tolist()
             if channels == 3:
                 images = images.expand(-1, 3, -1, -1).contiguous()

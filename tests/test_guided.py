@@ -108,7 +108,7 @@ def test_aesthetic_objective_and_the_laion_layout(tmp_path: Path) -> None:
     mlp = AestheticMLP(8)
     assert [k for k in mlp.state_dict() if k.endswith("weight")] == [f"layers.{i}.weight" for i in (0, 2, 4, 6, 7)]
     torch.save(mlp.state_dict(), tmp_path / "mlp.pth")
-    loaded = load_aesthetic_mlp(tmp_path / "mlp.pth", embedding_dim=8)
+    loaded = load_aesthetic_mlp(tmp_path / "mlp.pth")
     x = torch.randn(3, 8)
     torch.testing.assert_close(loaded(x), mlp.eval()(x))
 
@@ -243,3 +243,97 @@ def test_missing_clip_weights_name_what_to_download(empty_hub_cache: Path) -> No
     with pytest.raises(FileNotFoundError, match=message) as err:
         load_text_image("openai/clip-vit-base-patch16")
     one_line(err)
+
+
+@pytest.mark.usefixtures("tiny_models")
+def test_per_step_xhat_guidance_baseline_lowers_the_task_loss(tiny_models: Path) -> None:
+    module = AestheticModule(predictor=str(tiny_models), num_steps=10, start_timestep=600)
+    batch = next(iter(LabelSeedDataModule(num_classes=10, per_class=1, batch_size=10).train_dataloader()))
+    plain = module.guide_per_step(batch, scale=0.0)
+    with torch.no_grad():
+        torch.testing.assert_close(plain, module.generate(module.start_latent(batch), batch["label"], "none"))
+        before = module.loss_and_success(plain, batch)[0]
+        after = module.loss_and_success(module.guide_per_step(batch, scale=0.2), batch)[0]
+    assert after.mean() < before.mean()
+
+
+# ----- the real configs, at tiny size with random models of the same classes ---------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_real_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny stand-ins of the real checkpoints: a pixel DDPM pipeline (CelebA-HQ's classes), a text-to-image
+    latent pipeline (SD1.5 / LCM classes), a CLIP with tokenizer, a LAION-layout MLP file, images."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from PIL import Image
+    from test_models import save_pipeline, save_tiny_text_encoder, tiny_vae
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+    root = tmp_path_factory.mktemp("real")
+    torch.manual_seed(0)
+    pixel = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, block_out_channels=(4, 8), layers_per_block=1,
+                        norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "UpBlock2D"))
+    save_pipeline(root / "celebahq", {"unet": pixel, "scheduler": DDPMScheduler(clip_sample=False)})
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+                                norm_num_groups=4, attention_head_dim=4)
+    save_pipeline(root / "sd", {"unet": unet, "vae": tiny_vae(), "scheduler": DDPMScheduler(clip_sample=False)})
+    save_tiny_text_encoder(root / "sd")
+    config = CLIPConfig(text_config={"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+                                     "num_attention_heads": 2, "vocab_size": 6, "max_position_embeddings": 8,
+                                     "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
+                        vision_config={"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 3,
+                                       "num_attention_heads": 2, "image_size": 16, "patch_size": 4},
+                        projection_dim=6)
+    CLIPModel(config).save_pretrained(root / "clip")
+    CLIPTokenizer(str(root / "sd" / "vocab.json"), str(root / "sd" / "merges.txt"),
+                  model_max_length=8).save_pretrained(root / "clip")
+    torch.save(AestheticMLP(6).state_dict(), root / "laion.pth")
+    (root / "faces").mkdir()
+    for i in range(2):
+        Image.fromarray((torch.rand(20, 20, 3) * 255).byte().numpy()).save(root / "faces" / f"{i}.png")  # resized
+    Image.fromarray((torch.rand(16, 16, 3) * 255).byte().numpy()).save(root / "style.png")
+    return {p.name: p for p in root.iterdir()}
+
+
+def run_config(config: str, out: Path, *overrides: str) -> dict:
+    import cli
+
+    cli.main(["fit", "--config", str(ROOT / "configs" / config), "--trainer.accelerator=cpu", "--trainer.max_epochs=2",
+              "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={out}",
+              f"--model.init_args.output_dir={out}", *overrides])
+    return read_results(out)
+
+
+@pytest.mark.filterwarnings("ignore:reference")
+def test_celebahq_edit_config_runs_with_tiny_models_of_the_same_classes(tiny_real_models, tmp_path: Path) -> None:
+    m = tiny_real_models
+    results = run_config("edit/celebahq.yaml", tmp_path, f"--model.init_args.generator={m['celebahq']}",
+                         f"--model.init_args.text_image={m['clip']}", "--model.init_args.num_steps=3",
+                         f"--data.init_args.source={m['faces']}", "--data.init_args.image_size=16")
+    assert results["aggregate"]["num_samples"] == 2 and "clip_score_guided_mean" in results["aggregate"]
+    assert results["samples"][1]["prompt"] == "a photo of a person with glasses"
+
+
+@pytest.mark.filterwarnings("ignore:style image")
+def test_lcm_style_config_runs_with_tiny_models_of_the_same_classes(tiny_real_models, tmp_path: Path) -> None:
+    m = tiny_real_models
+    results = run_config("style/lcm.yaml", tmp_path, f"--model.init_args.generator={m['sd']}",
+                         f"--model.init_args.encoder={m['clip']}", f"--model.init_args.style_image={m['style.png']}",
+                         "--data.init_args.per_prompt=1", "--data.init_args.batch_size=2")
+    aggregate = results["aggregate"]
+    assert aggregate["num_samples"] == 2 and aggregate["loss_guided_mean"] <= aggregate["loss_original_mean"]
+
+
+def test_sd15_aesthetic_config_runs_with_tiny_models_of_the_same_classes(tiny_real_models, tmp_path: Path) -> None:
+    m = tiny_real_models
+    results = run_config("aesthetic/sd15.yaml", tmp_path, f"--model.init_args.generator={m['sd']}",
+                         f"--model.init_args.clip={m['clip']}", f"--model.init_args.predictor={m['laion.pth']}",
+                         "--model.init_args.num_steps=4", "--data.init_args.per_prompt=1")
+    aggregate = results["aggregate"]
+    assert aggregate["num_samples"] == 2 and "aesthetic_score_guided_mean" in aggregate
+    assert "measured_stroke_width_guided_mean" not in aggregate

@@ -93,3 +93,22 @@ def test_bad_input_is_one_line() -> None:
         invert_ddim(denoiser, build_scheduler("ddim", 10), torch.zeros(1, 1, 4, 4), start_step=10)
     with pytest.raises(ValueError, match="needs a scheduler with alphas_cumprod"):
         invert_ddim(denoiser, build_scheduler("flow_euler", 10), torch.zeros(1, 1, 4, 4))
+
+
+def test_xhat_guidance_with_zero_scale_is_plain_sampling_and_lowers_the_loss_otherwise() -> None:
+    from conftest import make_tiny_unet
+
+    from lit_sdo.sampling.xhat_guidance import xhat_guided_sample
+
+    denoiser = PixelUNetDenoiser(make_tiny_unet(num_class_embeds=3)).eval().requires_grad_(False)
+    scheduler = build_scheduler("ddim", 6)
+    x, labels = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 2])
+
+    def loss(x0: Tensor) -> Tensor:
+        return (x0 - 0.5).pow(2).flatten(1).mean(1)
+
+    with torch.no_grad():
+        plain = sample(denoiser, scheduler, x, labels, policy="none").sample
+    torch.testing.assert_close(xhat_guided_sample(denoiser, scheduler, x, labels, loss, scale=0.0), plain)
+    guided = xhat_guided_sample(denoiser, scheduler, x, labels, loss, scale=0.2)
+    assert (loss(guided) < loss(plain)).all()

@@ -40,8 +40,9 @@ class AestheticMLP(nn.Module):
         return self.layers(embeddings).squeeze(-1)  # (B,)
 
 
-def load_aesthetic_mlp(path: str | Path, embedding_dim: int = 768) -> AestheticMLP:
-    """The LAION MLP from its weights file (``.pth`` state dict or ``.safetensors``), frozen."""
+def load_aesthetic_mlp(path: str | Path) -> AestheticMLP:
+    """The LAION MLP from its weights file (``.pth`` state dict or ``.safetensors``), frozen; the embedding
+    width (768 for ViT-L/14) is read from the file."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"aesthetic predictor weights {str(path)!r} not found: download {LAION_WEIGHTS} from "
@@ -50,7 +51,9 @@ def load_aesthetic_mlp(path: str | Path, embedding_dim: int = 768) -> AestheticM
         state = read_tensors(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    model = AestheticMLP(embedding_dim)
+    if "layers.0.weight" not in state:
+        raise ValueError(f"{path} is not a LAION aesthetic MLP state dict (no layers.0.weight)")
+    model = AestheticMLP(state["layers.0.weight"].shape[1])
     model.load_state_dict(state)
     return model.eval().requires_grad_(False)
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_sdo import metrics
-from lit_sdo.datamodules import DigitsDataModule
+from lit_sdo.datamodules import digits_test_tensors
 from lit_sdo.images import image_grid, save_png, to_unit_range
 from lit_sdo.io import write_json, write_tensors
 from lit_sdo.models import Classifier, load_classifier
@@ -31,11 +31,15 @@ from lit_sdo.objectives import AestheticObjective, GramStyleObjective, TextEditO
 from lit_sdo.optim import OptimizerName
 from lit_sdo.sampling import noise_for_seeds, sample
 from lit_sdo.sampling.inversion import invert_ddim
+from lit_sdo.sampling.xhat_guidance import xhat_guided_sample
 from lit_sdo.tasks.latent import LatentOptimizationModule
 
 
 class GuidedModule(LatentOptimizationModule):
     """Shared plumbing of the guided-generation tasks (subclasses add an objective and metrics).
+
+    Subclasses repeat every argument in their signature: ``save_hyperparameters`` under LightningCLI
+    records only the outermost ``__init__``'s arguments, and the base reads ``hparams`` (e.g. ``eps``).
 
     Args (beyond :class:`LatentOptimizationModule`'s):
         classifier: scores label preservation (agreement of its prediction with the sample's label:
@@ -133,6 +137,19 @@ class GuidedModule(LatentOptimizationModule):
                      generator=self.sampler_generator())
         return to_unit_range(self.denoiser.decode(out.sample))
 
+    def guide_per_step(self, batch: dict[str, Any], scale: float) -> Tensor:
+        """The FreeDoM/DPS-style baseline on the same inputs: one sampling pass with per-step x̂₀ guidance
+        of this task's loss (no δ, no optimisation loop); returns images in [0, 1]."""
+        x_start, cond = self.start_latent(batch), self.condition(batch)
+
+        def loss_fn(x0_hat: Tensor) -> Tensor:
+            return self.loss_and_success(to_unit_range(self.denoiser.decode(x0_hat)), batch)[0]
+
+        x0 = xhat_guided_sample(self.denoiser, self.scheduler, x_start, cond, loss_fn, scale=scale,
+                                start_step=self.start_step, generator=self.sampler_generator())
+        with torch.no_grad():
+            return to_unit_range(self.denoiser.decode(x0))
+
     # ----- evaluation and results -------------------------------------------------------------------
     def score_images(self, images: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Per-sample metrics (B,) of images in [0, 1]: the loss, label agreement, and the task's own."""
@@ -203,12 +220,12 @@ class EditModule(GuidedModule):
                  policy: str = "sdo", k: int | Literal["random"] = 0, last_k: int = 1,
                  start_timestep: int | None = None, optimizer: OptimizerName = "adam", lr: float = 0.01,
                  output_dir: str | None = None, classifier: str | None = None, sampler_seed: int = 0,
-                 grid_samples: int = 8) -> None:
+                 grid_samples: int = 8, eps: float | None = None) -> None:
         TextEditObjective(None, lam)  # type: ignore[arg-type] - λ is checked before any model is loaded
         super().__init__(generator=generator, scheduler=scheduler, num_steps=num_steps, guidance_scale=guidance_scale,
                          policy=policy, k=k, last_k=last_k, start_timestep=start_timestep, optimizer=optimizer,
                          lr=lr, output_dir=output_dir, classifier=classifier, sampler_seed=sampler_seed,
-                         grid_samples=grid_samples)
+                         grid_samples=grid_samples, eps=eps)
         self.save_hyperparameters()
         self.objective = TextEditObjective(load_text_image(text_image), lam)
 
@@ -238,7 +255,7 @@ class EditModule(GuidedModule):
 def load_style_image(spec: str, size: int, channels: int) -> Tensor:
     """``digits:<test index>`` or an image file -> (1, channels, size, size) in [0, 1]."""
     if spec.startswith("digits:"):
-        images, _ = DigitsDataModule(image_size=size, seed=0).split_tensors("test")
+        images, _ = digits_test_tensors(size)
         index = int(spec.split(":", 1)[1])
         if not 0 <= index < len(images):
             raise ValueError(f"style_image={spec!r}: the digits test split has {len(images)} images")
@@ -278,11 +295,11 @@ class StyleModule(GuidedModule):
                  guidance_scale: float = 1.0, policy: str = "sdo", k: int | Literal["random"] = 0, last_k: int = 1,
                  start_timestep: int | None = 600, optimizer: OptimizerName = "adam", lr: float = 0.01,
                  output_dir: str | None = None, classifier: str | None = None, sampler_seed: int = 0,
-                 grid_samples: int = 8) -> None:
+                 grid_samples: int = 8, eps: float | None = None) -> None:
         super().__init__(generator=generator, scheduler=scheduler, num_steps=num_steps, guidance_scale=guidance_scale,
                          policy=policy, k=k, last_k=last_k, start_timestep=start_timestep, optimizer=optimizer,
                          lr=lr, output_dir=output_dir, classifier=classifier, sampler_seed=sampler_seed,
-                         grid_samples=grid_samples)
+                         grid_samples=grid_samples, eps=eps)
         self.save_hyperparameters()
         style = load_style_image(style_image, self.generator.image_size, self.generator.channels)
         self.encoder = load_text_image(encoder)
@@ -314,11 +331,11 @@ class AestheticModule(GuidedModule):
                  guidance_scale: float = 1.0, policy: str = "sdo", k: int | Literal["random"] = 0, last_k: int = 1,
                  start_timestep: int | None = 600, optimizer: OptimizerName = "adam", lr: float = 0.01,
                  output_dir: str | None = None, classifier: str | None = None, sampler_seed: int = 0,
-                 grid_samples: int = 8) -> None:
+                 grid_samples: int = 8, eps: float | None = None) -> None:
         super().__init__(generator=generator, scheduler=scheduler, num_steps=num_steps, guidance_scale=guidance_scale,
                          policy=policy, k=k, last_k=last_k, start_timestep=start_timestep, optimizer=optimizer,
                          lr=lr, output_dir=output_dir, classifier=classifier, sampler_seed=sampler_seed,
-                         grid_samples=grid_samples)
+                         grid_samples=grid_samples, eps=eps)
         self.save_hyperparameters()
         self.score = load_aesthetic(predictor, clip)
         self.objective = AestheticObjective(self.score, target)

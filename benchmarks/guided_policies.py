@@ -1,0 +1,168 @@
+"""Side by side: the three guided-generation tasks with SDO, full backprop, and per-step x̂₀ guidance (issue 7).
+
+For each task (configs/<task>/digits.yaml, the same inputs for every method):
+- ``sdo`` and ``full``: the CLI job (latent optimisation, gradient at the first step vs through every step);
+  its results.json gives the task metrics of the best image per sample and the seconds per optimisation step;
+- ``xhat ρ``: FreeDoM/DPS-style guidance of the same loss through the one-step x̂₀ estimate, one sampling pass
+  (:func:`lit_sdo.sampling.xhat_guidance.xhat_guided_sample`), for each guidance step ρ given.
+Memory per optimisation step: CUDA ``max_memory_allocated`` on a GPU; on CPU the bytes autograd saves for
+backward during one step (the part the methods differ in; counted with ``saved_tensors_hooks``).
+The table goes to the "## Guided generation (issue 7)" section of benchmarks/RESULTS.md.
+
+    python benchmarks/guided_policies.py [--tasks edit style aesthetic] [--samples 10] [--opt-steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import cli  # noqa: E402
+from lit_sdo.io import write_markdown_section  # noqa: E402
+
+TASK_METRICS = {  # the task metric first; then what else the task reports
+    "edit": ["loss", "clip_score", "ssim_to_reference", "label_agreement"],
+    "style": ["loss", "label_agreement"],
+    "aesthetic": ["loss", "aesthetic_score", "measured_stroke_width", "label_agreement"],
+}
+
+
+def data_overrides(task: str, samples: int) -> list[str]:
+    if task == "edit":
+        return [f"--data.init_args.num_samples={samples}", f"--data.init_args.batch_size={samples}"]
+    return ["--data.init_args.num_classes=10", f"--data.init_args.per_class={max(samples // 10, 1)}",
+            f"--data.init_args.batch_size={max(samples // 10, 1) * 10}"]
+
+
+def common_overrides(args: argparse.Namespace, task: str) -> list[str]:
+    out = data_overrides(task, args.samples)
+    if args.num_steps is not None:
+        out.append(f"--model.init_args.num_steps={args.num_steps}")
+    if args.generator is not None:
+        out.append(f"--model.init_args.generator={args.generator}")
+    return out
+
+
+def run_policy(task: str, policy: str, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    """One latent-optimisation run through the CLI; returns its aggregate results."""
+    cli.main(["fit", "--config", str(ROOT / f"configs/{task}/digits.yaml"), *common_overrides(args, task),
+              f"--model.init_args.policy={policy}", f"--model.init_args.output_dir={out_dir}",
+              f"--trainer.max_epochs={args.opt_steps}", "--trainer.enable_progress_bar=false",
+              "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
+              f"--trainer.logger.init_args.save_dir={out_dir}"])
+    return json.loads((out_dir / "results.json").read_text())["aggregate"]
+
+
+def build_module(task: str, args: argparse.Namespace) -> tuple[Any, Any]:
+    built = cli.build_cli(["--config", str(ROOT / f"configs/{task}/digits.yaml"), *common_overrides(args, task)],
+                          run=False)
+    return built.model, built.datamodule
+
+
+def step_memory(module: Any, batch: dict[str, Any], policy: str) -> float:
+    """MiB for one optimisation step: CUDA peak, or on CPU the bytes autograd saves for backward."""
+    x_start, cond = module.start_latent(batch), module.condition(batch)
+    delta = torch.zeros_like(x_start, requires_grad=True)
+    saved = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    if x_start.is_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        if policy == "xhat":  # the largest per-step graph: one model call and the loss of its x̂₀
+            module.guide_per_step(batch, scale=0.0)
+        else:
+            images = module.generate(x_start + delta, cond, policy)
+            module.loss_and_success(images, batch)[0].sum().backward()
+    if x_start.is_cuda:
+        return torch.cuda.max_memory_allocated() / 2**20
+    if policy == "xhat":
+        saved //= len(module.scheduler.timesteps) - module.start_step  # per sampling step (each frees its graph)
+    return saved / 2**20
+
+
+def run_xhat(task: str, scale: float, module: Any, datamodule: Any) -> dict[str, Any]:
+    """Per-step x̂₀ guidance over every sample; the same metrics as the CLI job's aggregate."""
+    sums: dict[str, float] = {}
+    count, seconds = 0, 0.0
+    for batch in datamodule.train_dataloader():
+        started = time.perf_counter()
+        guided = module.guide_per_step(batch, scale)
+        seconds += time.perf_counter() - started
+        with torch.no_grad():
+            x_start, cond = module.start_latent(batch), module.condition(batch)
+            original = module.generate(x_start, cond, "none")
+            for name, images in (("original", original), ("guided", guided)):
+                for key, value in module.score_images(images, batch).items():
+                    sums[f"{key}_{name}_mean"] = sums.get(f"{key}_{name}_mean", 0.0) + float(value.float().sum())
+        count += len(batch["index"])
+    return {k: v / count for k, v in sums.items()} | {"seconds_per_run": seconds, "num_samples": count}
+
+
+def fmt(value: float | None, spec: str = ".4f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["edit", "style", "aesthetic"], choices=list(TASK_METRICS))
+    parser.add_argument("--samples", type=int, default=10, help="inputs per task (digits; multiples of 10)")
+    parser.add_argument("--opt-steps", type=int, default=20, help="optimisation steps of sdo / full")
+    parser.add_argument("--num-steps", type=int, default=None, help="sampling steps (default: the config's)")
+    parser.add_argument("--policies", nargs="+", default=["sdo", "full"])
+    parser.add_argument("--generator", default=None, help="another diffusion model (default: the config's)")
+    parser.add_argument("--xhat-scales", nargs="*", type=float, default=[0.05, 0.2], help="ρ values for x̂₀ guidance")
+    parser.add_argument("--results", default=str(ROOT / "benchmarks/RESULTS.md"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    sections = []
+    for task in args.tasks:
+        keys = TASK_METRICS[task]
+        header = ("| method | " + " | ".join(f"{k} (orig → guided)" for k in keys)
+                  + " | s / opt. step | opt. steps | total s | MiB / step |\n|" + "---|" * (len(keys) + 5))
+        lines = [header]
+        module, datamodule = build_module(task, args)
+        batch = next(iter(datamodule.train_dataloader()))
+        with tempfile.TemporaryDirectory() as tmp:
+            for policy in args.policies:
+                r = run_policy(task, policy, args, Path(tmp) / policy)
+                cells = [f"{fmt(r.get(f'{k}_original_mean'))} → {fmt(r.get(f'{k}_guided_mean'))}" for k in keys]
+                sec = r["seconds_per_step"]
+                lines.append(f"| {policy} | " + " | ".join(cells) + f" | {sec:.3f} | {args.opt_steps} | "
+                             f"{sec * args.opt_steps:.1f} | {step_memory(module, batch, policy):.2f} |")
+        for scale in args.xhat_scales:
+            r = run_xhat(task, scale, module, datamodule)
+            cells = [f"{fmt(r.get(f'{k}_original_mean'))} → {fmt(r.get(f'{k}_guided_mean'))}" for k in keys]
+            lines.append(f"| x̂₀ guidance ρ={scale} | " + " | ".join(cells) + f" | – | 1 pass | "
+                         f"{r['seconds_per_run']:.1f} | {step_memory(module, batch, 'xhat'):.2f} |")
+        table = "\n".join(lines)
+        print(f"\n### {task}\n{table}")
+        sections.append(f"### {task} (configs/{task}/digits.yaml)\n\n{table}")
+    command = "python benchmarks/guided_policies.py " + " ".join(sys.argv[1:])
+    body = (f"Command: `{command.strip()}` (CPU, 2 shared cores, OMP_NUM_THREADS=1; {args.samples} inputs per task, "
+            f"{args.opt_steps} Adam optimisation steps for sdo/full; every number below is printed by that command). "
+            "Each metric is the mean over inputs of the unguided image → the guided one (best loss per sample for "
+            "sdo/full). 'loss' is the task's objective (edit: λ·text distance + (1−λ)·MSE to the reference; style: "
+            "Gram distance; aesthetic: |score − 10|). The aesthetic score is the embedded stroke-width stand-in "
+            "(digits-thickness), NOT an aesthetic model. MiB / step: CPU bytes saved by autograd for one "
+            "optimisation step (x̂₀ guidance: per sampling step).\n\n" + "\n\n".join(sections))
+    write_markdown_section(args.results, "Guided generation (issue 7)", body)
+
+
+if __name__ == "__main__":
+    main()
