@@ -34,16 +34,13 @@ def run_policy(policy: str, args: argparse.Namespace, out_dir: Path) -> list[dic
                  f"--model.init_args.output_dir={out_dir}", f"--model.init_args.num_steps={args.num_steps}",
                  f"--model.init_args.lr={args.lr}", f"--model.init_args.grid_every_n_steps={args.eval_every}",
                  f"--model.init_args.generator={args.generator}",
-                 f"--model.init_args.reward.init_args.classifier={args.classifier}",
                  f"--data.init_args.samples_per_step={args.samples_per_step}",
                  f"--data.init_args.batch_size={args.batch_size}",
                  f"--trainer.accumulate_grad_batches={args.samples_per_step // args.batch_size}",
                  f"--trainer.max_epochs={args.steps}", "--trainer.enable_progress_bar=false",
                  f"--trainer.logger.init_args.save_dir={out_dir}", "--trainer.enable_checkpointing=false",
                  "--trainer.callbacks=[]"]
-    if args.num_classes is not None:
-        overrides.append(f"--data.init_args.num_classes={args.num_classes}")
-    cli.main(["fit", "--config", str(ROOT / "configs/reward/digits.yaml"), *overrides])
+    cli.main(["fit", "--config", args.config, *overrides, *args.override])
     return json.loads((out_dir / "history.json").read_text())["steps"]
 
 
@@ -71,10 +68,11 @@ def main() -> None:
     parser.add_argument("--samples-per-step", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=4e-4)
-    parser.add_argument("--eval-every", type=int, default=5, help="eval reward on the fixed seeds every N steps")
+    parser.add_argument("--eval-every", type=int, default=4, help="eval reward on the fixed seeds every N steps")
     parser.add_argument("--generator", default="embedded:digits-ddpm")
-    parser.add_argument("--classifier", default="embedded:digits-resnet")
-    parser.add_argument("--num-classes", type=int, default=None, help="override the data's classes (tiny models)")
+    parser.add_argument("--config", default=str(ROOT / "configs/reward/digits.yaml"),
+                        help="the reward config (its reward is used as is)")
+    parser.add_argument("--override", nargs="*", default=[], help="more CLI overrides, e.g. for tiny models")
     parser.add_argument("--results", default=str(ROOT / "benchmarks/RESULTS.md"))
     args = parser.parse_args()
 
@@ -108,8 +106,9 @@ def main() -> None:
     print(table)
     print(verdict)
     command = "OMP_NUM_THREADS=1 python benchmarks/reward_policies.py " + " ".join(sys.argv[1:])
-    body = (f"Command: `{command.strip()}` (CPU, 2 shared cores, one thread; {args.generator}, reward log p(label) "
-            f"under {args.classifier}; LoRA r=4 on attention projections; AdamW lr {args.lr:g}; {args.steps} "
+    reward = Path(args.config).name
+    body = (f"Command: `{command.strip()}` (CPU, 2 shared cores, one thread; {args.generator}, the reward of "
+            f"configs/reward/{reward}; LoRA r=4 on attention projections; AdamW lr {args.lr:g}; {args.steps} "
             f"optimiser steps of {args.samples_per_step} samples ({args.batch_size} per micro-batch); "
             f"DDIM-{args.num_steps}; eval reward = mean over 16 fixed seeds every {args.eval_every} steps; training "
             "seconds exclude evaluation; memory = distinct non-weight tensors autograd keeps for backward, the "

@@ -185,23 +185,29 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--lora", action="append", default=[], metavar="FOLDER[:SCALE]",
                         help="a LoRA folder written by fit, with its scale (repeat to mix)")
     parser.add_argument("--classes", type=int, nargs="*", default=None, help="class labels (class-conditional)")
+    parser.add_argument("--prompts", nargs="*", default=["a painting of a cat"], help="prompts (text models)")
+    parser.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (7.5 for SD)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
     parser.add_argument("--num-steps", type=int, default=50, help="DDIM steps")
     parser.add_argument("--out", default="lora_grid.png")
     args = parser.parse_args(argv)
 
-    model = load_diffusion(args.generator)
+    model = load_diffusion(args.generator, guidance_scale=args.guidance_scale)
     model.denoiser.network = merge_loras(model.denoiser.network, [parse_lora_argument(t) for t in args.lora])
-    classes = args.classes if args.classes is not None else list(range(model.num_classes or 1))
-    labels = torch.tensor([c for c in classes for _ in args.seeds]) if model.num_classes else None
-    seeds = [s for _ in classes for s in args.seeds]
+    if model.encode_prompt is not None:  # text model: one row per prompt
+        rows = args.prompts
+        cond = model.encode_prompt([p for p in rows for _ in args.seeds])  # (B, L, D)
+    else:
+        rows = args.classes if args.classes is not None else list(range(model.num_classes or 1))
+        cond = torch.tensor([c for c in rows for _ in args.seeds]) if model.num_classes else None
+    seeds = [s for _ in rows for s in args.seeds]
     scheduler = build_scheduler("ddim", args.num_steps, base_config=model.scheduler_config)
     with torch.no_grad():
         x = noise_for_seeds(seeds, model.denoiser.sample_shape)
-        out = sample(model.denoiser, scheduler, x, labels, policy="none")
+        out = sample(model.denoiser, scheduler, x, cond, policy="none")
         images = to_unit_range(model.denoiser.decode(out.sample))
     path = save_png(args.out, image_grid(images, nrow=len(args.seeds)), scale=4)
-    print(f"[lit_sdo] wrote {path} ({len(classes)} rows × {len(args.seeds)} seeds; LoRAs: {args.lora or 'none'})")
+    print(f"[lit_sdo] wrote {path} ({len(rows)} rows × {len(args.seeds)} seeds; LoRAs: {args.lora or 'none'})")
     return path
 
 

@@ -117,3 +117,14 @@ def test_lora_command_samples_a_grid_with_mixed_loras(tmp_path: Path) -> None:
     path = main(["--generator", str(folder), "--lora", f"{tmp_path / 'a'}:0.5", "--lora", f"{tmp_path / 'b'}:1",
                  "--seeds", "0", "1", "--num-steps", "2", "--out", str(tmp_path / "grid.png")])
     assert path.is_file() and path.stat().st_size > 0
+
+
+def test_default_targets_exist_in_a_dit_transformer() -> None:
+    from diffusers import DiTTransformer2DModel
+
+    torch.manual_seed(0)
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=4, in_channels=4, out_channels=8,
+                                num_layers=1, sample_size=4, patch_size=2, num_embeds_ada_norm=3)
+    inject_lora(dit)
+    assert matching_modules(dit, ["to_q", "to_k", "to_v", "to_out.0"])
+    assert all("lora_" in n for n, p in dit.named_parameters() if p.requires_grad)

@@ -233,9 +233,10 @@ def test_prompt_sets_are_shipped() -> None:
 @pytest.mark.slow
 def test_two_ddp_ranks_through_the_cli_give_the_one_device_lora(folders: SimpleNamespace, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    command = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ROOT / "configs/reward/digits.yaml"),
+    command = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ROOT / "configs/reward/digits_class.yaml"),
                f"--model.init_args.generator={folders.ddpm}",
                f"--model.init_args.reward.init_args.classifier={folders.resnet}",
+               "--model.init_args.reward.init_args.target_class=null",
                f"--model.init_args.num_steps={NUM_STEPS}", "--model.init_args.lr=0.01",
                "--model.init_args.grid_samples=2", f"--model.init_args.output_dir={out}",
                "--data.init_args.num_classes=2", "--data.init_args.samples_per_step=4", "--data.init_args.batch_size=2",
@@ -259,3 +260,34 @@ def test_two_ddp_ranks_through_the_cli_give_the_one_device_lora(folders: SimpleN
         torch.testing.assert_close(ddp[key], one[key], rtol=0, atol=1e-5)
     assert any(one[key].abs().max() > 0 for key in one if "lora_B" in key)
 
+
+
+def test_text_model_with_guidance_trains_its_unet_lora_on_a_prompt_file(tmp_path: Path) -> None:
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from test_models import save_pipeline, save_tiny_text_encoder, tiny_vae
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+                                layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
+                                norm_num_groups=4, attention_head_dim=4)
+    folder = save_pipeline(tmp_path / "sd", {"unet": unet, "vae": tiny_vae(), "scheduler": DDIMScheduler()})
+    save_tiny_text_encoder(folder)
+    (tmp_path / "prompts.txt").write_text("a b\nb a\n")
+    L.seed_everything(0, verbose=False)
+    module = RewardFinetuneModule(generator=str(folder), reward=InkReward(), num_steps=3, guidance_scale=2.0,
+                                  grid_samples=2, output_dir=str(tmp_path / "out"), lr=1e-2)
+    before = lora_state(module)
+    assert any(".attn2.to_k." in name for name in before)  # cross-attention projections are adapted too
+    data = RewardPromptDataModule(prompts=str(tmp_path / "prompts.txt"), samples_per_step=2, batch_size=2)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=data)
+    assert any(not torch.equal(before[n], v) for n, v in lora_state(module).items())
+    saved = read_tensors(tmp_path / "out" / "lora" / "pytorch_lora_weights.safetensors")
+    assert all(key.startswith("unet.") for key in saved)
+    from lit_sdo.lora import main as lora_command  # the trained LoRA applies with a scale to sample a grid
+
+    grid = lora_command(["--generator", str(folder), "--lora", f"{tmp_path / 'out' / 'lora'}:0.5", "--prompts", "a b",
+                         "--seeds", "0", "--num-steps", "2", "--guidance-scale", "2", "--out", str(tmp_path / "g.png")])
+    assert grid.is_file()
