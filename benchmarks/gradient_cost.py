@@ -1,0 +1,460 @@
+"""Cost of one gradient through an N-step sampler, for every gradient policy (issue 3, paper Table 3).
+
+For each policy and N it measures, through the library's public :func:`lit_sdo.sampling.sample`:
+- ``seconds``: wall time of one gradient (sampling forward + backward), median of ``--repeats`` runs
+  after a warm-up; policies run round-robin so load from other processes hits all of them alike;
+- ``peak_mem_bytes``: peak memory above the baseline before the case. CUDA: ``max_memory_allocated``
+  minus ``memory_allocated``. CPU: peak RSS of a FRESH process per case (forked from a server that has
+  only imported the libraries), because the interpreter with torch already holds ~0.9 GB and glibc keeps
+  freed blocks; the child fixes malloc's mmap threshold so freed tensors leave RSS;
+- ``ratio_to_sampling``: ``seconds`` over plain sampling's (policy ``none``) in the same run;
+- ``grad_cosine``: cosine between the policy's gradient w.r.t. x_T and the exact one, i.e. ``full``
+  backprop computed separately in float64 (``checkpoint`` if ``full`` runs out of memory).
+
+The loss is the squared distance of x₀ to a fixed random target. By default (``--wrt all``) the gradient is
+taken w.r.t. x_T AND the network's parameters, so every policy has something to differentiate (DRaFT-K /
+AlignProp truncations give no gradient to x_T at all: their cosine is 0) and backward costs B ≈ 2F as in
+the issue's cost model; ``--wrt latent`` freezes the network (the latent-optimisation setting of Table 3).
+
+Run ``python benchmarks/gradient_cost.py`` (CPU, small UNet) or see ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import ctypes
+import gc
+import math
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
+from torch import Tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # runnable as `python benchmarks/gradient_cost.py` without installing
+    sys.path.insert(0, str(ROOT))
+
+from lit_sdo.io import write_json  # noqa: E402
+from lit_sdo.sampling import (  # noqa: E402
+    DenoiserAdapter,
+    GradientPolicy,
+    LatentUNetDenoiser,
+    PixelUNetDenoiser,
+    TransformerDenoiser,
+    build_scheduler,
+    sample,
+)
+
+# Policy labels as they appear in --policies, the table and the JSON ``policy`` key.
+POLICIES: dict[str, GradientPolicy] = {
+    "none": GradientPolicy("none"),
+    "sdo": GradientPolicy("sdo", k=0),
+    "sdo-random": GradientPolicy("sdo", k="random"),
+    "full": GradientPolicy("full"),
+    "checkpoint": GradientPolicy("checkpoint"),
+    "last_k=1": GradientPolicy("last_k", last_k=1),
+    "random_truncation": GradientPolicy("random_truncation"),
+}
+DEFAULT_STEPS = (10, 25, 50, 100)
+RECORD_KEYS = ("policy", "steps", "seconds", "peak_mem_bytes", "ratio_to_sampling", "grad_cosine")
+SEED = 0
+
+# The DDPM β schedule of most pixel models and DiT, and Stable Diffusion's "scaled_linear" one.
+LINEAR_BETAS: dict[str, Any] = {"num_train_timesteps": 1000, "beta_schedule": "linear",
+                                "beta_start": 1e-4, "beta_end": 0.02}
+SD_BETAS: dict[str, Any] = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                            "beta_end": 0.012, "set_alpha_to_one": False, "steps_offset": 1}
+
+
+@dataclass
+class Setup:
+    """A random-initialised network behind its adapter, with a seeded x_T, condition and loss target."""
+
+    denoiser: DenoiserAdapter
+    x_T: Tensor  # (B, C, H, W)
+    cond: Tensor | None  # class labels (B,) or text embeddings (B, 77, 768)
+    target: Tensor  # (B, C, H, W): the loss is mean((x₀ - target)²)
+    scheduler_config: dict[str, Any]
+
+
+# A builder returns (adapter, condition kind, scheduler config); the condition kind is a number of
+# classes (class labels), "text" (CLIP-L text embeddings, 77×768) or None (unconditional).
+CondKind = int | str | None
+
+
+def _tiny_unet() -> tuple[DenoiserAdapter, CondKind, dict[str, Any]]:
+    """Pixel UNet2DModel, 3×32×32, 10 classes: one forward is ~10 ms on one core and its saved
+    activations (~4 MB a call per sample) are ~6× its weights, so memory ratios reflect activations."""
+    unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(16, 32),
+                       layers_per_block=1, norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), num_class_embeds=10)
+    return PixelUNetDenoiser(unet), 10, LINEAR_BETAS
+
+
+def _ddpm_256() -> tuple[DenoiserAdapter, CondKind, dict[str, Any]]:
+    """The UNet2DModel shape of google/ddpm-celebahq-256 (113.7M parameters, 3×256×256, unconditional)."""
+    unet = UNet2DModel(
+        sample_size=256, in_channels=3, out_channels=3, layers_per_block=2,
+        block_out_channels=(128, 128, 256, 256, 512, 512),
+        down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),  # attention at 16×16
+        up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
+        act_fn="silu", attention_head_dim=None, norm_num_groups=32, norm_eps=1e-6, downsample_padding=0,
+        flip_sin_to_cos=False, freq_shift=1, time_embedding_type="positional",
+    )
+    return PixelUNetDenoiser(unet), None, LINEAR_BETAS
+
+
+def _sd15_unet() -> tuple[DenoiserAdapter, CondKind, dict[str, Any]]:
+    """UNet2DConditionModel at Stable Diffusion 1.5's shape (859.5M parameters) on 4×64×64 latents."""
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, act_fn="silu",
+        flip_sin_to_cos=True, freq_shift=0, downsample_padding=1,
+    )
+    # The benchmark's loss is on the latent x₀: no VAE decode (Table 3's latent row includes one).
+    return LatentUNetDenoiser(unet, vae=None), "text", SD_BETAS
+
+
+def _dit_xl_2() -> tuple[DenoiserAdapter, CondKind, dict[str, Any]]:
+    """DiTTransformer2DModel XL/2 (28 layers × 16 heads × 72) on 4×32×32 latents, learned sigma.
+
+    749.8M parameters in diffusers' layout, which repeats the timestep/class embedding in each block
+    (the original DiT-XL/2 has 675M)."""
+    dit = DiTTransformer2DModel(
+        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+        sample_size=32, patch_size=2, num_embeds_ada_norm=1000, norm_type="ada_norm_zero",
+        activation_fn="gelu-approximate", norm_elementwise_affine=False, attention_bias=True,
+    )
+    return TransformerDenoiser(dit), 1000, LINEAR_BETAS
+
+
+MODELS: dict[str, Callable[[], tuple[DenoiserAdapter, CondKind, dict[str, Any]]]] = {
+    "small-unet": _tiny_unet,
+    "sd15-unet": _sd15_unet,
+    "ddpm-256": _ddpm_256,
+    "dit-xl-2": _dit_xl_2,
+}
+DEFAULT_BATCH = {"small-unet": 2, "sd15-unet": 1, "ddpm-256": 1, "dit-xl-2": 1}
+
+
+def build_setup(model: str, device: str, batch: int, wrt: str, dtype: torch.dtype = torch.float32) -> Setup:
+    """Seeded network (identical in every process), x_T, condition and target on ``device``."""
+    if model not in MODELS:
+        raise ValueError(f"--model {model!r} is unknown; allowed values: {', '.join(MODELS)}")
+    torch.manual_seed(SEED)
+    denoiser, cond_kind, scheduler_config = MODELS[model]()
+    denoiser = denoiser.to(device=device, dtype=dtype).eval()
+    denoiser.requires_grad_(wrt == "all")
+    generator = torch.Generator().manual_seed(SEED + 1)
+    x_T = torch.randn(batch, *denoiser.sample_shape, generator=generator).to(device, dtype)
+    target = torch.randn(batch, *denoiser.sample_shape, generator=generator).to(device, dtype)
+    cond: Tensor | None = None
+    if cond_kind == "text":  # CLIP ViT-L/14 text embeddings, (B, 77, 768)
+        cond = torch.randn(batch, 77, 768, generator=generator).to(device, dtype)
+    elif isinstance(cond_kind, int):  # class labels 0, 1, ... (B,)
+        cond = (torch.arange(batch) % cond_kind).to(device)
+    return Setup(denoiser, x_T, cond, target, scheduler_config)
+
+
+def one_gradient(setup: Setup, steps: int, policy: GradientPolicy, policy_seed: int = 0) -> Tensor | None:
+    """Sample with ``policy`` and return d loss / d x_T (zeros where no gradient reaches x_T).
+
+    Returns None for ``none`` (plain sampling under no_grad). Parameter gradients, when the network is
+    trainable, are computed and discarded: they are part of the cost being measured.
+    """
+    scheduler = build_scheduler("ddim", steps, setup.scheduler_config)
+    if policy.name == "none":
+        with torch.no_grad():
+            sample(setup.denoiser, scheduler, setup.x_T, setup.cond, policy=policy)
+        return None
+    x_T = setup.x_T.detach().requires_grad_()
+    out = sample(setup.denoiser, scheduler, x_T, setup.cond, policy=policy,
+                 policy_generator=torch.Generator().manual_seed(policy_seed))
+    loss = (out.sample - setup.target).square().mean()
+    params = [p for p in setup.denoiser.parameters() if p.requires_grad]
+    if not loss.requires_grad:  # truncation with a frozen network: nothing reaches x_T or any weight
+        return torch.zeros_like(x_T)
+    grads = torch.autograd.grad(loss, [x_T, *params], allow_unused=True)
+    return torch.zeros_like(x_T) if grads[0] is None else grads[0]
+
+
+def exact_gradient(setup: Setup, steps: int) -> Tensor:
+    """The exact d loss / d x_T: ``full`` backprop in float64 (``checkpoint`` if ``full`` does not fit)."""
+    exact = copy.deepcopy(setup)
+    exact.denoiser = exact.denoiser.double().requires_grad_(False)
+    exact.x_T, exact.target = setup.x_T.double(), setup.target.double()
+    exact.cond = setup.cond.double() if setup.cond is not None and setup.cond.is_floating_point() else setup.cond
+    try:
+        grad = one_gradient(exact, steps, POLICIES["full"])
+    except torch.OutOfMemoryError:
+        _release_memory(setup.x_T.device)
+        grad = one_gradient(exact, steps, POLICIES["checkpoint"])
+    assert grad is not None
+    return grad.to(setup.x_T.dtype)
+
+
+def cosine(a: Tensor, b: Tensor) -> float:
+    """Cosine similarity of two flattened gradients; 0 when either is all zeros (no gradient at all)."""
+    a, b = a.double().flatten(), b.double().flatten()
+    denom = a.norm() * b.norm()
+    return 0.0 if denom == 0 else float(a @ b / denom)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def timed_gradient(setup: Setup, steps: int, label: str, policy_seed: int) -> tuple[float, int | None, Tensor | None]:
+    """(seconds, CUDA peak bytes above the baseline or None on CPU, gradient) of one call."""
+    device = setup.x_T.device
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device)
+    start = time.perf_counter()
+    grad = one_gradient(setup, steps, POLICIES[label], policy_seed)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) - baseline if device.type == "cuda" else None
+    return seconds, peak, grad
+
+
+# ---------------------------------------------------------------- CPU memory: a fresh process per case
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}; peak RSS needs Linux")
+
+
+def peak_rss_worker(model: str, steps: int, label: str, batch: int, wrt: str, threads: int) -> int:
+    """Run in a fresh process: bytes of peak RSS above the RSS just before one gradient of the case."""
+    # Fixed mmap threshold (disables glibc's dynamic one): every block over 8 KiB, latent-sized tensors
+    # included, is its own mapping, returned to the OS when freed. Then RSS follows live tensors: the
+    # baseline keeps no blocks from the warm-up, and freed latents cannot leave a heap fragmented by the
+    # small long-lived autograd objects in between (at 64 KiB that alone made SDO's peak grow ~15 KiB a step).
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 8 * 1024)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+    torch.set_num_threads(threads)
+    setup = build_setup(model, "cpu", batch, wrt)
+    one_gradient(setup, 1, POLICIES["full"])  # warm-up: lazy kernels and thread pools of forward/backward
+    gc.collect()
+    baseline = _status_kib("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
+    one_gradient(setup, steps, POLICIES[label])
+    return (_status_kib("VmHWM") - baseline) * 1024
+
+
+def cpu_peaks(model: str, steps: int, labels: Sequence[str], batch: int, wrt: str, threads: int,
+              pool: ProcessPoolExecutor) -> dict[str, int]:
+    """Peak RSS of each case, each in its own fresh process."""
+    futures = {label: pool.submit(peak_rss_worker, model, steps, label, batch, wrt, threads) for label in labels}
+    return {label: future.result() for label, future in futures.items()}
+
+
+def fresh_process_pool() -> ProcessPoolExecutor:
+    """One process per task, forked from a server that imported torch/diffusers but never computed
+    (so OpenMP is fork-safe and no tensors are inherited); saves ~10 s of imports per case (diffusers
+    imports its model classes lazily, so they are imported at the top of this module)."""
+    context = mp.get_context("forkserver")
+    # Preload by importable name: Python 3.11's forkserver silently skips a "__main__" preload.
+    context.set_forkserver_preload(["benchmarks.gradient_cost"])  # torch, the diffusers models, lit_sdo
+    return ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1)
+
+
+# ---------------------------------------------------------------- the benchmark
+def run_benchmark(model: str, device: str, steps: Sequence[int], labels: Sequence[str], repeats: int,
+                  batch: int, wrt: str, threads: int, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Measure every (policy, N) case; returns one record per case (``RECORD_KEYS`` + model, device)."""
+    setup = build_setup(model, device, batch, wrt)
+    dev = setup.x_T.device
+    records = []
+    pool = fresh_process_pool() if dev.type == "cpu" else None
+    try:
+        for label in labels:  # warm-up at the first N: lazy kernels, thread pools, allocator caches
+            one_gradient(setup, steps[0], POLICIES[label])
+        for n in steps:
+            started = time.perf_counter()
+            reference = exact_gradient(setup, n)
+            _release_memory(dev)
+            seconds: dict[str, list[float]] = {label: [] for label in labels}
+            peaks: dict[str, int | None] = {}
+            grads: dict[str, Tensor | None] = {}
+            failed: set[str] = set()
+            for r in range(repeats):  # round-robin, rotated, so background load hits every policy alike
+                ok = [label for label in labels if label not in failed]
+                for label in ok[r % len(ok):] + ok[: r % len(ok)]:
+                    try:
+                        sec, peak, grad = timed_gradient(setup, n, label, policy_seed=r)
+                    except torch.OutOfMemoryError:
+                        failed.add(label)
+                        _release_memory(dev)
+                        continue
+                    seconds[label].append(sec)
+                    if r == 0:  # the gradient compared with the exact one; CUDA peak of the first call
+                        grads[label], peaks[label] = grad, peak
+            ok = [label for label in labels if label not in failed]
+            timed = time.perf_counter()
+            if pool is not None:
+                peaks = cpu_peaks(model, n, ok, batch, wrt, threads, pool)
+            base = statistics.median(seconds["none"]) if seconds.get("none") else None
+            for label in labels:
+                sec = statistics.median(seconds[label]) if seconds[label] else None
+                grad = grads.get(label)
+                records.append({
+                    "policy": label, "steps": n, "seconds": sec, "peak_mem_bytes": peaks.get(label),
+                    "ratio_to_sampling": sec / base if sec is not None and base else None,
+                    "grad_cosine": cosine(grad, reference) if grad is not None else None,
+                    "model": model, "device": str(dev),
+                })
+            log(f"N={n}: {time.perf_counter() - started:.1f} s ({timed - started:.1f} s exact gradient + timing)")
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return records
+
+
+# ---------------------------------------------------------------- reporting
+def _get(records: list[dict[str, Any]], policy: str, steps: int, key: str) -> float | None:
+    for rec in records:
+        if rec["policy"] == policy and rec["steps"] == steps:
+            return rec[key]
+    return None
+
+
+def markdown_table(records: list[dict[str, Any]]) -> str:
+    """One row per case, N grouped."""
+    lines = ["| policy | N | seconds | × sampling | peak mem (MiB) | grad cosine |", "|---|---:|---:|---:|---:|---:|"]
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "—" if value is None else format(value, spec)
+
+    for rec in records:
+        mem = None if rec["peak_mem_bytes"] is None else rec["peak_mem_bytes"] / 2**20
+        lines.append(f"| {rec['policy']} | {rec['steps']} | {fmt(rec['seconds'], '.3f')} | "
+                     f"{fmt(rec['ratio_to_sampling'], '.2f')} | {fmt(mem, '.1f')} | {fmt(rec['grad_cosine'], '.4f')} |")
+    return "\n".join(lines)
+
+
+def check_targets(records: list[dict[str, Any]]) -> list[str]:
+    """PASS/FAIL/SKIP line per target of issue 3 (SKIP when a needed case was not run)."""
+    lines = []
+
+    def verdict(name: str, value: float | None, ok: Callable[[float], bool], shown: str) -> None:
+        status = "SKIP" if value is None else ("PASS" if ok(value) else "FAIL")
+        lines.append(f"{status}  {name}: {shown.format(value) if value is not None else 'case not run'}")
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    t = lambda p, n: _get(records, p, n, "seconds")  # noqa: E731
+    m = lambda p, n: _get(records, p, n, "peak_mem_bytes")  # noqa: E731
+    verdict("sdo (k=0) time at N=50 <= 1.10x plain sampling", ratio(t("sdo", 50), t("none", 50)),
+            lambda v: v <= 1.10, "{:.3f}x")
+    verdict("sdo (k=random) time at N=50 <= 1.10x plain sampling", ratio(t("sdo-random", 50), t("none", 50)),
+            lambda v: v <= 1.10, "{:.3f}x")
+    verdict("full time at N=50 >= 2.5x sdo", ratio(t("full", 50), t("sdo", 50)), lambda v: v >= 2.5, "{:.2f}x")
+    verdict("checkpoint time at N=50 >= 3.5x sdo", ratio(t("checkpoint", 50), t("sdo", 50)),
+            lambda v: v >= 3.5, "{:.2f}x")
+    verdict("full peak memory at N=50 >= 10x sdo", ratio(m("full", 50), m("sdo", 50)), lambda v: v >= 10, "{:.1f}x")
+    verdict("sdo peak memory at N=100 <= 1.10x N=10", ratio(m("sdo", 100), m("sdo", 10)),
+            lambda v: v <= 1.10, "{:.3f}x")
+    points = [(r["steps"], r["peak_mem_bytes"]) for r in records if r["policy"] == "full" and r["peak_mem_bytes"]]
+    r2 = _linear_r2(points) if len(points) >= 3 else None
+    slope = _slope(points) if len(points) >= 3 else 0.0
+    verdict("full peak memory grows linearly in N (R^2 of a line >= 0.99)", r2, lambda v: v >= 0.99,
+            "R^2 = {:.4f}, " + f"{slope / 2**20:.2f} MiB per step")
+    return lines
+
+
+def _slope(points: list[tuple[float, float]]) -> float:
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+
+
+def _linear_r2(points: list[tuple[float, float]]) -> float:
+    slope = _slope(points)
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    residual = sum((y - my - slope * (x - mx)) ** 2 for x, y in points)
+    total = sum((y - my) ** 2 for _, y in points)
+    return 1.0 - residual / total if total > 0 else math.nan
+
+
+# ---------------------------------------------------------------- CLI
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default="small-unet", help=f"network: {', '.join(MODELS)}")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)), help="comma-separated N values")
+    parser.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated; from {', '.join(POLICIES)}")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs per case (median), after one warm-up per policy at the first N")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default: 2 small-unet, else 1)")
+    parser.add_argument("--wrt", choices=("all", "latent"), default="all",
+                        help="differentiate w.r.t. x_T and the weights (all) or x_T only, weights frozen (latent)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads; 1 by default: OpenMP spin-waits make 2 threads on shared cores ~10x slower")
+    parser.add_argument("--json", type=Path, default=None, help="write one record per case here (atomic)")
+    args = parser.parse_args(argv)
+    if args.model not in MODELS:
+        parser.error(f"--model {args.model!r} is unknown; allowed values: {', '.join(MODELS)}")
+    try:
+        args.steps = [int(s) for s in args.steps.split(",") if s]
+    except ValueError:
+        parser.error(f"--steps {args.steps!r} must be comma-separated integers, e.g. 10,25,50,100")
+    if not args.steps or min(args.steps) < 1:
+        parser.error("--steps needs at least one N >= 1")
+    args.policies = [p for p in args.policies.split(",") if p]
+    unknown = [p for p in args.policies if p not in POLICIES]
+    if unknown:
+        parser.error(f"--policies {','.join(unknown)} unknown; allowed values: {', '.join(POLICIES)}")
+    # plain sampling is the time reference; it is always measured (first, so the table reads top-down)
+    args.policies = ["none"] + [p for p in args.policies if p != "none"]
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    args.batch = args.batch or DEFAULT_BATCH[args.model]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    log(f"gradient cost: model={args.model} device={args.device} batch={args.batch} wrt={args.wrt} "
+        f"threads={args.threads} repeats={args.repeats} steps={args.steps}")
+    records = run_benchmark(args.model, args.device, args.steps, args.policies, args.repeats, args.batch,
+                            args.wrt, args.threads, log)
+    print(markdown_table(records))
+    print()
+    print("\n".join(check_targets(records)))
+    if args.json is not None:
+        write_json(args.json, records)
+    return records
+
+
+if __name__ == "__main__":
+    main()
