@@ -46,7 +46,7 @@ def data_overrides(task: str, samples: int) -> list[str]:
 
 def common_overrides(args: argparse.Namespace, task: str) -> list[str]:
     out = data_overrides(task, args.samples)
-    if args.num_steps is not None:
+    if args.num_steps is not None and task != "style":  # style runs the shortcut model's own 8 steps
         out.append(f"--model.init_args.num_steps={args.num_steps}")
     if args.generator is not None:
         out.append(f"--model.init_args.generator={args.generator}")
@@ -122,7 +122,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["edit", "style", "aesthetic"], choices=list(TASK_METRICS))
     parser.add_argument("--samples", type=int, default=10, help="inputs per task (digits; multiples of 10)")
     parser.add_argument("--opt-steps", type=int, default=20, help="optimisation steps of sdo / full")
-    parser.add_argument("--num-steps", type=int, default=None, help="sampling steps (default: the config's)")
+    parser.add_argument("--num-steps", type=int, default=None,
+                        help="sampling steps of edit/aesthetic (default: the config's)")
     parser.add_argument("--policies", nargs="+", default=["sdo", "full"])
     parser.add_argument("--generator", default=None, help="another diffusion model (default: the config's)")
     parser.add_argument("--xhat-scales", nargs="*", type=float, default=[0.05, 0.2], help="ρ values for x̂₀ guidance")

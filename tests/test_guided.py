@@ -61,6 +61,7 @@ def tiny_generator(*_args: object, **_kwargs: object) -> DiffusionModel:
 def tiny_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Tiny generator and text–image model; returns a tiny thickness-predictor folder."""
     monkeypatch.setattr(LatentOptimizationModule, "load_generator", staticmethod(tiny_generator))
+    monkeypatch.setattr(guided.GuidedModule, "load_generator", staticmethod(tiny_generator))
     monkeypatch.setattr(guided, "load_text_image", lambda *_a, **_k: HashedTextModel())
     torch.manual_seed(3)
     return export_thickness_predictor(StrokeThicknessPredictor(2.0, 4.5, channels=4), tmp_path / "thick", 8)
@@ -337,3 +338,62 @@ def test_sd15_aesthetic_config_runs_with_tiny_models_of_the_same_classes(tiny_re
     aggregate = results["aggregate"]
     assert aggregate["num_samples"] == 2 and "aesthetic_score_guided_mean" in aggregate
     assert "measured_stroke_width_guided_mean" not in aggregate
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (EMBEDDED_ROOT / "digits-thickness").is_dir(), reason="digits-thickness not shipped")
+def test_two_ddp_ranks_give_the_same_per_sample_results_as_one_device(tmp_path: Path) -> None:
+    """configs/aesthetic/digits.yaml on real (DDIM-inverted) digits, with a tiny exported DDPM: 1 vs 2 ranks."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import make_tiny_unet
+    from diffusers import DDPMScheduler
+
+    from lit_sdo.io import read_tensors
+    from lit_sdo.tasks.train_diffusion import export_diffusion
+
+    generator = export_diffusion(make_tiny_unet(num_class_embeds=11, sample_size=16),
+                                 DDPMScheduler(clip_sample=False), tmp_path / "ddpm", num_classes=10)
+
+    def run(out: Path, *extra: str) -> dict:
+        command = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ROOT / "configs/aesthetic/digits.yaml"),
+                   f"--model.init_args.generator={generator}", "--model.init_args.num_steps=5",
+                   "--model.init_args.classifier=null", f"--model.init_args.output_dir={out}",
+                   "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
+                   f"--trainer.logger.init_args.save_dir={out}", "--data=lit_sdo.datamodules.ReferenceImageDataModule",
+                   "--data.init_args.num_samples=6", "--data.init_args.batch_size=2", *extra]
+        done = subprocess.run(command, cwd=tmp_path, env=os.environ | {"PYTHONPATH": str(ROOT)}, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return read_results(out)
+
+    single = run(tmp_path / "one")
+    double = run(tmp_path / "two", "--trainer.devices=2", "--trainer.strategy=ddp")
+    assert len(single["samples"]) == len(double["samples"]) == 6
+    for a, b in zip(single["samples"], double["samples"], strict=True):
+        assert (a["index"], a["label"], a["seed"]) == (b["index"], b["label"], b["seed"])
+        assert a["loss_guided"] == pytest.approx(b["loss_guided"], abs=1e-4)
+    one = read_tensors(tmp_path / "one" / "delta.safetensors")["delta"]
+    torch.testing.assert_close(read_tensors(tmp_path / "two" / "delta.safetensors")["delta"], one, rtol=0, atol=1e-4)
+    assert one.abs().max() > 0
+
+
+def test_style_runs_on_a_shortcut_model_with_its_own_sampler(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from lit_sdo.models.shortcut import ShortcutDiT, save_shortcut
+    from lit_sdo.sampling.shortcut import ShortcutScheduler
+
+    monkeypatch.setattr(guided, "load_text_image", lambda *_a, **_k: HashedTextModel())
+    torch.manual_seed(0)
+    network = ShortcutDiT(in_channels=1, sample_size=8, patch_size=2, hidden_size=16, depth=1, num_heads=2,
+                          num_classes=10, max_steps=8)
+    folder = save_shortcut(network, tmp_path / "shortcut")
+    module = StyleModule(generator=str(folder), scheduler="shortcut", num_steps=4, start_timestep=600, layer=1,
+                         lr=0.05, output_dir=str(tmp_path / "out"))
+    assert isinstance(module.scheduler, ShortcutScheduler) and module.start_step == 2  # σ: 1, .75, .5, .25
+    trainer(tmp_path, 2).fit(module, datamodule=LabelSeedDataModule(num_classes=10, per_class=1, batch_size=10))
+    aggregate = read_results(tmp_path / "out")["aggregate"]
+    assert aggregate["loss_guided_mean"] < aggregate["loss_original_mean"]
+    batch = next(iter(LabelSeedDataModule(num_classes=10, per_class=1, batch_size=10).train_dataloader()))
+    assert module.guide_per_step(batch, scale=0.1).shape == (10, 1, 8, 8)  # x̂₀ guidance: x̂₀ = x_t + (1 − t)·v

@@ -27,7 +27,7 @@ def xhat_guided_sample(denoiser: DenoiserAdapter, scheduler: SchedulerMixin, x: 
 
     Args:
         denoiser: adapter with the ``denoiser(x, t, cond)`` contract.
-        scheduler: a scheduler with an ᾱ table (ddim, ddpm, lcm, ...); copied, never mutated.
+        scheduler: a scheduler with an ᾱ table (ddim, ddpm, lcm, ...) or lit_sdo's ShortcutScheduler; copied.
         x: start latent (B, C, H, W).
         cond: condition for the denoiser.
         loss_fn: x̂₀ in the model's space -> per-sample loss (B,) (decode inside it for latent models).
@@ -38,17 +38,21 @@ def xhat_guided_sample(denoiser: DenoiserAdapter, scheduler: SchedulerMixin, x: 
     if scale < 0:
         raise ValueError(f"scale={scale} must be >= 0 (the guidance step ρ)")
     scheduler = fresh_scheduler(scheduler)
-    levels = alpha_levels(scheduler)
+    flow_time = getattr(scheduler, "time_of", None)  # shortcut/flow scheduler: x̂₀ = x_t + (1 − t)·v
+    levels = None if flow_time is not None else alpha_levels(scheduler)
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
     if start_step > 0 and hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start_step)
     for i, t in enumerate(scheduler.timesteps[start_step:], start=start_step):
-        alpha = float(levels[i])
         x_in = x.detach().requires_grad_(True)
         with torch.enable_grad():
             output = denoiser(x_in, t, cond)
-            eps = epsilon_from_output(output, x_in, alpha, prediction_type)
-            x0_hat = (x_in - (1 - alpha) ** 0.5 * eps) / alpha ** 0.5  # Tweedie's one-step estimate
+            if levels is None:
+                x0_hat = x_in + (1 - flow_time(t).to(x_in)) * output  # one jump along the predicted velocity
+            else:
+                alpha = float(levels[i])
+                eps = epsilon_from_output(output, x_in, alpha, prediction_type)
+                x0_hat = (x_in - (1 - alpha) ** 0.5 * eps) / alpha ** 0.5  # Tweedie's one-step estimate
             (grad,) = torch.autograd.grad(loss_fn(x0_hat).sum(), x_in)
         with torch.no_grad():
             x = scheduler.step(output.detach(), t, x, generator=generator, return_dict=False)[0]

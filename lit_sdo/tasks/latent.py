@@ -151,13 +151,20 @@ class LatentOptimizationModule(L.LightningModule):
         return {"delta": self.delta.data} | {f"optim.{n}": t for n, t in self.optim.tensors.items()} | {
             f"tracker.{n}": t for n, t in self.tracker.tensors.items()}
 
-    def merge_ranks(self) -> None:
-        """Make every rank hold every sample's current state (each row from the rank that owns it)."""
+    def merge_ranks(self, touched: Tensor | None = None) -> None:
+        """Make every rank hold every sample's current state (each row from the rank that owns it).
+
+        ``touched`` (N,) bool marks rows this rank changed without an optimiser step (the final scoring
+        in ``on_train_end``): at equal step counts they win over the other ranks' stale copies.
+        """
         if self.trainer.world_size == 1:
             return
         state = self.per_sample_state()
         gathered = {name: self.all_gather(t) for name, t in state.items()}  # (W, N, ...)
-        merged = merge_rows_by_version(gathered, gathered["optim.steps"])
+        versions = gathered["optim.steps"].long() * 2
+        if touched is not None:
+            versions = versions + self.all_gather(touched.long())
+        merged = merge_rows_by_version(gathered, versions)
         for name, t in state.items():
             t.copy_(merged[name])
 
@@ -182,9 +189,12 @@ class LatentOptimizationModule(L.LightningModule):
         return x_start, cond, self.tracker.best[rows]
 
     def on_train_end(self) -> None:
+        touched = torch.zeros(self.delta.shape[0], dtype=torch.bool, device=self.device)
         for batch in self.trainer.train_dataloader:
-            self.evaluate_batch(self.transfer_batch_to_device(batch, self.device, 0), offer_current=True)
-        self.merge_ranks()
+            batch = self.transfer_batch_to_device(batch, self.device, 0)
+            self.evaluate_batch(batch, offer_current=True)
+            touched[batch["index"]] = True
+        self.merge_ranks(touched)
         self.write_results()
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
