@@ -46,6 +46,7 @@ class GuidedModule(LatentOptimizationModule):
     records only the outermost ``__init__``'s arguments, and the base reads ``hparams`` (e.g. ``eps``).
 
     Args (beyond :class:`LatentOptimizationModule`'s):
+        scheduler: also ``shortcut``: a shortcut model's own N-step sampler (``embedded:digits-shortcut``).
         classifier: scores label preservation (agreement of its prediction with the sample's label:
             the reference digit's class, or the conditioning class); None to skip.
         sampler_seed: seed of the sampler's own noise (stochastic schedulers such as LCM), fixed so every
