@@ -330,3 +330,14 @@ def test_real_config_paper_sizes() -> None:
         sizes = (network["hidden_size"], network["depth"], network["num_heads"], network["mlp_ratio"])
         assert sizes == (768, 12, 12, 4.0)
         assert (network["sample_size"], network["in_channels"]) == (32, 4)
+
+
+def test_results_section_is_replaced_not_duplicated(tmp_path: Path) -> None:
+    from benchmarks.shortcut_fid import SECTION, write_section
+
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Benchmark results\n\n## Other\n\nkeep me\n")
+    write_section(path, f"{SECTION}\n\nfirst\n")
+    write_section(path, f"{SECTION}\n\nsecond\n")
+    text = path.read_text()
+    assert text.count(SECTION) == 1 and "second" in text and "first" not in text and "keep me" in text
