@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) benchmarks/gradient_cost.py
+	$(PY) cli.py fit --config configs/attack/digits.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -294,6 +294,8 @@ def test_scheduler_errors_name_the_argument() -> None:
         sample(PixelUNetDenoiser(tiny_unet()), DDIMScheduler(clip_sample=False), latent())
     with pytest.raises(ValueError, match="timestep=-1 is outside the schedule"):
         start_step_for(build_scheduler("ddim", 10), -1)
+    with pytest.raises(ValueError, match="timestep=1500 is outside the schedule"):
+        start_step_for(build_scheduler("ddim", 10), 1500)
     with pytest.raises(ValueError, match="k='first' must be"):
         GradientPolicy("sdo", k="first")  # type: ignore[arg-type]
 

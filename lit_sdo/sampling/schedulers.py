@@ -88,8 +88,9 @@ def start_step_for(scheduler: SchedulerMixin, timestep: float) -> int:
     """Index of the first scheduled timestep at or below ``timestep`` (e.g. t=600 of 1000, paper Sec. 5.1)."""
     timesteps = scheduler.timesteps
     below = (timesteps <= timestep).nonzero()
-    if timestep < 0 or len(below) == 0:
+    top = scheduler.config.get("num_train_timesteps", float(timesteps.max()))
+    if timestep < 0 or timestep > top or len(below) == 0:
         raise ValueError(
-            f"timestep={timestep} is outside the schedule [{float(timesteps.min())}, {float(timesteps.max())}]"
+            f"timestep={timestep} is outside the schedule [{float(timesteps.min())}, {top}]"
         )
     return int(below[0])
