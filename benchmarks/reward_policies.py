@@ -30,6 +30,7 @@ LABELS = {"sdo": "sdo (k random)", "random_truncation": "random_truncation (Alig
 def run_policy(policy: str, args: argparse.Namespace, out_dir: Path) -> list[dict]:
     """One fine-tuning run through the CLI; returns its per-step history."""
     name, _, last_k = policy.partition("=")
+    steps = args.sdo_steps if name == "sdo" and args.sdo_steps else args.steps
     overrides = [f"--model.init_args.policy={name}", f"--model.init_args.last_k={last_k or 1}",
                  f"--model.init_args.output_dir={out_dir}", f"--model.init_args.num_steps={args.num_steps}",
                  f"--model.init_args.lr={args.lr}", f"--model.init_args.grid_every_n_steps={args.eval_every}",
@@ -37,7 +38,7 @@ def run_policy(policy: str, args: argparse.Namespace, out_dir: Path) -> list[dic
                  f"--data.init_args.samples_per_step={args.samples_per_step}",
                  f"--data.init_args.batch_size={args.batch_size}",
                  f"--trainer.accumulate_grad_batches={args.samples_per_step // args.batch_size}",
-                 f"--trainer.max_epochs={args.steps}", "--trainer.enable_progress_bar=false",
+                 f"--trainer.max_epochs={steps}", "--trainer.enable_progress_bar=false",
                  f"--trainer.logger.init_args.save_dir={out_dir}", "--trainer.enable_checkpointing=false",
                  "--trainer.callbacks=[]"]
     cli.main(["fit", "--config", args.config, *overrides, *args.override])
@@ -51,19 +52,23 @@ def summarise(history: list[dict]) -> dict:
     last = steps[-5:]
     return {"eval_start": evals[0]["eval_reward"], "eval_final": evals[-1]["eval_reward"],
             "train_final": sum(r["reward"] for r in last) / len(last), "seconds": steps[-1]["seconds"],
-            "seconds_per_step": steps[-1]["seconds"] / len(steps),
+            "cpu_seconds": steps[-1]["cpu_seconds"], "seconds_per_step": steps[-1]["seconds"] / len(steps),
+            "cpu_per_step": steps[-1]["cpu_seconds"] / len(steps),
             "peak_mib": max(r["peak_bytes"] for r in steps) / 2**20, "evals": evals}
 
 
-def seconds_to_reach(evals: list[dict], target: float) -> float | None:
-    """Training seconds at the first eval point whose reward is at least ``target`` (None: never)."""
-    return next((row["seconds"] for row in evals if row["eval_reward"] >= target), None)
+def seconds_to_reach(evals: list[dict], target: float, clock: str) -> float | None:
+    """Training seconds (``clock``: seconds or cpu_seconds) at the first eval point whose reward is at least
+    ``target`` (None: never)."""
+    return next((row[clock] for row in evals if row["eval_reward"] >= target), None)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policies", nargs="+", default=["sdo", "random_truncation", "last_k=1"])
     parser.add_argument("--steps", type=int, default=40, help="optimiser steps per policy")
+    parser.add_argument("--sdo-steps", type=int, default=None,
+                        help="let sdo train longer than the others (time-to-reward when it has not caught up)")
     parser.add_argument("--num-steps", type=int, default=20, help="DDIM sampling steps")
     parser.add_argument("--samples-per-step", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -80,39 +85,52 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for policy in args.policies:
             rows[policy] = summarise(run_policy(policy, args, Path(tmp) / policy.replace("=", "")))
-    lines = ["| policy | eval reward start → final | train reward (last 5 steps) | training s | s / step | "
-             "peak saved-for-backward MiB / micro-batch |", "|---|---|---|---|---|---|"]
+    lines = ["| policy | eval reward start → final | train reward (last 5 steps) | training wall s (CPU s) | "
+             "wall s / step (CPU s / step) | peak saved-for-backward MiB / micro-batch |", "|---|---|---|---|---|---|"]
     for policy, r in rows.items():
         lines.append(f"| {LABELS.get(policy, policy)} | {r['eval_start']:.4f} → {r['eval_final']:.4f} | "
-                     f"{r['train_final']:.4f} | {r['seconds']:.1f} | {r['seconds_per_step']:.2f} | "
-                     f"{r['peak_mib']:.1f} |")
+                     f"{r['train_final']:.4f} | {r['seconds']:.1f} ({r['cpu_seconds']:.1f}) | "
+                     f"{r['seconds_per_step']:.2f} ({r['cpu_per_step']:.2f}) | {r['peak_mib']:.1f} |")
     verdict = ""
     if "sdo" in rows and "random_truncation" in rows:
         uniform, sdo = rows["random_truncation"], rows["sdo"]
-        reached = seconds_to_reach(sdo["evals"], uniform["eval_final"])
-        if uniform["eval_final"] <= uniform["eval_start"]:
-            verdict = (f"AlignProp-uniform did not raise the eval reward ({uniform['eval_start']:.4f} → "
-                       f"{uniform['eval_final']:.4f}): no time-to-reward comparison is possible at these settings.")
-        elif reached is None:
-            verdict = (f"SDO did NOT reach AlignProp-uniform's final eval reward {uniform['eval_final']:.4f} within "
-                       f"{args.steps} steps (its best: {max(e['eval_reward'] for e in sdo['evals']):.4f}); target "
-                       "(≤ 60 % of AlignProp-uniform's wall-clock) not met.")
+        target = uniform["eval_final"]
+        if target <= uniform["eval_start"]:
+            verdict = (f"AlignProp-uniform did not raise the eval reward ({uniform['eval_start']:.4f} → {target:.4f}): "
+                       "no time-to-reward comparison is possible at these settings.")
+        elif seconds_to_reach(sdo["evals"], target, "seconds") is None:
+            verdict = (f"SDO did NOT reach AlignProp-uniform's final eval reward {target:.4f} within {args.steps} "
+                       f"steps (its best: {max(e['eval_reward'] for e in sdo['evals']):.4f}); target (≤ 60 % of "
+                       "AlignProp-uniform's time) not met at this step budget.")
         else:
-            share = reached / uniform["seconds"]
-            verdict = (f"SDO reached AlignProp-uniform's final eval reward {uniform['eval_final']:.4f} after "
-                       f"{reached:.1f} s of training = {share:.0%} of AlignProp-uniform's {uniform['seconds']:.1f} s; "
-                       f"target ≤ 60 %: {'met' if share <= 0.6 else 'NOT met'}.")
+            parts = []
+            for clock, name in (("seconds", "wall-clock"), ("cpu_seconds", "CPU time")):
+                reached = seconds_to_reach(sdo["evals"], target, clock)
+                share = reached / uniform[clock]
+                parts.append(f"{name} {reached:.1f} s = {share:.0%} of AlignProp-uniform's {uniform[clock]:.1f} s "
+                             f"(target ≤ 60 %: {'met' if share <= 0.6 else 'NOT met'})")
+            verdict = f"SDO reached AlignProp-uniform's final eval reward {target:.4f} after " + "; ".join(parts) + "."
+    if "sdo" in rows and "random_truncation" in rows and args.sdo_steps:
+        at_equal = next(e["eval_reward"] for e in rows["sdo"]["evals"] if e["step"] >= args.steps)
+        verdict += (f" At the same {args.steps} steps SDO's eval reward was {at_equal:.4f} (AlignProp-uniform "
+                    f"{rows['random_truncation']['eval_final']:.4f}).")
+    curves = "\n".join(f"- {LABELS.get(p, p)}: " + ", ".join(f"{e['step']}: {e['eval_reward']:.3f}"
+                                                             for e in r["evals"]) for p, r in rows.items())
     table = "\n".join(lines)
     print(table)
     print(verdict)
+    print(curves)
     command = "OMP_NUM_THREADS=1 python benchmarks/reward_policies.py " + " ".join(sys.argv[1:])
     reward = Path(args.config).name
+    sdo_note = f" ({args.sdo_steps} for sdo)" if args.sdo_steps else ""
     body = (f"Command: `{command.strip()}` (CPU, 2 shared cores, one thread; {args.generator}, the reward of "
             f"configs/reward/{reward}; LoRA r=4 on attention projections; AdamW lr {args.lr:g}; {args.steps} "
-            f"optimiser steps of {args.samples_per_step} samples ({args.batch_size} per micro-batch); "
+            f"optimiser steps{sdo_note} of {args.samples_per_step} samples ({args.batch_size} per micro-batch); "
             f"DDIM-{args.num_steps}; eval reward = mean over 16 fixed seeds every {args.eval_every} steps; training "
-            "seconds exclude evaluation; memory = distinct non-weight tensors autograd keeps for backward, the "
-            f"CPU stand-in for peak GPU memory).\n\n{table}\n\n{verdict}\n\nPaper, Sec. 5.3 / Fig. 11 (SD 1.5, "
+            "seconds exclude evaluation; CPU s = this process's CPU time, steadier than wall-clock on a machine "
+            "shared with other jobs; memory = distinct non-weight tensors autograd keeps for backward, the "
+            f"CPU stand-in for peak GPU memory).\n\n{table}\n\n{verdict}\n\nEval reward by step:\n\n{curves}\n\n"
+            "Paper, Sec. 5.3 / Fig. 11 (SD 1.5, "
             "aesthetic and HPSv2 rewards): SDO needs about 50 % of AlignProp-uniform's runtime at equal reward; "
             "AlignProp-1 becomes unstable after some steps.")
     write_markdown_section(args.results, "LoRA reward fine-tuning (issue 8)", body)

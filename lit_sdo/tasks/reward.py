@@ -82,9 +82,10 @@ class RewardFinetuneModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the LoRA only; frozen networks load from their names
         self.history: list[dict[str, float]] = []  # one row per optimiser step (rank 0's view, synced rewards)
         self.train_seconds = 0.0  # wall-clock of training steps only (no grids, no checkpoints)
+        self.train_cpu_seconds = 0.0  # this process's CPU time in them: steady on a machine shared with others
         self._step_rewards: list[Tensor] = []
         self._step_peak_bytes = 0
-        self._batch_started = 0.0
+        self._batch_started = (0.0, 0.0)
         self._prompt_embeddings: Tensor | None = None
         self._autocast_dtype: torch.dtype | None = None
 
@@ -183,23 +184,24 @@ class RewardFinetuneModule(L.LightningModule):
 
     # ----- bookkeeping per optimiser step ---------------------------------------------------------
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._batch_started = time.perf_counter()
+        self._batch_started = (time.perf_counter(), time.process_time())
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.train_seconds += time.perf_counter() - self._batch_started
+        self.train_seconds += time.perf_counter() - self._batch_started[0]
+        self.train_cpu_seconds += time.process_time() - self._batch_started[1]
 
     def on_train_start(self) -> None:
         if self.global_step == 0:  # the untrained model: step 0 of the reward curves
-            self.history.append({"step": 0, "seconds": 0.0, "eval_reward": self.log_grid()})
+            self.history.append({"step": 0, "seconds": 0.0, "cpu_seconds": 0.0, "eval_reward": self.log_grid()})
 
     def on_train_epoch_end(self) -> None:
         """One optimiser step is complete: sync its reward, record it, log it vs step and vs wall-clock."""
         reward = torch.stack(self._step_rewards).mean()
         reward = self.trainer.strategy.reduce(reward, reduce_op="mean")
-        seconds = torch.tensor(self.train_seconds, device=self.device)
-        seconds = float(self.trainer.strategy.reduce(seconds, reduce_op="max"))  # the slowest rank sets the pace
+        clocks = torch.tensor([self.train_seconds, self.train_cpu_seconds], device=self.device)
+        seconds, cpu_seconds = self.trainer.strategy.reduce(clocks, reduce_op="max").tolist()  # slowest rank
         self._step_rewards = []
-        row = {"step": self.global_step, "seconds": seconds, "reward": float(reward),
+        row = {"step": self.global_step, "seconds": seconds, "cpu_seconds": cpu_seconds, "reward": float(reward),
                "peak_bytes": self._step_peak_bytes}
         self._step_peak_bytes = 0
         self.log("train/reward", reward, prog_bar=True, batch_size=self.trainer.datamodule.samples_per_step)
@@ -254,7 +256,8 @@ class RewardFinetuneModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if "lora_" in k}
-        checkpoint["reward_task"] = {"history": self.history, "train_seconds": self.train_seconds}
+        checkpoint["reward_task"] = {"history": self.history, "train_seconds": self.train_seconds,
+                                     "train_cpu_seconds": self.train_cpu_seconds}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("reward_task")
@@ -264,6 +267,7 @@ class RewardFinetuneModule(L.LightningModule):
         if set(checkpoint["state_dict"]) != expected:
             raise ValueError("the checkpoint's LoRA does not match this config's (other generator, rank or targets)")
         self.history, self.train_seconds = list(state["history"]), float(state["train_seconds"])
+        self.train_cpu_seconds = float(state.get("train_cpu_seconds", 0.0))
 
 
 @contextmanager
