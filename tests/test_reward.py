@@ -233,10 +233,8 @@ def test_prompt_sets_are_shipped() -> None:
 @pytest.mark.slow
 def test_two_ddp_ranks_through_the_cli_give_the_one_device_lora(folders: SimpleNamespace, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    command = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ROOT / "configs/reward/digits_class.yaml"),
+    command = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ROOT / "configs/reward/digits.yaml"),
                f"--model.init_args.generator={folders.ddpm}",
-               f"--model.init_args.reward.init_args.classifier={folders.resnet}",
-               "--model.init_args.reward.init_args.target_class=null",
                f"--model.init_args.num_steps={NUM_STEPS}", "--model.init_args.lr=0.01",
                "--model.init_args.grid_samples=2", f"--model.init_args.output_dir={out}",
                "--data.init_args.num_classes=2", "--data.init_args.samples_per_step=4", "--data.init_args.batch_size=2",
@@ -250,8 +248,7 @@ def test_two_ddp_ranks_through_the_cli_give_the_one_device_lora(folders: SimpleN
 
     # One device, accumulating the same two micro-batches (the CLI seeds everything with 0 first too).
     L.seed_everything(0, verbose=False)
-    reward = ClassLogProbReward(str(folders.resnet))
-    single = RewardFinetuneModule(generator=str(folders.ddpm), reward=reward, num_steps=NUM_STEPS, lr=0.01,
+    single = RewardFinetuneModule(generator=str(folders.ddpm), reward=InkReward(), num_steps=NUM_STEPS, lr=0.01,
                                   grid_samples=2, output_dir=str(tmp_path / "one"))
     fit(single, tmp_path / "one", steps=2, samples_per_step=4, batch_size=2, accumulate=2)
     one = read_tensors(tmp_path / "one" / "lora" / "pytorch_lora_weights.safetensors")
