@@ -166,3 +166,12 @@ def test_library_attack_returns_images_in_unit_range_within_budget() -> None:
                             optimizer="sign")(labels, seeds)
     assert adversarial.shape == (3, 1, 8, 8)
     assert adversarial.min() >= 0 and adversarial.max() <= 1
+
+
+@pytest.mark.usefixtures("tiny_models")
+def test_truncated_policy_warns_and_leaves_delta_at_zero(tmp_path) -> None:
+    """DRaFT-1 / AlignProp-1 (last_k=1) has no graph back to x_T: a warning, then a zero gradient."""
+    with pytest.warns(UserWarning, match="keeps no graph back to the start latent"):
+        module = attack(tmp_path, policy="last_k", last_k=1)
+    make_trainer(tmp_path, 2).fit(module, datamodule=data())
+    assert module.delta.abs().max() == 0

@@ -14,6 +14,7 @@ taking each row from the rank that owns it, so a sample's δ is never averaged a
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +26,14 @@ from lit_sdo.images import to_unit_range
 from lit_sdo.models import DiffusionModel, load_diffusion
 from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer, merge_rows_by_version, project_linf
 from lit_sdo.sampling import GradientPolicy, build_scheduler, noise_for_seeds, sample, start_step_for
+
+
+def latent_gradient(loss: Tensor, delta: Tensor) -> Tensor:
+    """dΣloss/dδ, or zeros when the policy keeps no graph back to δ (DRaFT/AlignProp truncation)."""
+    if not loss.requires_grad:
+        return torch.zeros_like(delta)
+    (grad,) = torch.autograd.grad(loss.sum(), delta, allow_unused=True)
+    return torch.zeros_like(delta) if grad is None else grad
 
 
 class LatentOptimizationModule(L.LightningModule):
@@ -61,6 +70,11 @@ class LatentOptimizationModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold δ and its state, not the frozen networks
         self.scheduler = build_scheduler(scheduler, num_steps, base_config=self.generator.scheduler_config)
         self.start_step = 0 if start_timestep is None else start_step_for(self.scheduler, start_timestep)
+        steps_run = num_steps - self.start_step
+        if policy == "random_truncation" or (policy == "last_k" and last_k < steps_run):
+            warnings.warn(f"policy {policy} keeps no graph back to the start latent (K < {steps_run} steps): δ gets "
+                          "a zero gradient and stays where it starts; use sdo, full or checkpoint to optimise a "
+                          "latent", stacklevel=2)
         self.delta: torch.nn.Parameter | None = None
         self.optim: PerSampleOptimizer | None = None
         self.tracker: BestTracker | None = None
@@ -126,7 +140,7 @@ class LatentOptimizationModule(L.LightningModule):
         images = self.generate(self.start_latent(batch) + delta, self.condition(batch), self.policy)
         loss, success = self.loss_and_success(images, batch)
         self.tracker.update(rows, delta.detach(), loss.detach(), success)
-        (grad,) = torch.autograd.grad(loss.sum(), delta)
+        grad = latent_gradient(loss, delta)
         with torch.no_grad():
             self.optim.step(self.delta.data, grad, rows)
             if self.hparams.eps is not None:
