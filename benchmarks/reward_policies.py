@@ -50,7 +50,7 @@ def summarise(history: list[dict]) -> dict:
     steps = [row for row in history if "reward" in row]
     evals = [row for row in history if "eval_reward" in row]
     last = steps[-5:]
-    return {"eval_start": evals[0]["eval_reward"], "eval_final": evals[-1]["eval_reward"],
+    return {"steps": len(steps), "eval_start": evals[0]["eval_reward"], "eval_final": evals[-1]["eval_reward"],
             "train_final": sum(r["reward"] for r in last) / len(last), "seconds": steps[-1]["seconds"],
             "cpu_seconds": steps[-1]["cpu_seconds"], "seconds_per_step": steps[-1]["seconds"] / len(steps),
             "cpu_per_step": steps[-1]["cpu_seconds"] / len(steps),
@@ -85,10 +85,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for policy in args.policies:
             rows[policy] = summarise(run_policy(policy, args, Path(tmp) / policy.replace("=", "")))
-    lines = ["| policy | eval reward start → final | train reward (last 5 steps) | training wall s (CPU s) | "
-             "wall s / step (CPU s / step) | peak saved-for-backward MiB / micro-batch |", "|---|---|---|---|---|---|"]
+    lines = ["| policy | steps | eval reward start → final | train reward (last 5 steps) | training wall s (CPU s) | "
+             "wall s / step (CPU s / step) | peak saved-for-backward MiB / micro-batch |", "|---" * 7 + "|"]
     for policy, r in rows.items():
-        lines.append(f"| {LABELS.get(policy, policy)} | {r['eval_start']:.4f} → {r['eval_final']:.4f} | "
+        lines.append(f"| {LABELS.get(policy, policy)} | {r['steps']} | {r['eval_start']:.4f} → {r['eval_final']:.4f} | "
                      f"{r['train_final']:.4f} | {r['seconds']:.1f} ({r['cpu_seconds']:.1f}) | "
                      f"{r['seconds_per_step']:.2f} ({r['cpu_per_step']:.2f}) | {r['peak_mib']:.1f} |")
     verdict = ""
