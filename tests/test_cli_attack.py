@@ -52,6 +52,7 @@ def run_attack(out: Path, folders: tuple[Path, Path], *extra: str) -> dict:
 @pytest.mark.slow
 def test_two_ddp_ranks_give_the_same_per_sample_results_as_one_device(tmp_path: Path, tiny_folders) -> None:
     single = run_attack(tmp_path / "one", tiny_folders)
+    assert (tmp_path / "one" / "attack_digits" / "version_0" / "checkpoints" / "last.ckpt").is_file()  # resumable
     double = run_attack(tmp_path / "two", tiny_folders, "--trainer.devices=2", "--trainer.strategy=ddp")
     assert len(double["samples"]) == len(single["samples"]) == 6
     for a, b in zip(single["samples"], double["samples"], strict=True):
