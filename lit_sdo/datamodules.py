@@ -177,7 +177,34 @@ class LabelSeedDataset(Dataset):
                 "seed": torch.tensor(self.seeds[index])}
 
 
-class LabelSeedDataModule(L.LightningDataModule):
+class SampleSetDataModule(L.LightningDataModule):
+    """A fixed, ordered set of samples to optimise (``self.dataset``), served unshuffled in ``batch_size`` batches.
+
+    The base of every latent-optimisation data module: each item carries its ``index``, which is the row of
+    its δ, so the order must never change between steps, runs or ranks.
+    """
+
+    dataset: Dataset
+    batch_size: int
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def _loader(self) -> DataLoader:
+        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader()
+
+
+class LabelSeedDataModule(SampleSetDataModule):
     """The samples a latent-optimisation task works on: ``per_class`` seeds for each class in ``classes``.
 
     The same (label, seed) regenerates the same x_T on any machine and any DDP rank, so the dataset is
@@ -204,22 +231,6 @@ class LabelSeedDataModule(L.LightningDataModule):
         labels = [c for _ in range(per_class) for c in classes]
         seeds = [seed + i for i in range(len(labels))]
         self.dataset = LabelSeedDataset(labels, seeds)
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.dataset)
-
-    def _loader(self) -> DataLoader:
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader()
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader()
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader()
 
 
 class ConditionIndexDataset(Dataset):
@@ -352,7 +363,7 @@ class ReferenceImageDataset(Dataset):
                 "label": torch.tensor(self.labels[index]), "image": self.images[index], "prompt": self.prompts[index]}
 
 
-class ReferenceImageDataModule(L.LightningDataModule):
+class ReferenceImageDataModule(SampleSetDataModule):
     """Real images to edit (paper Sec. 5.1: DDIM-inverted, then guided), each with a prompt.
 
     Sources: ``digits`` (the first ``num_samples`` images of the digits test split, seed 0, with their
@@ -419,19 +430,6 @@ class ReferenceImageDataModule(L.LightningDataModule):
             raise ValueError(f"reference images in {folder} differ in size; set data.init_args.image_size to resize")
         return torch.stack(out)
 
-    @property
-    def num_samples(self) -> int:
-        return len(self.dataset)
-
-    def _loader(self) -> DataLoader:
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader()
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader()
-
 
 class PromptSeedDataset(Dataset):
     """(index, seed, label −1, prompt) items: a generated sample of a text model is named by its prompt and seed."""
@@ -447,7 +445,7 @@ class PromptSeedDataset(Dataset):
                 "prompt": self.prompts[index]}
 
 
-class PromptSeedDataModule(L.LightningDataModule):
+class PromptSeedDataModule(SampleSetDataModule):
     """Prompts × seeds for guided generation with text-conditioned generators (style on LCM, aesthetic on SD).
 
     Args:
@@ -465,13 +463,3 @@ class PromptSeedDataModule(L.LightningDataModule):
         texts = [p for _ in range(per_prompt) for p in prompts]
         self.batch_size = batch_size
         self.dataset = PromptSeedDataset(texts, [seed + j for j in range(len(texts))])
-
-    @property
-    def num_samples(self) -> int:
-        return len(self.dataset)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.train_dataloader()

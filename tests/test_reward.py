@@ -211,7 +211,7 @@ def test_embedding_mlp_reward_loads_user_weights_and_rejects_wrong_shapes(folder
     images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     features = torch.nn.functional.normalize(reward.embed.classifier.features(images), dim=-1)
     torch.testing.assert_close(reward(images), layers[1](layers[0](features)).squeeze(1).detach())
-    with pytest.raises(ValueError, match=r"^reward weights .* have shapes .* set embed_dim/hidden to match[^\n]*$"):
+    with pytest.raises(ValueError, match=r"^MLP weights .* have shapes .* set embed_dim/hidden to match[^\n]*$"):
         EmbeddingMLPReward(str(tmp_path / "mlp.safetensors"), embedder=f"classifier:{folders.resnet}",
                            embed_dim=768)
     with pytest.raises(FileNotFoundError, match="not available locally"):

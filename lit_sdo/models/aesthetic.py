@@ -9,10 +9,11 @@ digits and a ground truth to check against. A LAION weights file with a CLIP giv
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_sdo.io import read_tensors, write_json, write_tensors
@@ -23,41 +24,59 @@ LAION_WEIGHTS = "sac+logos+ava1-l14-linearMSE.pth"
 LAION_SOURCE = "https://github.com/christophschuhmann/improved-aesthetic-predictor"
 
 
-class AestheticMLP(nn.Module):
-    """LAION's improved aesthetic predictor head: an MLP on unit-norm CLIP image embeddings -> score (~1..10).
+LAION_HIDDEN: tuple[int, ...] = (1024, 128, 64, 16)  # the LAION aesthetic predictor v2 MLP on CLIP ViT-L/14
 
-    The layer layout (``layers.0`` ... ``layers.7``) matches the published weights file, so
-    ``load_state_dict`` reads it directly; the weights are the user's (nothing ships here).
+
+class AestheticMLP(nn.Module):
+    """LAION's improved aesthetic predictor head: an MLP on unit-norm image embeddings -> score (~1..10).
+
+    The layer layout (Linear, Dropout, ..., Linear, Linear: ``layers.0`` ... ``layers.7`` for LAION's sizes)
+    matches the published weights file, so its state dict loads directly; the weights are the user's.
+    Embeddings are L2-normalised first, as LAION trained it. Reward models of the same shape with other
+    hidden sizes use the same class.
     """
 
-    def __init__(self, embedding_dim: int = 768) -> None:
+    def __init__(self, embedding_dim: int = 768, hidden: Sequence[int] = LAION_HIDDEN) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(embedding_dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
+        sizes = [embedding_dim, *hidden, 1]
+        modules: list[nn.Module] = []
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            modules.append(nn.Linear(n_in, n_out))
+            if i < len(sizes) - 3:
+                modules.append(nn.Dropout(0.1))  # index keeper: LAION's file has dropouts between these
+        self.layers = nn.Sequential(*modules)
 
     def forward(self, embeddings: Tensor) -> Tensor:
-        return self.layers(embeddings).squeeze(-1)  # (B,)
+        return self.layers(F.normalize(embeddings, dim=-1)).squeeze(-1)  # (B,)
 
 
-def load_aesthetic_mlp(path: str | Path) -> AestheticMLP:
-    """The LAION MLP from its weights file (``.pth`` state dict or ``.safetensors``), frozen; the embedding
-    width (768 for ViT-L/14) is read from the file."""
+def load_aesthetic_mlp(path: str | Path, embedding_dim: int | None = None,
+                       hidden: Sequence[int] = LAION_HIDDEN) -> AestheticMLP:
+    """An :class:`AestheticMLP` from a weights file (``.pth``/``.pt`` state dict or ``.safetensors``), frozen.
+
+    ``embedding_dim`` defaults to the file's (768 for ViT-L/14). A missing file or one whose shapes do
+    not fit is a one-line error.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"aesthetic predictor weights {str(path)!r} not found: download {LAION_WEIGHTS} from "
-                                f"{LAION_SOURCE} on a machine with internet access and pass its path")
-    if path.suffix == ".safetensors":
-        state = read_tensors(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    if "layers.0.weight" not in state:
-        raise ValueError(f"{path} is not a LAION aesthetic MLP state dict (no layers.0.weight)")
-    model = AestheticMLP(state["layers.0.weight"].shape[1])
-    model.load_state_dict(state)
+        raise FileNotFoundError(f"MLP weights {str(path)!r} are not available locally: download {LAION_WEIGHTS} "
+                                f"from {LAION_SOURCE} (or your reward MLP) on a machine with internet access and "
+                                "pass its path")
+    state = read_tensors(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
+                                                                                  weights_only=True)
+    state = {key.removeprefix("layers."): value for key, value in state.items()}
+    if embedding_dim is None:
+        if "0.weight" not in state:
+            raise ValueError(f"{path} is not an MLP state dict (no layers.0.weight)")
+        embedding_dim = state["0.weight"].shape[1]
+    model = AestheticMLP(embedding_dim, hidden)
+    expected = {key: tuple(value.shape) for key, value in model.layers.state_dict().items()}
+    found = {key: tuple(value.shape) for key, value in state.items()}
+    if found != expected:
+        raise ValueError(f"MLP weights {path} have shapes {found}, but this MLP expects {expected}: set "
+                         "embed_dim/hidden to match the file")
+    model.layers.load_state_dict(state)
     return model.eval().requires_grad_(False)
-
-
 
 
 class StrokeThicknessPredictor(nn.Module):

@@ -8,15 +8,12 @@ normalised image embeddings, weights from a user file); for Stable Diffusion it 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-LAION_AESTHETIC_HIDDEN: tuple[int, ...] = (1024, 128, 64, 16)  # the LAION aesthetic predictor v2 MLP on CLIP L/14
+from lit_sdo.models.aesthetic import LAION_HIDDEN, load_aesthetic_mlp
 
 
 class ClassLogProbReward(nn.Module):
@@ -69,8 +66,8 @@ class EmbeddingMLPReward(nn.Module):
     """An MLP on L2-normalised image embeddings (LAION aesthetic predictor style), weights from a file.
 
     Args:
-        weights: ``.safetensors`` or ``.pt`` state dict with keys ``layers.{i}.weight/bias`` of Linear layers
-            (the LAION file's layout: dropouts between them keep their indices).
+        weights: ``.safetensors`` or ``.pt`` state dict of :class:`lit_sdo.models.aesthetic.AestheticMLP`'s
+            layout (LAION's file loads as is).
         embedder: image encoder: ``clip:<name or folder>`` (CLIP image features via
             :func:`lit_sdo.models.load_clip`) or ``classifier:<name>`` (penultimate classifier features).
         embed_dim: embedding size the MLP expects (768 for CLIP ViT-L/14).
@@ -78,46 +75,17 @@ class EmbeddingMLPReward(nn.Module):
     """
 
     def __init__(self, weights: str, embedder: str = "clip:openai/clip-vit-large-patch14", embed_dim: int = 768,
-                 hidden: Sequence[int] = LAION_AESTHETIC_HIDDEN) -> None:
+                 hidden: Sequence[int] = LAION_HIDDEN) -> None:
         super().__init__()
-        sizes = [embed_dim, *hidden, 1]
-        modules: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-            modules.append(nn.Linear(n_in, n_out))
-            if i < len(sizes) - 3:
-                modules.append(nn.Dropout(0.0))  # LAION's layout: Linear, Dropout, ... keeps its key indices
-        self.layers = nn.Sequential(*modules)
-        load_mlp_weights(self.layers, weights)
-        self.layers.requires_grad_(False).eval()
+        self.mlp = load_aesthetic_mlp(weights, embed_dim, hidden)
         self.embed = _build_embedder(embedder)
 
     def score(self, embeddings: Tensor) -> Tensor:
-        """(B, D) embeddings -> (B,) scores (embeddings are L2-normalised first, as LAION trained it)."""
-        return self.layers(F.normalize(embeddings, dim=-1)).squeeze(1)
+        """(B, D) embeddings -> (B,) scores."""
+        return self.mlp(embeddings)
 
     def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.score(self.embed(images))
-
-
-def load_mlp_weights(layers: nn.Sequential, path: str | os.PathLike[str]) -> None:
-    """Load a state dict into ``layers``; a missing file or a shape mismatch is a one-line error."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"reward weights {path} are not available locally; pass the MLP's .safetensors/.pt "
-                                "file (e.g. LAION's sac+logos+ava1-l14-linearMSE) — nothing is downloaded")
-    if path.suffix == ".safetensors":
-        from lit_sdo.io import read_tensors
-
-        state = read_tensors(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {key.removeprefix("layers."): value for key, value in state.items()}
-    expected = {key: tuple(value.shape) for key, value in layers.state_dict().items()}
-    found = {key: tuple(value.shape) for key, value in state.items()}
-    if found != expected:
-        raise ValueError(f"reward weights {path} have shapes {found}, but this MLP expects {expected}: "
-                         "set embed_dim/hidden to match the file")
-    layers.load_state_dict(state)
 
 
 def _build_embedder(spec: str) -> nn.Module:
