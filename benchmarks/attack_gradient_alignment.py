@@ -5,6 +5,7 @@ step k) and the exact gradient (``full``), the gradient norms, and the share of 
 FGSM step of size τ along each gradient's sign fools.
 
     python benchmarks/attack_gradient_alignment.py [--samples 20] [--steps 30]
+    python benchmarks/attack_gradient_alignment.py --generator embedded:digits-flow --steps 32
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import torch.nn.functional as F
 
 from lit_sdo.images import to_unit_range
 from lit_sdo.models import load_classifier, load_diffusion
+from lit_sdo.models.shortcut import load_shortcut
 from lit_sdo.objectives import ClassifierObjective
 from lit_sdo.sampling import GradientPolicy, build_scheduler, noise_for_seeds, sample
+from lit_sdo.sampling.shortcut import build_shortcut_sampler
 
 
 def main() -> None:
@@ -25,24 +28,31 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--steps", type=int, default=30, help="DDIM sampling steps")
     parser.add_argument("--eps", type=float, default=0.1, help="FGSM step τ")
+    parser.add_argument("--generator", default="embedded:digits-ddpm",
+                        help="a diffusion model (DDIM sampler) or embedded:digits-flow / digits-shortcut (Euler)")
     args = parser.parse_args()
 
-    generator = load_diffusion("embedded:digits-ddpm")
+    if args.generator.endswith(("digits-flow", "digits-shortcut")):  # flow matching: Eq. 18's identity skip path
+        denoiser, scheduler = build_shortcut_sampler(load_shortcut(args.generator), args.steps,
+                                                     flow_only=args.generator.endswith("flow"))
+    else:
+        generator = load_diffusion(args.generator)
+        denoiser = generator.denoiser
+        scheduler = build_scheduler("ddim", args.steps, base_config=generator.scheduler_config)
     classifier = load_classifier("embedded:digits-resnet")
-    scheduler = build_scheduler("ddim", args.steps, base_config=generator.scheduler_config)
     labels = torch.arange(args.samples) % 10
-    x_t = noise_for_seeds(range(args.samples), generator.denoiser.sample_shape)
+    x_t = noise_for_seeds(range(args.samples), denoiser.sample_shape)
     objective = ClassifierObjective("margin")
 
     def images(x: torch.Tensor, policy: GradientPolicy | str) -> torch.Tensor:
-        return to_unit_range(generator.denoiser.decode(sample(generator.denoiser, scheduler, x, labels,
-                                                              policy=policy).sample))
+        return to_unit_range(denoiser.decode(sample(denoiser, scheduler, x, labels, policy=policy).sample))
 
     def gradient(policy: GradientPolicy | str) -> torch.Tensor:
         x = x_t.clone().requires_grad_(True)
         return torch.autograd.grad(objective(classifier(images(x, policy)), labels).sum(), x)[0]
 
     exact = gradient("full")
+    print(f"{args.generator}, {args.steps} steps, {args.samples} samples")
     print(f"| gradient | mean cosine to exact | mean norm | fooled by one FGSM step (τ={args.eps}) |")
     print("|---|---:|---:|---:|")
     cases = {"full (exact)": exact} | {f"sdo k={k}": gradient(GradientPolicy("sdo", k=k))
