@@ -13,8 +13,7 @@ import torch
 from torch import Tensor
 
 from lit_sdo import metrics
-from lit_sdo.images import image_grid, save_png, to_unit_range
-from lit_sdo.io import write_json, write_tensors
+from lit_sdo.images import image_grid, to_unit_range
 from lit_sdo.models import Classifier, DiffusionModel, load_classifier
 from lit_sdo.objectives import ClassifierObjective
 from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer, project_linf
@@ -119,24 +118,13 @@ class AttackModule(LatentOptimizationModule):
         records = self.gather_records()
         if not self.trainer.is_global_zero:
             return
-        out_dir = self.output_folder()
         summary, per_sample = metrics.attack_report(
             records, classifier=self.classifier, targeted=self.hparams.targeted,
             transfer=self.transfer is not None)
-        if self.step_seconds:
-            summary["seconds_per_step"] = sum(self.step_seconds) / len(self.step_seconds)
-        write_json(out_dir / "results.json",
-                   {"config": dict(self.hparams), "aggregate": summary, "samples": per_sample})
-        write_tensors(out_dir / "delta.safetensors", {"delta": self.tracker.best, "succeeded": self.tracker.succeeded},
-                      metadata={"generator": self.hparams.generator, "eps": str(self.hparams.eps)})
-        grid = self.comparison_grid(records)
-        save_png(out_dir / "grid.png", grid, scale=4)
-        experiment = getattr(self.logger, "experiment", None)
-        if hasattr(experiment, "add_image"):
-            experiment.add_image("attack/clean|adversarial|difference×5", grid, self.current_epoch)
-            for key, value in summary.items():
-                if isinstance(value, (int, float)):
-                    experiment.add_scalar(f"result/{key}", value, self.current_epoch)
+        out_dir = self.publish({"config": dict(self.hparams), "aggregate": summary, "samples": per_sample},
+                               {"delta": self.tracker.best, "succeeded": self.tracker.succeeded},
+                               {"generator": self.hparams.generator, "eps": str(self.hparams.eps)},
+                               self.comparison_grid(records), "attack/clean|adversarial|difference×5")
         print(f"[lit_sdo] attack success rate {summary['success_rate']:.2%} "
               f"({summary['num_success']}/{summary['num_clean_correct']} clean-correct samples); "
               f"results in {out_dir / 'results.json'}; TensorBoard: tensorboard --logdir {out_dir.parent}")

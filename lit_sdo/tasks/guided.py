@@ -23,8 +23,7 @@ from torch import Tensor
 
 from lit_sdo import metrics
 from lit_sdo.datamodules import digits_test_tensors
-from lit_sdo.images import image_grid, save_png, to_unit_range
-from lit_sdo.io import write_json, write_tensors
+from lit_sdo.images import image_grid, to_unit_range
 from lit_sdo.models import Classifier, DiffusionModel, load_classifier, load_diffusion
 from lit_sdo.models.aesthetic import load_aesthetic
 from lit_sdo.models.hub import resolve_folder
@@ -211,27 +210,18 @@ class GuidedModule(LatentOptimizationModule):
         summary: dict[str, Any] = {"num_samples": len(records["label"])}
         summary |= {f"{k}_mean": float(records[k].float().mean()) for k in per_sample_keys
                     if k not in ("label", "seed")}
-        if self.step_seconds:
-            summary["seconds_per_step"] = sum(self.step_seconds) / len(self.step_seconds)
         samples = [{"index": i} | {k: records[k][i].item() for k in per_sample_keys}
                    for i in range(summary["num_samples"])]
         prompts = getattr(getattr(self.trainer.datamodule, "dataset", None), "prompts", None)
         if prompts is not None:
             for row in samples:
                 row["prompt"] = prompts[row["index"]]
-        write_json(out_dir / "results.json", {"task": self.task, "config": dict(self.hparams), "aggregate": summary,
-                                              "samples": samples})
-        write_tensors(out_dir / "delta.safetensors", {"delta": self.tracker.best},
-                      metadata={"generator": self.hparams.generator, "task": self.task})
         n = self.hparams.grid_samples
         columns = [v[:n] for v in images.values()]
         grid = image_grid(torch.stack(columns, dim=1).flatten(0, 1), nrow=len(columns))
-        save_png(out_dir / "grid.png", grid, scale=4 if grid.shape[-1] < 256 else 1)
-        experiment = getattr(self.logger, "experiment", None)
-        if hasattr(experiment, "add_image"):
-            experiment.add_image(f"{self.task}/{'|'.join(images)}", grid, self.current_epoch)
-            for key, value in summary.items():
-                experiment.add_scalar(f"result/{key}", value, self.current_epoch)
+        self.publish({"task": self.task, "config": dict(self.hparams), "aggregate": summary, "samples": samples},
+                     {"delta": self.tracker.best}, {"generator": self.hparams.generator, "task": self.task},
+                     grid, f"{self.task}/{'|'.join(images)}")
         print(f"[lit_sdo] {self.task}: loss {summary['loss_original_mean']:.4f} -> {summary['loss_guided_mean']:.4f} "
               f"(unguided -> guided, mean of {summary['num_samples']}); results in {out_dir / 'results.json'}")
 

@@ -22,7 +22,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lit_sdo.images import to_unit_range
+from lit_sdo.images import save_png, to_unit_range
+from lit_sdo.io import write_json, write_tensors
 from lit_sdo.models import DiffusionModel, load_diffusion
 from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer, merge_rows_by_version, project_linf
 from lit_sdo.sampling import GradientPolicy, build_scheduler, noise_for_seeds, sample, start_step_for
@@ -238,6 +239,25 @@ class LatentOptimizationModule(L.LightningModule):
 
     def output_folder(self) -> Path:
         return Path(self.hparams.output_dir or self.trainer.log_dir or ".")
+
+    def publish(self, results: dict[str, Any], tensors: dict[str, Tensor], metadata: dict[str, str], grid: Tensor,
+                grid_tag: str) -> Path:
+        """Write results.json, delta.safetensors and grid.png atomically and log the grid and the aggregate
+        numbers to TensorBoard; adds the mean seconds per optimisation step to ``results["aggregate"]``."""
+        out_dir = self.output_folder()
+        summary = results["aggregate"]
+        if self.step_seconds:
+            summary["seconds_per_step"] = sum(self.step_seconds) / len(self.step_seconds)
+        write_json(out_dir / "results.json", results)
+        write_tensors(out_dir / "delta.safetensors", tensors, metadata=metadata)
+        save_png(out_dir / "grid.png", grid, scale=4 if grid.shape[-1] < 256 else 1)
+        experiment = getattr(self.logger, "experiment", None)
+        if hasattr(experiment, "add_image"):
+            experiment.add_image(grid_tag, grid, self.current_epoch)
+            for key, value in summary.items():
+                if isinstance(value, (int, float)):
+                    experiment.add_scalar(f"result/{key}", value, self.current_epoch)
+        return out_dir
 
     # ----- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
