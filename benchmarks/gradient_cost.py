@@ -141,13 +141,22 @@ def _dit_xl_2() -> tuple[DenoiserAdapter, CondKind, dict[str, Any]]:
     return TransformerDenoiser(dit), 1000, LINEAR_BETAS
 
 
+def _digits_ddpm() -> tuple[DenoiserAdapter, CondKind, dict[str, Any]]:
+    """The shipped embedded:digits-ddpm (trained weights, 1×16×16, 10 classes): the attack's generator."""
+    from lit_sdo.models import load_diffusion
+
+    model = load_diffusion("embedded:digits-ddpm")
+    return model.denoiser, model.num_classes, dict(model.scheduler_config)
+
+
 MODELS: dict[str, Callable[[], tuple[DenoiserAdapter, CondKind, dict[str, Any]]]] = {
     "small-unet": _tiny_unet,
+    "digits-ddpm": _digits_ddpm,
     "sd15-unet": _sd15_unet,
     "ddpm-256": _ddpm_256,
     "dit-xl-2": _dit_xl_2,
 }
-DEFAULT_BATCH = {"small-unet": 2, "sd15-unet": 1, "ddpm-256": 1, "dit-xl-2": 1}
+DEFAULT_BATCH = {"small-unet": 2, "digits-ddpm": 30, "sd15-unet": 1, "ddpm-256": 1, "dit-xl-2": 1}
 
 
 def build_setup(model: str, device: str, batch: int, wrt: str, dtype: torch.dtype = torch.float32) -> Setup:

@@ -367,11 +367,12 @@ class ReferenceImageDataModule(SampleSetDataModule):
     """Real images to edit (paper Sec. 5.1: DDIM-inverted, then guided), each with a prompt.
 
     Sources: ``digits`` (the first ``num_samples`` images of the digits test split, seed 0, with their
-    labels, so label preservation can be scored) or a folder of image files (label -1), e.g. faces
-    exported from ``skimage.data.lfw_subset()`` or matplotlib's sample photographs.
+    labels, so label preservation can be scored), photographs that scikit-image ships offline
+    (``skimage:lfw_subset`` for its 200 small faces, ``skimage:astronaut,chelsea,coffee`` for named ones;
+    label -1), or a folder of image files (label -1).
 
     Args:
-        source: ``digits`` or a folder of .png/.jpg files (sorted by name).
+        source: ``digits``, ``skimage:<names>`` or a folder of .png/.jpg files (sorted by name).
         num_samples: how many images (all of a folder when None).
         prompts: one per image, cycled; None uses ``prompt_template``.
         prompt_template: ``{name}`` / ``{label}`` become the digit's name / label.
@@ -395,6 +396,9 @@ class ReferenceImageDataModule(SampleSetDataModule):
             images, labels = images[:num_samples], labels[:num_samples].tolist()
             if channels == 3:
                 images = images.expand(-1, 3, -1, -1).contiguous()
+        elif source.startswith(SKIMAGE_PREFIX):
+            images = skimage_photos(source[len(SKIMAGE_PREFIX):], num_samples, image_size, channels)
+            labels = [-1] * len(images)
         else:
             images = self._read_folder(Path(source), num_samples, image_size, channels)
             labels = [-1] * len(images)
@@ -412,8 +416,8 @@ class ReferenceImageDataModule(SampleSetDataModule):
         from PIL import Image
 
         if not folder.is_dir():
-            raise FileNotFoundError(f"reference image source {str(folder)!r} is neither 'digits' nor an existing "
-                                    "folder of images; pass data.init_args.source=<folder>")
+            raise FileNotFoundError(f"reference image source {str(folder)!r} is neither 'digits', 'skimage:<names>' "
+                                    "nor an existing folder of images; pass data.init_args.source=<folder>")
         files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:num_samples]
         if not files:
             raise FileNotFoundError(f"reference folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} images")
@@ -429,6 +433,49 @@ class ReferenceImageDataModule(SampleSetDataModule):
         if len({tuple(t.shape) for t in out}) > 1:
             raise ValueError(f"reference images in {folder} differ in size; set data.init_args.image_size to resize")
         return torch.stack(out)
+
+
+SKIMAGE_PREFIX = "skimage:"
+
+
+def skimage_photos(names: str, num_samples: int | None, image_size: int | None, channels: int) -> Tensor:
+    """Photographs bundled with scikit-image (no download), centre-cropped to squares, in [-1, 1].
+
+    ``names`` is ``lfw_subset`` (200 grey 25×25 faces) or comma-separated ``skimage.data`` images
+    (``astronaut``, ``chelsea``, ``coffee``, ``camera``, ...). A photo is resized to ``image_size``
+    (no warning: photographs never come at the generator's size); None needs them all the same size.
+    """
+    try:
+        from skimage import data
+    except ImportError:
+        raise ModuleNotFoundError("source skimage:... needs scikit-image: pip install 'lit_sdo[photos]'") from None
+    if names == "lfw_subset":
+        arrays = list(data.lfw_subset()[:num_samples])  # float in [0, 1]
+    else:
+        arrays = []
+        for name in names.split(",")[:num_samples]:
+            loader = getattr(data, name.strip(), None)
+            if loader is None or not callable(loader):
+                raise ValueError(f"skimage.data has no image {name.strip()!r}; try astronaut, chelsea, coffee, camera "
+                                 "or lfw_subset")
+            arrays.append(loader())
+    out = []
+    for array in arrays:
+        image = torch.as_tensor(array, dtype=torch.float32)
+        image = image / 255.0 if image.max() > 1.0 else image
+        image = image.unsqueeze(-1) if image.dim() == 2 else image[..., :3]
+        image = image.permute(2, 0, 1)  # (C, H, W) in [0, 1]
+        image = image.mean(0, keepdim=True) if channels == 1 else image.expand(3, -1, -1)
+        side = min(image.shape[-2:])
+        top, left = (image.shape[-2] - side) // 2, (image.shape[-1] - side) // 2
+        image = image[:, top:top + side, left:left + side]
+        if image_size is not None and side != image_size:
+            image = F.interpolate(image[None], size=(image_size, image_size), mode="bicubic", antialias=True,
+                                  align_corners=False)[0]
+        out.append(image.clamp(0, 1) * 2 - 1)
+    if len({tuple(t.shape) for t in out}) > 1:
+        raise ValueError(f"skimage photos {names} differ in size; set data.init_args.image_size to resize")
+    return torch.stack(out)
 
 
 class PromptSeedDataset(Dataset):

@@ -234,8 +234,21 @@ def test_bad_data_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="text-guided editing needs reference images") as err:
         trainer(tmp_path, 1).fit(EditModule(num_steps=2), datamodule=LabelSeedDataModule(per_class=1))
     one_line(err)
-    with pytest.raises(FileNotFoundError, match="neither 'digits' nor an existing folder") as err:
+    with pytest.raises(FileNotFoundError, match="neither 'digits', 'skimage:<names>' nor an existing folder") as err:
         ReferenceImageDataModule(source=str(tmp_path / "nowhere"))
+    one_line(err)
+
+
+def test_skimage_photos_are_offline_references() -> None:
+    faces = ReferenceImageDataModule(source="skimage:lfw_subset", num_samples=3, image_size=16, channels=1,
+                                     prompts=["a smiling person"])
+    photos = ReferenceImageDataModule(source="skimage:astronaut,coffee", num_samples=None, image_size=32, channels=3)
+    assert faces.dataset.images.shape == (3, 1, 16, 16) and photos.dataset.images.shape == (2, 3, 32, 32)
+    for images in (faces.dataset.images, photos.dataset.images):
+        assert images.min() >= -1 and images.max() <= 1 and images.std() > 0.1  # real content, not a blank
+    assert faces.dataset.labels == [-1, -1, -1] and faces.dataset.prompts == ["a smiling person"] * 3
+    with pytest.raises(ValueError, match="skimage.data has no image 'nosuchphoto'") as err:
+        ReferenceImageDataModule(source="skimage:nosuchphoto", image_size=16)
     one_line(err)
 
 
