@@ -9,7 +9,7 @@ Memory per optimisation step: CUDA ``max_memory_allocated`` on a GPU; on CPU the
 backward during one step (the part the methods differ in; counted with ``saved_tensors_hooks``).
 The table goes to the "## Guided generation (issue 7)" section of benchmarks/RESULTS.md.
 
-    python benchmarks/guided_policies.py [--tasks edit style aesthetic] [--samples 10] [--opt-steps 20]
+    python benchmarks/guided_policies.py [--tasks edit style aesthetic] [--samples 10] [--opt-steps N]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -53,18 +54,29 @@ def common_overrides(args: argparse.Namespace, task: str) -> list[str]:
     return out
 
 
+def config_path(task: str) -> Path:
+    return ROOT / f"configs/{task}/digits.yaml"
+
+
+def optimisation_steps(task: str, args: argparse.Namespace) -> int:
+    """--opt-steps, or the task config's ``trainer.max_epochs`` (the paper's count: 50 / 150 / 100)."""
+    if args.opt_steps is not None:
+        return args.opt_steps
+    return int(yaml.safe_load(config_path(task).read_text())["trainer"]["max_epochs"])
+
+
 def run_policy(task: str, policy: str, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     """One latent-optimisation run through the CLI; returns its aggregate results."""
-    cli.main(["fit", "--config", str(ROOT / f"configs/{task}/digits.yaml"), *common_overrides(args, task),
+    cli.main(["fit", "--config", str(config_path(task)), *common_overrides(args, task),
               f"--model.init_args.policy={policy}", f"--model.init_args.output_dir={out_dir}",
-              f"--trainer.max_epochs={args.opt_steps}", "--trainer.enable_progress_bar=false",
+              f"--trainer.max_epochs={optimisation_steps(task, args)}", "--trainer.enable_progress_bar=false",
               "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
               f"--trainer.logger.init_args.save_dir={out_dir}"])
     return json.loads((out_dir / "results.json").read_text())["aggregate"]
 
 
 def build_module(task: str, args: argparse.Namespace) -> tuple[Any, Any]:
-    built = cli.build_cli(["--config", str(ROOT / f"configs/{task}/digits.yaml"), *common_overrides(args, task)],
+    built = cli.build_cli(["--config", str(config_path(task)), *common_overrides(args, task)],
                           run=False)
     return built.model, built.datamodule
 
@@ -121,7 +133,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["edit", "style", "aesthetic"], choices=list(TASK_METRICS))
     parser.add_argument("--samples", type=int, default=10, help="inputs per task (digits; multiples of 10)")
-    parser.add_argument("--opt-steps", type=int, default=20, help="optimisation steps of sdo / full")
+    parser.add_argument("--opt-steps", type=int, default=None,
+                        help="optimisation steps of sdo / full (default: each config's, the paper's 50 / 150 / 100)")
     parser.add_argument("--num-steps", type=int, default=None,
                         help="sampling steps of edit/aesthetic (default: the config's)")
     parser.add_argument("--policies", nargs="+", default=["sdo", "full"])
@@ -144,8 +157,9 @@ def main() -> None:
                 r = run_policy(task, policy, args, Path(tmp) / policy)
                 cells = [f"{fmt(r.get(f'{k}_original_mean'))} → {fmt(r.get(f'{k}_guided_mean'))}" for k in keys]
                 sec = r["seconds_per_step"]
-                lines.append(f"| {policy} | " + " | ".join(cells) + f" | {sec:.3f} | {args.opt_steps} | "
-                             f"{sec * args.opt_steps:.1f} | {step_memory(module, batch, policy):.2f} |")
+                steps = optimisation_steps(task, args)
+                lines.append(f"| {policy} | " + " | ".join(cells) + f" | {sec:.3f} | {steps} | "
+                             f"{sec * steps:.1f} | {step_memory(module, batch, policy):.2f} |")
         for scale in args.xhat_scales:
             r = run_xhat(task, scale, module, datamodule)
             cells = [f"{fmt(r.get(f'{k}_original_mean'))} → {fmt(r.get(f'{k}_guided_mean'))}" for k in keys]
@@ -156,7 +170,7 @@ def main() -> None:
         sections.append(f"### {task} (configs/{task}/digits.yaml)\n\n{table}")
     command = "python benchmarks/guided_policies.py " + " ".join(sys.argv[1:])
     body = (f"Command: `{command.strip()}` (CPU, 2 shared cores, OMP_NUM_THREADS=1; {args.samples} inputs per task, "
-            f"{args.opt_steps} Adam optimisation steps for sdo/full; every number below is printed by that command). "
+            "Adam optimisation steps for sdo/full as in each table; every number below is printed by that command). "
             "Each metric is the mean over inputs of the unguided image → the guided one (best loss per sample for "
             "sdo/full). 'loss' is the task's objective (edit: λ·text distance + (1−λ)·MSE to the reference; style: "
             "Gram distance; aesthetic: |score − 10|). The aesthetic score is the embedded stroke-width stand-in "
