@@ -328,7 +328,7 @@ def test_celebahq_edit_config_runs_with_tiny_models_of_the_same_classes(tiny_rea
     m = tiny_real_models
     results = run_config("edit/celebahq.yaml", tmp_path, f"--model.init_args.generator={m['celebahq']}",
                          f"--model.init_args.text_image={m['clip']}", "--model.init_args.num_steps=3",
-                         f"--data.init_args.source={m['faces']}", "--data.init_args.image_size=16")
+                         "--data.init_args.num_samples=2", "--data.init_args.image_size=16")  # skimage's faces
     assert results["aggregate"]["num_samples"] == 2 and "clip_score_guided_mean" in results["aggregate"]
     assert results["samples"][1]["prompt"] == "a photo of a person with glasses"
 
@@ -351,6 +351,19 @@ def test_sd15_aesthetic_config_runs_with_tiny_models_of_the_same_classes(tiny_re
     aggregate = results["aggregate"]
     assert aggregate["num_samples"] == 2 and "aesthetic_score_guided_mean" in aggregate
     assert "measured_stroke_width_guided_mean" not in aggregate
+
+
+def test_sd15_aesthetic_config_guides_inverted_photographs(tiny_real_models, tmp_path: Path) -> None:
+    """The config's comment: real photographs, DDIM-inverted to the start step, instead of generated images."""
+    m = tiny_real_models
+    results = run_config("aesthetic/sd15.yaml", tmp_path, f"--model.init_args.generator={m['sd']}",
+                         f"--model.init_args.clip={m['clip']}", f"--model.init_args.predictor={m['laion.pth']}",
+                         "--model.init_args.num_steps=4", "--data=lit_sdo.datamodules.ReferenceImageDataModule",
+                         "--data.init_args.source=skimage:astronaut,chelsea", "--data.init_args.image_size=16",
+                         "--data.init_args.channels=3", "--data.init_args.prompts=[\"a photo\"]",
+                         "--data.init_args.batch_size=2")
+    assert results["aggregate"]["num_samples"] == 2 and "aesthetic_score_guided_mean" in results["aggregate"]
+    assert [sample["prompt"] for sample in results["samples"]] == ["a photo", "a photo"]
 
 
 @pytest.mark.slow

@@ -252,8 +252,8 @@ class EditModule(GuidedModule):
 
     def check_data(self, datamodule: Any) -> None:
         if getattr(getattr(datamodule, "dataset", None), "images", None) is None:
-            raise ValueError("text-guided editing needs reference images: use data class_path "
-                             "lit_sdo.datamodules.ReferenceImageDataModule (source: digits or a folder)")
+            raise ValueError("text-guided editing needs reference images: use data class_path lit_sdo.datamodules."
+                             "ReferenceImageDataModule (source: digits, skimage:<names> or a folder)")
         super().check_data(datamodule)
 
     def loss_and_success(self, images: Tensor, batch: dict[str, Any]) -> tuple[Tensor, None]:
