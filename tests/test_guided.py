@@ -343,25 +343,25 @@ def test_lcm_style_config_runs_with_tiny_models_of_the_same_classes(tiny_real_mo
     assert aggregate["num_samples"] == 2 and aggregate["loss_guided_mean"] <= aggregate["loss_original_mean"]
 
 
+def run_sd15_aesthetic(models: dict[str, Path], out: Path, *overrides: str) -> dict:
+    """configs/aesthetic/sd15.yaml on the tiny stand-ins, 4 sampling steps."""
+    return run_config("aesthetic/sd15.yaml", out, f"--model.init_args.generator={models['sd']}",
+                      f"--model.init_args.clip={models['clip']}", f"--model.init_args.predictor={models['laion.pth']}",
+                      "--model.init_args.num_steps=4", *overrides)
+
+
 def test_sd15_aesthetic_config_runs_with_tiny_models_of_the_same_classes(tiny_real_models, tmp_path: Path) -> None:
-    m = tiny_real_models
-    results = run_config("aesthetic/sd15.yaml", tmp_path, f"--model.init_args.generator={m['sd']}",
-                         f"--model.init_args.clip={m['clip']}", f"--model.init_args.predictor={m['laion.pth']}",
-                         "--model.init_args.num_steps=4", "--data.init_args.per_prompt=1")
-    aggregate = results["aggregate"]
+    aggregate = run_sd15_aesthetic(tiny_real_models, tmp_path, "--data.init_args.per_prompt=1")["aggregate"]
     assert aggregate["num_samples"] == 2 and "aesthetic_score_guided_mean" in aggregate
     assert "measured_stroke_width_guided_mean" not in aggregate
 
 
 def test_sd15_aesthetic_config_guides_inverted_photographs(tiny_real_models, tmp_path: Path) -> None:
     """The config's comment: real photographs, DDIM-inverted to the start step, instead of generated images."""
-    m = tiny_real_models
-    results = run_config("aesthetic/sd15.yaml", tmp_path, f"--model.init_args.generator={m['sd']}",
-                         f"--model.init_args.clip={m['clip']}", f"--model.init_args.predictor={m['laion.pth']}",
-                         "--model.init_args.num_steps=4", "--data=lit_sdo.datamodules.ReferenceImageDataModule",
-                         "--data.init_args.source=skimage:astronaut,chelsea", "--data.init_args.image_size=16",
-                         "--data.init_args.channels=3", "--data.init_args.prompts=[\"a photo\"]",
-                         "--data.init_args.batch_size=2")
+    results = run_sd15_aesthetic(tiny_real_models, tmp_path, "--data=lit_sdo.datamodules.ReferenceImageDataModule",
+                                 "--data.init_args.source=skimage:astronaut,chelsea", "--data.init_args.image_size=16",
+                                 "--data.init_args.channels=3", "--data.init_args.prompts=[\"a photo\"]",
+                                 "--data.init_args.batch_size=2")
     assert results["aggregate"]["num_samples"] == 2 and "aesthetic_score_guided_mean" in results["aggregate"]
     assert [sample["prompt"] for sample in results["samples"]] == ["a photo", "a photo"]
 
