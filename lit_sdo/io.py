@@ -61,6 +61,22 @@ def read_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def read_weights(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A user's weights file: ``.safetensors``, or a ``.pt``/``.pth``/``.bin`` torch file loaded with
+    ``weights_only`` (no code runs); anything else is a one-line error naming the file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_tensors(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors of many kinds: the file is not a weights file
+        raise ValueError(f"{path} is not a weights file torch can read safely ({type(err).__name__}); pass a "
+                         ".safetensors or a .pt/.pth state dict") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of tensors")
+    return state
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.tolist()

@@ -18,7 +18,7 @@ from lit_sdo.images import to_unit_range
 from lit_sdo.io import read_tensors, write_tensors
 from lit_sdo.lora import lora_parameters
 from lit_sdo.models.networks import build_network
-from lit_sdo.objectives import ClassLogProbReward, EmbeddingMLPReward, InkReward
+from lit_sdo.objectives import ClassLogProbReward, EmbeddingMLPReward, InkReward, PreferenceReward
 from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample
 from lit_sdo.tasks.reward import RewardFinetuneModule
 from lit_sdo.tasks.train_classifier import export_classifier
@@ -272,7 +272,8 @@ def test_text_model_with_guidance_trains_its_unet_lora_on_a_prompt_file(tmp_path
     save_tiny_text_encoder(folder)
     (tmp_path / "prompts.txt").write_text("a b\nb a\n")
     L.seed_everything(0, verbose=False)
-    module = RewardFinetuneModule(generator=str(folder), reward=InkReward(), num_steps=3, guidance_scale=2.0,
+    reward = PromptRecorder()
+    module = RewardFinetuneModule(generator=str(folder), reward=reward, num_steps=3, guidance_scale=2.0,
                                   grid_samples=2, output_dir=str(tmp_path / "out"), lr=1e-2)
     before = lora_state(module)
     assert any(".attn2.to_k." in name for name in before)  # cross-attention projections are adapted too
@@ -281,6 +282,7 @@ def test_text_model_with_guidance_trains_its_unet_lora_on_a_prompt_file(tmp_path
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, datamodule=data)
     assert any(not torch.equal(before[n], v) for n, v in lora_state(module).items())
+    assert reward.seen and all(sorted(texts) == ["a b", "b a"] for texts in reward.seen)  # each image's own prompt
     saved = read_tensors(tmp_path / "out" / "lora" / "pytorch_lora_weights.safetensors")
     assert all(key.startswith("unet.") for key in saved)
     from lit_sdo.lora import main as lora_command  # the trained LoRA applies with a scale to sample a grid
@@ -288,3 +290,78 @@ def test_text_model_with_guidance_trains_its_unet_lora_on_a_prompt_file(tmp_path
     grid = lora_command(["--generator", str(folder), "--lora", f"{tmp_path / 'out' / 'lora'}:0.5", "--prompts", "a b",
                          "--seeds", "0", "--num-steps", "2", "--guidance-scale", "2", "--out", str(tmp_path / "g.png")])
     assert grid.is_file()
+
+
+class PromptRecorder(InkReward):
+    """InkReward that records the prompt texts it is given with each batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[str]] = []
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None,
+                prompts: list[str] | None = None) -> torch.Tensor:
+        assert labels is None and prompts is not None and len(prompts) == len(images)
+        self.seen.append(list(prompts))
+        return super().forward(images)
+
+
+TINY_OPEN_CLIP = {"embed_dim": 8, "vision_cfg": {"image_size": 16, "layers": 1, "width": 16, "patch_size": 8,
+                                                 "head_width": 8},
+                  "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+
+
+@pytest.fixture(scope="module")
+def preference_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny open_clip architecture registered as 'lit-sdo-tiny-hps', saved as an HPS-style checkpoint."""
+    import json
+
+    import open_clip
+
+    root = tmp_path_factory.mktemp("hps")
+    (root / "configs").mkdir()
+    (root / "configs" / "lit-sdo-tiny-hps.json").write_text(json.dumps(TINY_OPEN_CLIP))
+    wide = TINY_OPEN_CLIP | {"embed_dim": 12}
+    (root / "configs" / "lit-sdo-tiny-hps-wide.json").write_text(json.dumps(wide))
+    open_clip.add_model_config(root / "configs")
+    torch.manual_seed(0)
+    model = open_clip.create_model("lit-sdo-tiny-hps", pretrained=None)
+    torch.save({"epoch": 1, "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}, root / "hps.pt")
+    return root / "hps.pt"
+
+
+def test_preference_reward_is_the_cosine_of_open_clips_embeddings(preference_weights: Path) -> None:
+    import open_clip
+
+    reward = PreferenceReward(str(preference_weights), architecture="lit-sdo-tiny-hps")
+    images = torch.rand(2, 3, 16, 16, requires_grad=True)
+    prompts = ["a painting of a cat", "a painting of a dog"]
+    score = reward(images, None, prompts)
+    model = reward.scorer.model
+    mean, std = torch.tensor(open_clip.OPENAI_DATASET_MEAN), torch.tensor(open_clip.OPENAI_DATASET_STD)
+    with torch.no_grad():  # open_clip's own forward on already-sized images: normalised features
+        image_features, text_features, _ = model((images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1),
+                                                 open_clip.get_tokenizer("lit-sdo-tiny-hps")(prompts))
+    torch.testing.assert_close(score.detach(), (image_features * text_features).sum(-1))
+    (grad,) = torch.autograd.grad(score.sum(), images)
+    assert grad.abs().sum() > 0  # differentiable in the image: usable as a reward
+    grey = reward(torch.rand(2, 1, 40, 30), None, prompts)  # other sizes and grey images are prepared first
+    assert grey.shape == (2,) and torch.isfinite(grey).all()
+
+
+def test_preference_reward_bad_input_is_one_line(preference_weights: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="not available locally: download them from https://huggingface"):
+        PreferenceReward(str(tmp_path / "HPS_v2.1_compressed.pt"))
+    with pytest.raises(ValueError, match=r"do not fit open_clip lit-sdo-tiny-hps-wide: 0 missing, 0 unexpected and "
+                                         r"\d+ reshaped") as err:
+        PreferenceReward(str(preference_weights), architecture="lit-sdo-tiny-hps-wide")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="not an open_clip model config"):
+        PreferenceReward(str(preference_weights), architecture="no-such-clip")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="notes.pt is not a weights file torch can read safely") as err:
+        PreferenceReward(str(tmp_path / "notes.pt"), architecture="lit-sdo-tiny-hps")
+    assert "\n" not in str(err.value)
+    reward = PreferenceReward(str(preference_weights), architecture="lit-sdo-tiny-hps")
+    with pytest.raises(ValueError, match="use it with a text model"):
+        reward(torch.rand(1, 3, 16, 16), torch.tensor([0]))

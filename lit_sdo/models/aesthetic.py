@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_sdo.io import read_tensors, write_json, write_tensors
+from lit_sdo.io import read_tensors, read_weights, write_json, write_tensors
 from lit_sdo.models.hub import EMBEDDED_PREFIX, resolve_folder
 
 KIND = "lit_sdo_thickness_predictor"
@@ -62,9 +62,7 @@ def load_aesthetic_mlp(path: str | Path, embedding_dim: int | None = None,
         raise FileNotFoundError(f"MLP weights {str(path)!r} are not available locally: download {LAION_WEIGHTS} "
                                 f"from {LAION_SOURCE} (or your reward MLP) on a machine with internet access and "
                                 "pass its path")
-    state = read_tensors(path) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
-                                                                                  weights_only=True)
-    state = {key.removeprefix("layers."): value for key, value in state.items()}
+    state = {key.removeprefix("layers."): value for key, value in read_weights(path).items()}
     if embedding_dim is None:
         if "0.weight" not in state:
             raise ValueError(f"{path} is not an MLP state dict (no layers.0.weight)")

@@ -2,7 +2,7 @@
 
 from lit_sdo.objectives.aesthetic import AestheticObjective
 from lit_sdo.objectives.classifier import ClassifierObjective
-from lit_sdo.objectives.rewards import ClassLogProbReward, EmbeddingMLPReward, InkReward
+from lit_sdo.objectives.rewards import ClassLogProbReward, EmbeddingMLPReward, InkReward, PreferenceReward
 from lit_sdo.objectives.style import GramStyleObjective, gram_matrix
 from lit_sdo.objectives.text import TextEditObjective, check_lambda, text_image_distance
 
@@ -13,6 +13,7 @@ __all__ = [
     "EmbeddingMLPReward",
     "GramStyleObjective",
     "InkReward",
+    "PreferenceReward",
     "TextEditObjective",
     "check_lambda",
     "gram_matrix",

@@ -1,9 +1,12 @@
 """Differentiable rewards for fine-tuning (paper Sec. 5.3, Eq. 27): images in [0, 1] (+ condition) -> (B,).
 
+Every reward is called as ``reward(images, labels, prompts)``: class labels (B,) for class-conditional
+generators, prompt texts for text models, None where the run has none; a reward uses what it needs.
 Rewards are maximised (the reward task minimises −r). The embedded ones can be checked by eye on the
 digits: ``ClassLogProbReward`` makes every sample look more like one digit; ``InkReward`` makes strokes
 bolder (or thinner with ``sign=-1``). ``EmbeddingMLPReward`` is the LAION-aesthetic shape (an MLP on
 normalised image embeddings, weights from a user file); for Stable Diffusion it runs on CLIP ViT-L/14.
+``PreferenceReward`` is HPSv2-style: the image–prompt score of a preference-tuned open_clip model.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class ClassLogProbReward(nn.Module):
                              f"{self.classifier.num_classes} classes")
         self.target_class = target_class
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, images: Tensor, labels: Tensor | None = None, prompts: Sequence[str] | None = None) -> Tensor:
         log_probs = F.log_softmax(self.classifier(images), dim=1)  # (B, classes)
         if self.target_class is not None:
             return log_probs[:, self.target_class]
@@ -57,7 +60,7 @@ class InkReward(nn.Module):
             raise ValueError(f"sign={sign} must be 1 (bolder) or -1 (thinner)")
         self.sign, self.dark_ink = sign, dark_ink
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, images: Tensor, labels: Tensor | None = None, prompts: Sequence[str] | None = None) -> Tensor:
         ink = 1 - images if self.dark_ink else images
         return self.sign * ink.flatten(1).mean(1)  # (B,)
 
@@ -84,8 +87,30 @@ class EmbeddingMLPReward(nn.Module):
         """(B, D) embeddings -> (B,) scores."""
         return self.mlp(embeddings)
 
-    def forward(self, images: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, images: Tensor, labels: Tensor | None = None, prompts: Sequence[str] | None = None) -> Tensor:
         return self.score(self.embed(images))
+
+
+class PreferenceReward(nn.Module):
+    """HPSv2-style preference score of (image, prompt): the cosine of a preference-tuned open_clip model's
+    embeddings (HPS v2.1: ViT-H-14), weights from a user file; text models only (it needs the prompts).
+
+    Args:
+        weights: the checkpoint (``HPS_v2.1_compressed.pt``) or a state dict / ``.safetensors`` file.
+        architecture: open_clip model config the weights belong to.
+    """
+
+    def __init__(self, weights: str, architecture: str = "ViT-H-14") -> None:
+        super().__init__()
+        from lit_sdo.models.preference import load_preference_clip
+
+        self.scorer = load_preference_clip(weights, architecture)
+
+    def forward(self, images: Tensor, labels: Tensor | None = None, prompts: Sequence[str] | None = None) -> Tensor:
+        if prompts is None:
+            raise ValueError("PreferenceReward scores an image against its prompt: use it with a text model and "
+                             "data.init_args.prompts")
+        return self.scorer(images, prompts)
 
 
 def _build_embedder(spec: str) -> nn.Module:

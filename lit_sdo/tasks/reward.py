@@ -150,6 +150,12 @@ class RewardFinetuneModule(L.LightningModule):
             out = sample(self.denoiser, self.scheduler, x, cond, policy=policy, policy_generator=policy_generator)
             return to_unit_range(self.denoiser.decode(out.sample).float())
 
+    def score(self, images: Tensor, positions: Tensor, cond: Tensor) -> Tensor:
+        """The reward of each image, given its class label (class models) or prompt text (text models)."""
+        prompts = self.trainer.datamodule.prompts
+        texts = None if prompts is None else [prompts[i] for i in positions.tolist()]
+        return self.reward(images, cond if cond.dim() == 1 else None, texts)
+
     # ----- one micro-batch ------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         positions, seeds = self.trainer.datamodule.conditions(self.current_epoch, batch["index"].cpu())
@@ -159,7 +165,7 @@ class RewardFinetuneModule(L.LightningModule):
         policy_generator = torch.Generator().manual_seed(self.hparams.policy_seed * 1_000_003 + int(seeds[0]))
         with _saved_tensor_bytes(self.device, self._parameter_storages()) as memory:
             images = self.generate(seeds, cond, self.policy, policy_generator)
-            reward = self.reward(images, cond if cond.dim() == 1 else None)  # (B,)
+            reward = self.score(images, positions, cond)  # (B,)
             if not torch.isfinite(reward).all():
                 raise FloatingPointError(self._nan_message("reward"))
             loss = -reward.mean()
@@ -222,7 +228,7 @@ class RewardFinetuneModule(L.LightningModule):
         seeds = GRID_SEED_OFFSET + torch.arange(n)
         cond = self.condition(positions)
         images = self.generate(seeds, cond, "none")
-        return images, self.reward(images, cond if cond.dim() == 1 else None)
+        return images, self.score(images, positions, cond)
 
     def log_grid(self) -> float:
         """Image grid of the fixed seeds to TensorBoard; returns their mean reward (the eval reward)."""
