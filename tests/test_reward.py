@@ -149,7 +149,8 @@ class NaNAfter(torch.nn.Module):
         super().__init__()
         self.n, self.calls = n, 0
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None,
+                prompts: list[str] | None = None) -> torch.Tensor:
         reward = images.flatten(1).mean(1)
         if torch.is_grad_enabled():
             self.calls += 1
