@@ -61,7 +61,6 @@ def tiny_generator(*_args: object, **_kwargs: object) -> DiffusionModel:
 def tiny_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Tiny generator and text–image model; returns a tiny thickness-predictor folder."""
     monkeypatch.setattr(LatentOptimizationModule, "load_generator", staticmethod(tiny_generator))
-    monkeypatch.setattr(guided.GuidedModule, "load_generator", staticmethod(tiny_generator))
     monkeypatch.setattr(guided, "load_text_image", lambda *_a, **_k: HashedTextModel())
     torch.manual_seed(3)
     return export_thickness_predictor(StrokeThicknessPredictor(2.0, 4.5, channels=4), tmp_path / "thick", 8)

@@ -255,6 +255,28 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
         load_shortcut(tmp_path / "missing")
 
 
+@pytest.mark.parametrize("step_conditioned", [True, False], ids=["shortcut", "flow"])
+def test_load_diffusion_pairs_a_shortcut_folder_with_its_own_sampler(tmp_path: Path, step_conditioned: bool) -> None:
+    """Shortcut and flow-matching folders load by name like any diffusion model; ``build_sampler`` gives the
+    N-step pair (flow models query the network at d = 1/M) and refuses a diffusers scheduler in one line."""
+    from lit_sdo.models import load_diffusion
+    from lit_sdo.models.diffusion import build_sampler
+
+    net = tiny_network(step_conditioned=step_conditioned).float().requires_grad_(False)
+    save_shortcut(net, tmp_path / "m")
+    model = load_diffusion(str(tmp_path / "m"))
+    assert (model.num_classes, model.image_size, model.channels) == (3, 8, 1)
+    denoiser, scheduler = build_sampler(model, "shortcut", 4)
+    expected_denoiser, expected_scheduler = build_shortcut_sampler(net, 4, flow_only=not step_conditioned)
+    x, labels = torch.randn(2, 1, 8, 8), torch.tensor([0, 2])
+    got = sample(denoiser, scheduler, x, labels, policy="none").sample
+    torch.testing.assert_close(got, sample(expected_denoiser, expected_scheduler, x, labels, policy="none").sample,
+                               rtol=0, atol=0)
+    with pytest.raises(ValueError, match="is a shortcut model: use scheduler: shortcut") as err:
+        build_sampler(model, "ddim", 4)
+    assert "\n" not in str(err.value)
+
+
 def test_checkpoint_without_d_conditioning(tmp_path: Path) -> None:
     """A flow-matching checkpoint loads, refuses shortcut sampling in one line, and a config that lies is caught."""
     import json

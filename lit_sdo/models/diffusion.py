@@ -1,9 +1,13 @@
 """Diffusion models by name, each turned into a :class:`DiffusionModel` with the right denoiser adapter.
 
-Sources: ``embedded:<name>`` (lit_sdo's digits DDPM), a diffusers folder or a hub id in the local cache:
-a bare ``UNet2DModel`` folder (config.json + scheduler_config.json, what lit_sdo exports), or a pipeline
-folder (model_index.json) with a ``UNet2DModel`` (pixel), a ``UNet2DConditionModel`` + VAE + text encoder
-(latent, text), or a DiT / PixArt transformer + VAE.
+Sources: ``embedded:<name>`` (lit_sdo's digits DDPM, shortcut and flow models), a diffusers folder or a
+hub id in the local cache: a bare ``UNet2DModel`` folder (config.json + scheduler_config.json, what
+lit_sdo exports), a pipeline folder (model_index.json) with a ``UNet2DModel`` (pixel), a
+``UNet2DConditionModel`` + VAE + text encoder (latent, text), or a DiT / PixArt transformer + VAE; or a
+shortcut-model folder (config.json of kind ``shortcut_dit``, lit_sdo's format).
+
+:func:`build_sampler` pairs a loaded model with an N-step scheduler: a diffusers scheduler by name, or the
+shortcut model's own (``scheduler="shortcut"``).
 """
 
 from __future__ import annotations
@@ -15,10 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
 from lit_sdo.models.hub import resolve_folder
+from lit_sdo.models.shortcut import SHORTCUT_KIND, load_shortcut
 from lit_sdo.sampling.denoisers import DenoiserAdapter, LatentUNetDenoiser, PixelUNetDenoiser, TransformerDenoiser
+from lit_sdo.sampling.schedulers import build_scheduler
+from lit_sdo.sampling.shortcut import build_shortcut_sampler
 
 LIT_SDO_CONFIG = "lit_sdo.json"  # beside diffusers' config: the null label of lit_sdo's class-conditional models
 PROMPT_MAX_LENGTH = 120  # cap for tokenizers that report no practical maximum (T5)
@@ -50,17 +58,47 @@ class DiffusionModel:
 def load_diffusion(name: str, *, guidance_scale: float = 1.0, device: str | torch.device = "cpu") -> DiffusionModel:
     """Load ``name`` (``embedded:<name>``, a diffusers folder, or a cached hub id) ready for sampling."""
     folder = resolve_folder(name, "diffusion model")
+    config_path = folder / "config.json"
     if (folder / "model_index.json").is_file():
         model = _load_pipeline_folder(name, folder, guidance_scale)
-    elif (folder / "config.json").is_file():
-        model = _load_pixel_unet(name, folder, folder / "scheduler_config.json", guidance_scale)
-    else:
+    elif not config_path.is_file():
         raise FileNotFoundError(f"diffusion model folder {folder} has neither model_index.json nor config.json; "
                                 "pass a diffusers pipeline or UNet2DModel folder")
+    elif _read_json(config_path).get("kind") == SHORTCUT_KIND:
+        model = _load_shortcut(name, folder, guidance_scale)
+    else:
+        model = _load_pixel_unet(name, folder, folder / "scheduler_config.json", guidance_scale)
     model.denoiser.to(device).eval().requires_grad_(False)
     if model.encode_prompt is not None:
         model.encode_prompt.text_encoder.to(device)  # type: ignore[attr-defined]
     return model
+
+
+def build_sampler(model: DiffusionModel, scheduler: str, num_steps: int,
+                  guidance_scale: float = 1.0) -> tuple[DenoiserAdapter, SchedulerMixin]:
+    """(denoiser, scheduler) for N-step sampling of ``model``: a diffusers scheduler by name on the model's
+    own adapter, or, for a shortcut model, its few-step scheduler (``scheduler="shortcut"``) with an adapter
+    paired to it (timesteps σ·1000, so t = 600 means σ = 0.6)."""
+    is_shortcut = model.scheduler_config.get("kind") == SHORTCUT_KIND
+    if is_shortcut != (scheduler == "shortcut"):
+        raise ValueError(f"generator {model.name} is {'a' if is_shortcut else 'not a'} shortcut model: use "
+                         f"scheduler: {'shortcut' if is_shortcut else 'ddim (or dpm, euler, lcm, ...)'}")
+    if not is_shortcut:
+        return model.denoiser, build_scheduler(scheduler, num_steps, base_config=model.scheduler_config)
+    network = model.denoiser.network
+    denoiser, shortcut_scheduler = build_shortcut_sampler(network, num_steps, guidance_scale=guidance_scale,
+                                                          flow_only=not network.step_conditioned)
+    return denoiser.eval().requires_grad_(False), shortcut_scheduler
+
+
+def _load_shortcut(name: str, folder: Path, guidance_scale: float) -> DiffusionModel:
+    """A shortcut (or flow-matching) DiT, at its finest step count; :func:`build_sampler` sets N."""
+    network = load_shortcut(folder)
+    denoiser, _ = build_shortcut_sampler(network, network.max_steps, guidance_scale=guidance_scale,
+                                         flow_only=not network.step_conditioned)
+    size = network.config["sample_size"]
+    return DiffusionModel(name, denoiser, {"kind": SHORTCUT_KIND}, network.num_classes, size,
+                          network.config["in_channels"])
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from lit_sdo.io import read_tensors, write_json, write_tensors
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-_KIND = "shortcut_dit"
+SHORTCUT_KIND = "shortcut_dit"  # config.json "kind" of these networks (shortcut and flow-matching)
 
 
 def sinusoidal_embedding(values: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
@@ -173,7 +173,7 @@ def save_shortcut(network: ShortcutDiT, folder: str | Path, extra: dict[str, Any
     """Write ``model.safetensors`` + ``config.json`` (the constructor arguments, plus ``extra``) to ``folder``."""
     folder = Path(folder)
     write_tensors(folder / WEIGHTS_FILE, dict(network.state_dict()))
-    write_json(folder / CONFIG_FILE, {"kind": _KIND, **network.config, **(extra or {})})
+    write_json(folder / CONFIG_FILE, {"kind": SHORTCUT_KIND, **network.config, **(extra or {})})
     return folder
 
 
@@ -192,8 +192,8 @@ def load_shortcut(folder: str | Path) -> ShortcutDiT:
         raise FileNotFoundError(f"{config_path} does not exist; pass a folder written by save_shortcut "
                                 "(e.g. data/models/digits-shortcut)")
     config = json.loads(config_path.read_text())
-    if config.get("kind") != _KIND:
-        raise ValueError(f"{config_path} describes kind={config.get('kind')!r}, not a {_KIND} network")
+    if config.get("kind") != SHORTCUT_KIND:
+        raise ValueError(f"{config_path} describes kind={config.get('kind')!r}, not a {SHORTCUT_KIND} network")
     init_keys = ShortcutDiT.__init__.__code__.co_varnames[1:ShortcutDiT.__init__.__code__.co_argcount]
     weights = read_tensors(folder / WEIGHTS_FILE)
     has_d = any(key.startswith("d_embedder.") for key in weights)

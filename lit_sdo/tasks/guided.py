@@ -12,7 +12,6 @@ one results writer: each metric for the unguided ("original") and the guided ima
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -24,16 +23,13 @@ from torch import Tensor
 from lit_sdo import metrics
 from lit_sdo.datamodules import digits_test_tensors
 from lit_sdo.images import image_grid, to_unit_range
-from lit_sdo.models import Classifier, DiffusionModel, load_classifier, load_diffusion
+from lit_sdo.models import Classifier, load_classifier
 from lit_sdo.models.aesthetic import load_aesthetic
-from lit_sdo.models.hub import resolve_folder
-from lit_sdo.models.shortcut import load_shortcut
 from lit_sdo.models.text_image import layer_features, load_text_image
 from lit_sdo.objectives import AestheticObjective, GramStyleObjective, TextEditObjective
 from lit_sdo.optim import OptimizerName
-from lit_sdo.sampling import noise_for_seeds, sample, start_step_for
+from lit_sdo.sampling import noise_for_seeds, sample
 from lit_sdo.sampling.inversion import invert_ddim
-from lit_sdo.sampling.shortcut import build_shortcut_sampler
 from lit_sdo.sampling.xhat_guidance import xhat_guided_sample
 from lit_sdo.tasks.latent import LatentOptimizationModule
 
@@ -45,7 +41,6 @@ class GuidedModule(LatentOptimizationModule):
     records only the outermost ``__init__``'s arguments, and the base reads ``hparams`` (e.g. ``eps``).
 
     Args (beyond :class:`LatentOptimizationModule`'s):
-        scheduler: also ``shortcut``: a shortcut model's own N-step sampler (``embedded:digits-shortcut``).
         classifier: scores label preservation (agreement of its prediction with the sample's label:
             the reference digit's class, or the conditioning class); None to skip.
         sampler_seed: seed of the sampler's own noise (stochastic schedulers such as LCM), fixed so every
@@ -60,13 +55,9 @@ class GuidedModule(LatentOptimizationModule):
                  start_timestep: int | None = None, eps: float | None = None, optimizer: OptimizerName = "adam",
                  lr: float = 0.01, output_dir: str | None = None, classifier: str | None = None,
                  sampler_seed: int = 0, grid_samples: int = 8) -> None:
-        shortcut = scheduler == "shortcut"  # the embedded shortcut model brings its own few-step scheduler
-        super().__init__(generator=generator, scheduler="ddim" if shortcut else scheduler, num_steps=num_steps,
+        super().__init__(generator=generator, scheduler=scheduler, num_steps=num_steps,
                          guidance_scale=guidance_scale, policy=policy, k=k, last_k=last_k,
-                         start_timestep=None if shortcut else start_timestep, eps=eps, optimizer=optimizer, lr=lr,
-                         output_dir=output_dir)
-        if shortcut:
-            self.use_shortcut_sampler(num_steps, guidance_scale, start_timestep)
+                         start_timestep=start_timestep, eps=eps, optimizer=optimizer, lr=lr, output_dir=output_dir)
         self.classifier: Classifier | None = None
         if classifier is not None:
             self.classifier = load_classifier(classifier).requires_grad_(False)
@@ -77,28 +68,6 @@ class GuidedModule(LatentOptimizationModule):
                              f"{self.generator.name}; pass e.g. start_timestep: {int(0.6 * train_steps)}")
         self._start_cache: dict[int, Tensor] = {}  # sample index -> start latent (deterministic, so not saved)
         self._prompt_cache: dict[str, Tensor] = {}
-
-    @staticmethod
-    def load_generator(name: str, guidance_scale: float) -> DiffusionModel:
-        """A diffusers model by :func:`load_diffusion`, or a shortcut model (``embedded:digits-shortcut``)."""
-        local = name.startswith("embedded:") or Path(name).is_dir()
-        config = resolve_folder(name, "diffusion model") / "config.json" if local else None
-        if config is not None and config.is_file() and json.loads(config.read_text()).get("kind") == "shortcut_dit":
-            network = load_shortcut(name)
-            denoiser, _ = build_shortcut_sampler(network, network.max_steps, guidance_scale=guidance_scale)
-            size = network.config["sample_size"]
-            return DiffusionModel(name, denoiser.eval().requires_grad_(False), {"kind": "shortcut_dit"},
-                                  network.num_classes, size, network.config["in_channels"])
-        return load_diffusion(name, guidance_scale=guidance_scale)
-
-    def use_shortcut_sampler(self, num_steps: int, guidance_scale: float, start_timestep: int | None) -> None:
-        """Pair the shortcut network with its N-step scheduler (timesteps σ·1000, so t = 600 means σ = 0.6)."""
-        if self.generator.scheduler_config.get("kind") != "shortcut_dit":
-            raise ValueError(f"scheduler: shortcut needs a shortcut model generator, not {self.generator.name!r}")
-        denoiser, self.scheduler = build_shortcut_sampler(self.denoiser.network, num_steps,
-                                                          guidance_scale=guidance_scale)
-        self.denoiser = denoiser.eval().requires_grad_(False)
-        self.start_step = 0 if start_timestep is None else start_step_for(self.scheduler, start_timestep)
 
     def frozen_modules(self) -> list[torch.nn.Module]:
         return list(self.children())  # every network here is frozen (δ is a parameter, not a module)

@@ -25,8 +25,9 @@ from torch import Tensor
 from lit_sdo.images import save_png, to_unit_range
 from lit_sdo.io import write_json, write_tensors
 from lit_sdo.models import DiffusionModel, load_diffusion
+from lit_sdo.models.diffusion import build_sampler
 from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer, merge_rows_by_version, project_linf
-from lit_sdo.sampling import GradientPolicy, build_scheduler, noise_for_seeds, sample, start_step_for
+from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample, start_step_for
 
 
 def latent_gradient(loss: Tensor, delta: Tensor) -> Tensor:
@@ -43,7 +44,8 @@ class LatentOptimizationModule(L.LightningModule):
     Args:
         generator: diffusion model name for :func:`lit_sdo.models.load_diffusion` (``embedded:<name>``,
             a hub id or a local folder).
-        scheduler: sampler (``ddim``, ``dpm``, ``euler``, ``lcm``, ``flow_euler``, ``ddpm``).
+        scheduler: sampler (``ddim``, ``dpm``, ``euler``, ``lcm``, ``flow_euler``, ``ddpm``), or ``shortcut`` for
+            a shortcut / flow-matching model's own N-step sampler (``embedded:digits-shortcut``, ``digits-flow``).
         num_steps: sampling steps N.
         guidance_scale: classifier-free guidance scale (1 = none).
         policy: gradient policy name (``sdo``, ``full``, ``checkpoint``, ``last_k``, ...).
@@ -67,9 +69,9 @@ class LatentOptimizationModule(L.LightningModule):
         self.automatic_optimization = False
         self.policy = GradientPolicy(name=policy, k=k, last_k=last_k)  # type: ignore[arg-type]
         self.generator = self.load_generator(generator, guidance_scale)
-        self.denoiser = self.generator.denoiser.requires_grad_(False)  # registered: moves with .to(device)
+        denoiser, self.scheduler = build_sampler(self.generator, scheduler, num_steps, guidance_scale)
+        self.denoiser = denoiser.requires_grad_(False)  # registered: moves with .to(device)
         self.strict_loading = False  # checkpoints hold δ and its state, not the frozen networks
-        self.scheduler = build_scheduler(scheduler, num_steps, base_config=self.generator.scheduler_config)
         self.start_step = 0 if start_timestep is None else start_step_for(self.scheduler, start_timestep)
         steps_run = num_steps - self.start_step
         if policy == "random_truncation" or (policy == "last_k" and last_k < steps_run):
