@@ -259,8 +259,7 @@ def test_save_load_roundtrip(tmp_path: Path) -> None:
 def test_load_diffusion_pairs_a_shortcut_folder_with_its_own_sampler(tmp_path: Path, step_conditioned: bool) -> None:
     """Shortcut and flow-matching folders load by name like any diffusion model; ``build_sampler`` gives the
     N-step pair (flow models query the network at d = 1/M) and refuses a diffusers scheduler in one line."""
-    from lit_sdo.models import load_diffusion
-    from lit_sdo.models.diffusion import build_sampler
+    from lit_sdo.models import build_sampler, load_diffusion
 
     net = tiny_network(step_conditioned=step_conditioned).float().requires_grad_(False)
     save_shortcut(net, tmp_path / "m")

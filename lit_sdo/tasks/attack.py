@@ -14,10 +14,10 @@ from torch import Tensor
 
 from lit_sdo import metrics
 from lit_sdo.images import image_grid, to_unit_range
-from lit_sdo.models import Classifier, DiffusionModel, load_classifier
+from lit_sdo.models import Classifier, DiffusionModel, build_sampler, load_classifier
 from lit_sdo.objectives import ClassifierObjective
 from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer, project_linf
-from lit_sdo.sampling import GradientPolicy, build_scheduler, noise_for_seeds, sample
+from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample
 from lit_sdo.tasks.latent import LatentOptimizationModule
 
 
@@ -154,17 +154,17 @@ class SDOAttack:
         check_compatible(generator, classifier, resize)
         self.generator, self.classifier = generator, classifier.eval()
         self.eps, self.steps, self.lr, self.optimizer, self.policy = eps, steps, lr, optimizer, policy
-        self.scheduler = build_scheduler(scheduler, num_sampling_steps, base_config=generator.scheduler_config)
+        self.denoiser, self.scheduler = build_sampler(generator, scheduler, num_sampling_steps)
         self.objective = ClassifierObjective(loss=loss, targeted=targeted)
 
     def generate(self, x: Tensor, labels: Tensor, policy: GradientPolicy | str) -> Tensor:
-        out = sample(self.generator.denoiser, self.scheduler, x, labels, policy=policy)
-        return to_unit_range(self.generator.denoiser.decode(out.sample))
+        out = sample(self.denoiser, self.scheduler, x, labels, policy=policy)
+        return to_unit_range(self.denoiser.decode(out.sample))
 
     def __call__(self, labels: Tensor, seeds: Tensor, targets: Tensor | None = None) -> Tensor:
-        device = next(self.generator.denoiser.parameters()).device
+        device = next(self.denoiser.parameters()).device
         labels = labels.to(device)
-        x_t = noise_for_seeds(seeds.tolist(), self.generator.denoiser.sample_shape, device=device)
+        x_t = noise_for_seeds(seeds.tolist(), self.denoiser.sample_shape, device=device)
         rows = torch.arange(len(labels), device=device)
         delta = torch.zeros_like(x_t)
         optim = PerSampleOptimizer(tuple(delta.shape), self.optimizer, self.lr).to(device)

@@ -24,8 +24,7 @@ from torch import Tensor
 
 from lit_sdo.images import save_png, to_unit_range
 from lit_sdo.io import write_json, write_tensors
-from lit_sdo.models import DiffusionModel, load_diffusion
-from lit_sdo.models.diffusion import build_sampler
+from lit_sdo.models import DiffusionModel, build_sampler, load_diffusion
 from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer, merge_rows_by_version, project_linf
 from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample, start_step_for
 

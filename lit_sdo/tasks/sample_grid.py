@@ -14,8 +14,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from lit_sdo.images import image_grid, save_png, to_unit_range
-from lit_sdo.models import load_diffusion
-from lit_sdo.sampling import build_scheduler, sample
+from lit_sdo.models import build_sampler, load_diffusion
+from lit_sdo.sampling import sample
 
 
 class SampleGridModule(L.LightningModule):
@@ -25,7 +25,8 @@ class SampleGridModule(L.LightningModule):
         model: diffusion model name for :func:`lit_sdo.models.load_diffusion` (``embedded:digits-ddpm``,
             a folder, a cached hub id).
         output: PNG path of the grid.
-        scheduler: sampler name for :func:`lit_sdo.sampling.build_scheduler` (ddim, dpm, ...).
+        scheduler: sampler name for :func:`lit_sdo.models.diffusion.build_sampler` (ddim, dpm, ..., or
+            ``shortcut`` for the shortcut / flow-matching models).
         num_steps: sampling steps N.
         guidance_scale: classifier-free guidance scale s (1 = no guidance).
         classes: labels to show, one row each (None: all of the model's classes).
@@ -55,9 +56,9 @@ class SampleGridModule(L.LightningModule):
     def predict_step(self, labels: Tensor, batch_idx: int) -> Tensor:
         generator = torch.Generator().manual_seed(self.hparams.seed + batch_idx)
         x_T = torch.randn((len(labels), *self.denoiser.sample_shape), generator=generator).to(self.device)
-        scheduler = build_scheduler(self.hparams.scheduler, self.hparams.num_steps,
-                                    base_config=self.diffusion.scheduler_config)
-        x0 = sample(self.denoiser, scheduler, x_T, labels, policy="none").sample
+        denoiser, scheduler = build_sampler(self.diffusion, self.hparams.scheduler, self.hparams.num_steps,
+                                            self.hparams.guidance_scale)
+        x0 = sample(denoiser, scheduler, x_T, labels, policy="none").sample
         images = to_unit_range(self.denoiser.decode(x0)).cpu()  # (B, C, H, W) in [0, 1]
         self._rows.append(images)
         return images
