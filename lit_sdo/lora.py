@@ -177,8 +177,8 @@ def parse_lora_argument(text: str) -> tuple[str, float]:
 def main(argv: Sequence[str] | None = None) -> Path:
     """Sample a grid of fixed seeds from a generator with LoRAs merged at chosen scales."""
     from lit_sdo.images import image_grid, save_png, to_unit_range
-    from lit_sdo.models import load_diffusion
-    from lit_sdo.sampling import build_scheduler, noise_for_seeds, sample
+    from lit_sdo.models import build_sampler, load_diffusion
+    from lit_sdo.sampling import noise_for_seeds, sample
 
     parser = argparse.ArgumentParser(description="Apply (and mix) LoRAs and sample a grid: θ_old + α·θ_A + β·θ_B")
     parser.add_argument("--generator", default="embedded:digits-ddpm")
@@ -188,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--prompts", nargs="*", default=["a painting of a cat"], help="prompts (text models)")
     parser.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (7.5 for SD)")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
-    parser.add_argument("--num-steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--num-steps", type=int, default=50, help="sampling steps")
+    parser.add_argument("--scheduler", default="ddim", help="ddim, dpm, euler, ... (shortcut for shortcut models)")
     parser.add_argument("--out", default="lora_grid.png")
     args = parser.parse_args(argv)
 
@@ -201,11 +202,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         rows = args.classes if args.classes is not None else list(range(model.num_classes or 1))
         cond = torch.tensor([c for c in rows for _ in args.seeds]) if model.num_classes else None
     seeds = [s for _ in rows for s in args.seeds]
-    scheduler = build_scheduler("ddim", args.num_steps, base_config=model.scheduler_config)
+    denoiser, scheduler = build_sampler(model, args.scheduler, args.num_steps, args.guidance_scale)
     with torch.no_grad():
-        x = noise_for_seeds(seeds, model.denoiser.sample_shape)
-        out = sample(model.denoiser, scheduler, x, cond, policy="none")
-        images = to_unit_range(model.denoiser.decode(out.sample))
+        x = noise_for_seeds(seeds, denoiser.sample_shape)
+        out = sample(denoiser, scheduler, x, cond, policy="none")
+        images = to_unit_range(denoiser.decode(out.sample))
     path = save_png(args.out, image_grid(images, nrow=len(args.seeds)), scale=4)
     print(f"[lit_sdo] wrote {path} ({len(rows)} rows × {len(args.seeds)} seeds; LoRAs: {args.lora or 'none'})")
     return path

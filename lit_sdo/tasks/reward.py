@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from lit_sdo.images import image_grid, save_png, to_unit_range
 from lit_sdo.io import write_json
 from lit_sdo.lora import DEFAULT_TARGETS, inject_lora, lora_parameters, save_lora
-from lit_sdo.models import DiffusionModel, load_diffusion
-from lit_sdo.sampling import GradientPolicy, build_scheduler, noise_for_seeds, sample
+from lit_sdo.models import DiffusionModel, build_sampler, load_diffusion
+from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample
 
 GRID_SEED_OFFSET = 10_000_000  # fixed-seed grid/eval samples never share noise with training samples
 
@@ -71,14 +71,13 @@ class RewardFinetuneModule(L.LightningModule):
             raise ValueError(f"grid_every_n_steps={grid_every_n_steps} and grid_samples={grid_samples} must be >= 1")
         self.policy = GradientPolicy(name=policy, k=k, last_k=last_k)  # type: ignore[arg-type]
         self.generator: DiffusionModel = load_diffusion(generator, guidance_scale=guidance_scale)
-        self.denoiser = self.generator.denoiser
+        self.denoiser, self.scheduler = build_sampler(self.generator, scheduler, num_steps, guidance_scale)
         inject_lora(self.denoiser.network, lora_targets or DEFAULT_TARGETS, lora_rank, lora_alpha)
         if reward is None:
             from lit_sdo.objectives import ClassLogProbReward
 
             reward = ClassLogProbReward()
         self.reward = reward.requires_grad_(False)
-        self.scheduler = build_scheduler(scheduler, num_steps, base_config=self.generator.scheduler_config)
         self.strict_loading = False  # checkpoints hold the LoRA only; frozen networks load from their names
         self.history: list[dict[str, float]] = []  # one row per optimiser step (rank 0's view, synced rewards)
         self.train_seconds = 0.0  # wall-clock of training steps only (no grids, no checkpoints)
