@@ -16,29 +16,24 @@ import torch
 import torch.nn.functional as F
 
 from lit_sdo.images import to_unit_range
-from lit_sdo.models import load_classifier, load_diffusion
-from lit_sdo.models.shortcut import load_shortcut
+from lit_sdo.models import build_sampler, load_classifier, load_diffusion
+from lit_sdo.models.shortcut import SHORTCUT_KIND
 from lit_sdo.objectives import ClassifierObjective
-from lit_sdo.sampling import GradientPolicy, build_scheduler, noise_for_seeds, sample
-from lit_sdo.sampling.shortcut import build_shortcut_sampler
+from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=30, help="DDIM sampling steps")
+    parser.add_argument("--steps", type=int, default=30, help="sampling steps")
     parser.add_argument("--eps", type=float, default=0.1, help="FGSM step τ")
     parser.add_argument("--generator", default="embedded:digits-ddpm",
-                        help="a diffusion model (DDIM sampler) or embedded:digits-flow / digits-shortcut (Euler)")
+                        help="a diffusion model (DDIM sampler) or a shortcut / flow model (its own sampler)")
     args = parser.parse_args()
 
-    if args.generator.endswith(("digits-flow", "digits-shortcut")):  # flow matching: Eq. 18's identity skip path
-        denoiser, scheduler = build_shortcut_sampler(load_shortcut(args.generator), args.steps,
-                                                     flow_only=args.generator.endswith("flow"))
-    else:
-        generator = load_diffusion(args.generator)
-        denoiser = generator.denoiser
-        scheduler = build_scheduler("ddim", args.steps, base_config=generator.scheduler_config)
+    generator = load_diffusion(args.generator)
+    is_shortcut = generator.scheduler_config.get("kind") == SHORTCUT_KIND  # flow matching: Eq. 18's identity skip
+    denoiser, scheduler = build_sampler(generator, "shortcut" if is_shortcut else "ddim", args.steps)
     classifier = load_classifier("embedded:digits-resnet")
     labels = torch.arange(args.samples) % 10
     x_t = noise_for_seeds(range(args.samples), denoiser.sample_shape)
