@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import torch.distributed as dist
 from lightning.pytorch import LightningModule
@@ -26,10 +27,34 @@ def root_user_error(err: BaseException) -> BaseException | None:
     return None
 
 
+class LitSdoCLI(LightningCLI):
+    """LightningCLI that says when ``--ckpt_path`` replaces model arguments given on the command line.
+
+    Lightning resumes with the checkpoint's model hyper-parameters (so a resumed run is the same run);
+    an argument changed for the resume would otherwise be dropped without a word.
+    """
+
+    def _parse_ckpt_path(self) -> None:
+        before = self._model_arguments()
+        super()._parse_ckpt_path()
+        after = self._model_arguments()
+        changed = [f"{key}: {before[key]!r} given, {after[key]!r} in the checkpoint" for key in before
+                   if key in after and before[key] != after[key]]
+        if changed:
+            warnings.warn("resuming from --ckpt_path uses the checkpoint's model arguments, not those given here ("
+                          + "; ".join(changed) + "); start a new run to change them", stacklevel=2)
+
+    def _model_arguments(self) -> dict:
+        subcommand = self.config.get("subcommand")
+        model = self.config.get(f"{subcommand}.model") if subcommand else None
+        init_args = getattr(model, "init_args", None)
+        return init_args.as_dict() if init_args is not None else {}
+
+
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """The CLI object; ``run=False`` only parses and instantiates (config tests)."""
     try:
-        return LightningCLI(
+        return LitSdoCLI(
             LightningModule,
             None,  # any LightningDataModule by class_path, and optional (sampling jobs need none)
             subclass_mode_model=True,

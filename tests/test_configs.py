@@ -6,6 +6,7 @@ Configs of real checkpoints (hub ids) cannot load here: they must fail with the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,17 @@ def test_cli_reports_bad_input_in_one_line(capsys: pytest.CaptureFixture[str], m
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lit-sdo: error: diffusion model 'facebook/DiT-XL-2-256' is not")
+
+
+def test_resume_says_when_the_checkpoints_model_arguments_replace_the_given_ones(tmp_path: Path) -> None:
+    """Lightning resumes with the checkpoint's hyper-parameters; an argument changed for the resume is named."""
+    common = ["--config", str(ROOT / "configs/attack/digits.yaml"), "--data.init_args.per_class=1",
+              "--model.init_args.num_steps=2", "--trainer.enable_progress_bar=false",
+              f"--trainer.logger.init_args.save_dir={tmp_path}", f"--model.init_args.output_dir={tmp_path / 'out'}"]
+    cli.main(["fit", *common, "--trainer.max_epochs=1"])
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    with pytest.warns(UserWarning, match=r"checkpoint's model arguments, not those given here \(eps: 0\.2 given, "
+                                         r"0\.1 in the checkpoint\)"):
+        cli.main(["fit", *common, "--trainer.max_epochs=2", "--model.init_args.eps=0.2", f"--ckpt_path={ckpt}"])
+    config = json.loads((tmp_path / "out" / "results.json").read_text())["config"]
+    assert config["eps"] == 0.1
