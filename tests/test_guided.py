@@ -279,9 +279,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def tiny_real_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny stand-ins of the real checkpoints: a pixel DDPM pipeline (CelebA-HQ's classes), a text-to-image
     latent pipeline (SD1.5 / LCM classes), a CLIP with tokenizer, a LAION-layout MLP file, images."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler
     from PIL import Image
-    from test_models import save_pipeline, save_tiny_text_encoder, tiny_vae
+    from test_models import save_pipeline, save_tiny_text_encoder, tiny_text_unet, tiny_vae
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     root = tmp_path_factory.mktemp("real")
@@ -290,10 +290,7 @@ def tiny_real_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
                         norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
                         up_block_types=("UpBlock2D", "UpBlock2D"))
     save_pipeline(root / "celebahq", {"unet": pixel, "scheduler": DDPMScheduler(clip_sample=False)})
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
-                                layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
-                                norm_num_groups=4, attention_head_dim=4)
+    unet = tiny_text_unet()
     save_pipeline(root / "sd", {"unet": unet, "vae": tiny_vae(), "scheduler": DDPMScheduler(clip_sample=False)})
     save_tiny_text_encoder(root / "sd")
     config = CLIPConfig(text_config={"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,

@@ -82,12 +82,17 @@ def save_pipeline(folder: Path, components: dict[str, object]) -> Path:
     return folder
 
 
-def test_latent_unet_pipeline_folder_gets_the_latent_adapter(tmp_path: Path) -> None:
+def tiny_text_unet() -> UNet2DConditionModel:
+    """A seeded 2-level UNet2DConditionModel (SD1.5's classes) on 4×8×8 latents, cross-attention width 8."""
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
+    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
                                 layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
                                 norm_num_groups=4, attention_head_dim=4)
+
+
+def test_latent_unet_pipeline_folder_gets_the_latent_adapter(tmp_path: Path) -> None:
+    unet = tiny_text_unet()
     folder = save_pipeline(tmp_path / "sd", {"unet": unet, "vae": tiny_vae(), "scheduler": DDIMScheduler()})
     model = load_diffusion(str(folder))
     assert (model.num_classes, model.image_size, model.channels) == (None, 16, 3)  # 8×8 latents, VAE factor 2
@@ -118,11 +123,7 @@ def save_tiny_text_encoder(folder: Path) -> None:
 
 
 def test_text_pipeline_encodes_prompts_and_guides_with_the_empty_prompt(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
-                                layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
-                                norm_num_groups=4, attention_head_dim=4)
+    unet = tiny_text_unet()
     folder = save_pipeline(tmp_path / "sd", {"unet": unet, "vae": tiny_vae(), "scheduler": DDIMScheduler()})
     save_tiny_text_encoder(folder)
     model = load_diffusion(str(folder), guidance_scale=2.0)

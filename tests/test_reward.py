@@ -261,14 +261,10 @@ def test_two_ddp_ranks_through_the_cli_give_the_one_device_lora(folders: SimpleN
 
 
 def test_text_model_with_guidance_trains_its_unet_lora_on_a_prompt_file(tmp_path: Path) -> None:
-    from diffusers import DDIMScheduler, UNet2DConditionModel
-    from test_models import save_pipeline, save_tiny_text_encoder, tiny_vae
+    from diffusers import DDIMScheduler
+    from test_models import save_pipeline, save_tiny_text_encoder, tiny_text_unet, tiny_vae
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(8, 16),
-                                layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=8,
-                                norm_num_groups=4, attention_head_dim=4)
+    unet = tiny_text_unet()
     folder = save_pipeline(tmp_path / "sd", {"unet": unet, "vae": tiny_vae(), "scheduler": DDIMScheduler()})
     save_tiny_text_encoder(folder)
     (tmp_path / "prompts.txt").write_text("a b\nb a\n")
