@@ -125,6 +125,19 @@ def test_only_lora_weights_change(folders: SimpleNamespace, tmp_path: Path) -> N
     assert len(saved) == len([n for n in before if "lora_" in n])
 
 
+def test_bfloat16_base_keeps_fp32_lora_and_trains(folders: SimpleNamespace, tmp_path: Path) -> None:
+    """The GPU recipe (paper Sec. 5.3: frozen base in bf16, LoRA in fp32) run on CPU by asking for it."""
+    module = make_module(folders, tmp_path, reward=InkReward(), lr=1e-2, base_dtype="bfloat16")
+    before = lora_state(module)
+    capture = GradCapture()
+    fit(module, tmp_path, steps=2, callbacks=[capture])
+    dtypes = {n: p.dtype for n, p in module.denoiser.named_parameters()}
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in capture.grads[0])
+    assert any(not torch.equal(before[n], v) for n, v in lora_state(module).items())
+
+
 def test_reward_increases_on_a_tiny_problem(folders: SimpleNamespace, tmp_path: Path) -> None:
     module = make_module(folders, tmp_path, reward=InkReward(), lr=0.2, grid_samples=4)
     fit(module, tmp_path, steps=10)
