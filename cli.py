@@ -15,7 +15,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 # Errors lit_sdo raises for bad input (missing weights, bad values, unwritable paths): shown as one line.
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
+USER_ERRORS = (ValueError, OSError)
 
 
 def root_user_error(err: BaseException) -> BaseException | None:

@@ -18,16 +18,26 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+def writable_folder(folder: str | os.PathLike[str]) -> Path:
+    """Create ``folder`` if needed and check it is writable; one-line ``OSError`` saying what to do otherwise.
+
+    Jobs call it when they start, so a bad output path stops the run before any work is done.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"cannot create output folder {folder}: {err.strerror}; choose a writable path") from None
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"output folder {folder} is not writable; choose a writable path")
+    return folder
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it to ``path``, else delete it."""
     target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OSError(f"cannot create output folder {target.parent}: {err.strerror}; choose a writable path") from None
-    if not os.access(target.parent, os.W_OK):
-        raise PermissionError(f"output folder {target.parent} is not writable; choose a writable path")
+    writable_folder(target.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:

@@ -51,3 +51,19 @@ def test_resume_says_when_the_checkpoints_model_arguments_replace_the_given_ones
         cli.main(["fit", *common, "--trainer.max_epochs=2", "--model.init_args.eps=0.2", f"--ckpt_path={ckpt}"])
     config = json.loads((tmp_path / "out" / "results.json").read_text())["config"]
     assert config["eps"] == 0.1
+
+
+def test_unwritable_output_path_stops_the_run_at_start_in_one_line(capsys: pytest.CaptureFixture[str],
+                                                                    monkeypatch, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a folder cannot be created below a file
+    monkeypatch.setattr("sys.argv", ["lit-sdo", "fit", "--config", str(ROOT / "configs/attack/digits.yaml"),
+                                     "--data.init_args.per_class=1", "--model.init_args.num_steps=2",
+                                     f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
+                                     f"--model.init_args.output_dir={blocker / 'out'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"lit-sdo: error: cannot create output folder {blocker / 'out'}")
+    assert not list((tmp_path / "logs").rglob("*.ckpt"))  # stopped before the first optimisation step

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from lit_sdo.images import save_png, to_unit_range
-from lit_sdo.io import write_json, write_tensors
+from lit_sdo.io import writable_folder, write_json, write_tensors
 from lit_sdo.models import DiffusionModel, build_sampler, load_diffusion
 from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer, merge_rows_by_version, project_linf
 from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample, start_step_for
@@ -102,6 +102,8 @@ class LatentOptimizationModule(L.LightningModule):
         """Allocate δ and the per-sample state once the number of samples is known (before a restore)."""
         if self.delta is not None:
             return
+        if self.trainer.is_global_zero:
+            writable_folder(self.output_folder())  # a bad output path stops the run before any work
         datamodule = self.trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "num_samples"):
             raise ValueError("this task needs a data module with num_samples, e.g. LabelSeedDataModule")

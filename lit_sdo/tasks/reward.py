@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_sdo.images import image_grid, save_png, to_unit_range
-from lit_sdo.io import write_json
+from lit_sdo.io import writable_folder, write_json
 from lit_sdo.lora import DEFAULT_TARGETS, inject_lora, lora_parameters, save_lora
 from lit_sdo.models import DiffusionModel, build_sampler, load_diffusion
 from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample
@@ -97,6 +97,8 @@ class RewardFinetuneModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Validate the data against the model and the trainer, cast the frozen base, embed the prompts."""
+        if self.trainer.is_global_zero:
+            writable_folder(self.output_dir())  # a bad output path stops the run before any work
         datamodule = self.trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "conditions"):
             raise ValueError("reward fine-tuning needs lit_sdo.datamodules.RewardPromptDataModule as data")
