@@ -202,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         rows = args.classes if args.classes is not None else list(range(model.num_classes or 1))
         cond = torch.tensor([c for c in rows for _ in args.seeds]) if model.num_classes else None
     seeds = [s for _ in rows for s in args.seeds]
-    denoiser, scheduler = build_sampler(model, args.scheduler, args.num_steps, args.guidance_scale)
+    denoiser, scheduler = build_sampler(model, args.scheduler, args.num_steps)
     with torch.no_grad():
         x = noise_for_seeds(seeds, denoiser.sample_shape)
         out = sample(denoiser, scheduler, x, cond, policy="none")

@@ -271,6 +271,8 @@ def test_load_diffusion_pairs_a_shortcut_folder_with_its_own_sampler(tmp_path: P
     got = sample(denoiser, scheduler, x, labels, policy="none").sample
     torch.testing.assert_close(got, sample(expected_denoiser, expected_scheduler, x, labels, policy="none").sample,
                                rtol=0, atol=0)
+    guided, _ = build_sampler(load_diffusion(str(tmp_path / "m"), guidance_scale=2.0), "shortcut", 4)
+    assert guided.guidance_scale == 2.0  # the scale the model was loaded with carries over
     with pytest.raises(ValueError, match="is a shortcut model: use scheduler: shortcut") as err:
         build_sampler(model, "ddim", 4)
     assert "\n" not in str(err.value)

@@ -74,11 +74,10 @@ def load_diffusion(name: str, *, guidance_scale: float = 1.0, device: str | torc
     return model
 
 
-def build_sampler(model: DiffusionModel, scheduler: str, num_steps: int,
-                  guidance_scale: float = 1.0) -> tuple[DenoiserAdapter, SchedulerMixin]:
+def build_sampler(model: DiffusionModel, scheduler: str, num_steps: int) -> tuple[DenoiserAdapter, SchedulerMixin]:
     """(denoiser, scheduler) for N-step sampling of ``model``: a diffusers scheduler by name on the model's
     own adapter, or, for a shortcut model, its few-step scheduler (``scheduler="shortcut"``) with an adapter
-    paired to it (timesteps σ·1000, so t = 600 means σ = 0.6)."""
+    paired to it (timesteps σ·1000, so t = 600 means σ = 0.6) and the loaded adapter's guidance scale."""
     is_shortcut = model.scheduler_config.get("kind") == SHORTCUT_KIND
     if is_shortcut != (scheduler == "shortcut"):
         raise ValueError(f"generator {model.name} is {'a' if is_shortcut else 'not a'} shortcut model: use "
@@ -86,8 +85,9 @@ def build_sampler(model: DiffusionModel, scheduler: str, num_steps: int,
     if not is_shortcut:
         return model.denoiser, build_scheduler(scheduler, num_steps, base_config=model.scheduler_config)
     network = model.denoiser.network
-    denoiser, shortcut_scheduler = build_shortcut_sampler(network, num_steps, guidance_scale=guidance_scale,
-                                                          flow_only=not network.step_conditioned)
+    denoiser, shortcut_scheduler = build_shortcut_sampler(network, num_steps,
+                                                          guidance_scale=model.denoiser.guidance_scale,
+                                                          flow_only=model.denoiser.flow_only)
     return denoiser.eval().requires_grad_(False), shortcut_scheduler
 
 

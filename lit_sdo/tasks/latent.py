@@ -68,7 +68,7 @@ class LatentOptimizationModule(L.LightningModule):
         self.automatic_optimization = False
         self.policy = GradientPolicy(name=policy, k=k, last_k=last_k)  # type: ignore[arg-type]
         self.generator = self.load_generator(generator, guidance_scale)
-        denoiser, self.scheduler = build_sampler(self.generator, scheduler, num_steps, guidance_scale)
+        denoiser, self.scheduler = build_sampler(self.generator, scheduler, num_steps)
         self.denoiser = denoiser.requires_grad_(False)  # registered: moves with .to(device)
         self.strict_loading = False  # checkpoints hold δ and its state, not the frozen networks
         self.start_step = 0 if start_timestep is None else start_step_for(self.scheduler, start_timestep)

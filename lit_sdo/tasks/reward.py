@@ -71,7 +71,7 @@ class RewardFinetuneModule(L.LightningModule):
             raise ValueError(f"grid_every_n_steps={grid_every_n_steps} and grid_samples={grid_samples} must be >= 1")
         self.policy = GradientPolicy(name=policy, k=k, last_k=last_k)  # type: ignore[arg-type]
         self.generator: DiffusionModel = load_diffusion(generator, guidance_scale=guidance_scale)
-        self.denoiser, self.scheduler = build_sampler(self.generator, scheduler, num_steps, guidance_scale)
+        self.denoiser, self.scheduler = build_sampler(self.generator, scheduler, num_steps)
         inject_lora(self.denoiser.network, lora_targets or DEFAULT_TARGETS, lora_rank, lora_alpha)
         if reward is None:
             from lit_sdo.objectives import ClassLogProbReward

@@ -56,8 +56,7 @@ class SampleGridModule(L.LightningModule):
     def predict_step(self, labels: Tensor, batch_idx: int) -> Tensor:
         generator = torch.Generator().manual_seed(self.hparams.seed + batch_idx)
         x_T = torch.randn((len(labels), *self.denoiser.sample_shape), generator=generator).to(self.device)
-        denoiser, scheduler = build_sampler(self.diffusion, self.hparams.scheduler, self.hparams.num_steps,
-                                            self.hparams.guidance_scale)
+        denoiser, scheduler = build_sampler(self.diffusion, self.hparams.scheduler, self.hparams.num_steps)
         x0 = sample(denoiser, scheduler, x_T, labels, policy="none").sample
         images = to_unit_range(self.denoiser.decode(x0)).cpu()  # (B, C, H, W) in [0, 1]
         self._rows.append(images)
