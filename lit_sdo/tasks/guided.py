@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_sdo import metrics
-from lit_sdo.datamodules import digits_test_tensors
+from lit_sdo.datamodules import digits_test_tensors, read_image_file
 from lit_sdo.images import image_grid, to_unit_range
 from lit_sdo.models import Classifier, load_classifier
 from lit_sdo.models.aesthetic import load_aesthetic
@@ -251,15 +251,10 @@ def load_style_image(spec: str, size: int, channels: int) -> Tensor:
             raise ValueError(f"style_image={spec!r}: the digits test split has {len(images)} images")
         image = to_unit_range(images[index:index + 1])
     else:
-        from PIL import Image
-
-        path = Path(spec).expanduser()
-        if not path.is_file():
+        if not Path(spec).expanduser().is_file():
             raise FileNotFoundError(f"style image {spec!r} not found: pass style_image=<image file> or "
                                     "digits:<test index>")
-        pil = Image.open(path).convert("L" if channels == 1 else "RGB")
-        image = torch.tensor(list(pil.getdata()), dtype=torch.float32).view(pil.height, pil.width, -1)
-        image = image.permute(2, 0, 1).unsqueeze(0) / 255.0
+        image = read_image_file(spec, channels)[None]
     if image.shape[1] != channels:
         image = image.expand(-1, channels, -1, -1) if channels == 3 else image.mean(1, keepdim=True)
     if tuple(image.shape[-2:]) != (size, size):
