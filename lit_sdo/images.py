@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -36,3 +37,14 @@ def save_png(path: str | os.PathLike[str], image: Tensor, scale: int = 1) -> Pat
     with atomic_path(path) as tmp:
         pil.save(tmp, format="PNG")
     return Path(path)
+
+
+def mark_rows(cells: Tensor, success: Tensor, width: int = 1) -> Tensor:
+    """Frame every image of a grid row green (success) or red (failure): (rows, columns, C, H, W) in [0, 1]
+    -> the same, RGB, with a ``width``-pixel border, so a grid shows which samples an attack fooled."""
+    rgb = cells.expand(-1, -1, 3, -1, -1).clone() if cells.shape[2] == 1 else cells.clone()
+    colors = torch.tensor([[0.85, 0.1, 0.1], [0.1, 0.75, 0.1]])[success.long()]  # (rows, 3)
+    color = colors.view(-1, 1, 3, 1, 1).to(rgb)
+    for edge in (np.s_[..., :width, :], np.s_[..., -width:, :], np.s_[..., :, :width], np.s_[..., :, -width:]):
+        rgb[edge] = color.expand_as(rgb[edge])
+    return rgb

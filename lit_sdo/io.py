@@ -48,6 +48,20 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.remove(tmp)
 
 
+def keep_previous(path: str | os.PathLike[str]) -> Path | None:
+    """Rename an existing ``path`` to ``<path>.previous-<n>`` (the first free n) so a new run never silently
+    replaces an earlier run's results; returns the new name, or None when there was nothing to keep."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    n = 1
+    while path.with_name(f"{path.name}.previous-{n}").exists():
+        n += 1
+    kept = path.with_name(f"{path.name}.previous-{n}")
+    os.replace(path, kept)
+    return kept
+
+
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     """Write ``data`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:

@@ -129,18 +129,27 @@ def attack_success(clean_pred: Tensor, adv_pred: Tensor, labels: Tensor, targets
             "raw_success_rate": float(fooled.float().mean())}
 
 
-def attack_report(records: dict[str, Tensor], classifier: nn.Module, targeted: bool, transfer: bool
+def attack_report(records: dict[str, Tensor], targeted: bool, features_from: str
                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Aggregate and per-sample attack metrics from gathered records (see ``AttackModule.evaluate_batch``)."""
-    labels, clean, adversarial = records["label"], records["clean"], records["adversarial"]
-    targets = records["target"] if targeted else None
-    summary = attack_success(records["clean_pred"], records["adv_pred"], labels, targets)
-    fooled = (records["adv_pred"] == targets) if targeted else (records["adv_pred"] != labels)
+    """Aggregate and per-sample attack metrics from gathered records.
+
+    ``records`` hold, per sample, the images and the classifier's measurements before and after the
+    attack: ``original`` / ``optimized`` images, ``pred_*``, ``features_*``, ``target_*`` and, with a second
+    classifier, ``transfer_pred_*``; plus ``label``, ``seed`` and ``delta_linf``.
+    """
+    labels, clean, adversarial = records["label"], records["original"], records["optimized"]
+    clean_pred, adv_pred = records["pred_original"], records["pred_optimized"]
+    targets = records["target_original"] if targeted else None
+    summary = attack_success(clean_pred, adv_pred, labels, targets)
+    fooled = (adv_pred == targets) if targeted else (adv_pred != labels)
+    success = fooled & (clean_pred == labels)
+    transfer = "transfer_pred_optimized" in records
     if transfer:
-        success = fooled & (records["clean_pred"] == labels)
-        transfer_pred = records["transfer_adv_pred"]
+        transfer_pred = records["transfer_pred_optimized"]
         transferred = transfer_pred == targets if targeted else transfer_pred != labels
         summary["transfer_rate"] = float(transferred[success].float().mean()) if success.any() else float("nan")
+        kept = transfer_pred[success] == labels[success]
+        summary["success_still_labelled_y_by_transfer"] = float(kept.float().mean()) if success.any() else float("nan")
     l2, linf = lp_distances(adversarial, clean)
     structural = ssim(adversarial, clean)
     perceptual = lpips_distance(adversarial, clean)
@@ -148,15 +157,15 @@ def attack_report(records: dict[str, Tensor], classifier: nn.Module, targeted: b
         "ssim_mean": float(structural.mean()), "l2_mean": float(l2.mean()), "linf_image_mean": float(linf.mean()),
         "delta_linf_max": float(records["delta_linf"].max()),
         "lpips_mean": None if perceptual is None else float(perceptual.mean()),
-        "fid_adv_vs_clean": frechet_distance(records["adv_features"], records["clean_features"]),
-        "fid_features": f"penultimate layer of {getattr(classifier, 'name', 'the classifier')}",
+        "fid_adv_vs_clean": frechet_distance(records["features_optimized"], records["features_original"]),
+        "fid_features": f"penultimate layer of {features_from}",
     }
     per_sample = [
-        {"index": i, "label": int(labels[i]), "seed": int(records["seed"][i]), "target": int(records["target"][i]),
-         "clean_pred": int(records["clean_pred"][i]), "adv_pred": int(records["adv_pred"][i]),
-         "success": bool(fooled[i] and records["clean_pred"][i] == labels[i]),
-         "delta_linf": float(records["delta_linf"][i]), "ssim": float(structural[i]), "l2": float(l2[i])}
-        | ({"transfer_adv_pred": int(records["transfer_adv_pred"][i])} if transfer else {})
+        {"index": i, "label": int(labels[i]), "seed": int(records["seed"][i]),
+         "target": int(records["target_original"][i]), "clean_pred": int(clean_pred[i]), "adv_pred": int(adv_pred[i]),
+         "success": bool(success[i]), "delta_linf": float(records["delta_linf"][i]), "ssim": float(structural[i]),
+         "l2": float(l2[i])}
+        | ({"transfer_adv_pred": int(records["transfer_pred_optimized"][i])} if transfer else {})
         for i in range(len(labels))
     ]
     return summary, per_sample
@@ -209,10 +218,3 @@ def ink_width(images: Tensor) -> Tensor:
 def clip_score(image_embeddings: Tensor, text_embeddings: Tensor) -> Tensor:
     """CLIP score per sample (B,): 100 · max(cos(image, text), 0) (Hessel et al. 2021, w = 1)."""
     return 100 * (image_embeddings * text_embeddings).sum(-1).clamp(min=0)
-
-
-def gram_distance(features_a: Tensor, features_b: Tensor) -> Tensor:
-    """Mean squared difference of Gram matrices per sample (B,) of features (B, C, N) (the style metric)."""
-    from lit_sdo.objectives.style import gram_matrix
-
-    return (gram_matrix(features_a) - gram_matrix(features_b)).flatten(1).pow(2).mean(1)

@@ -6,11 +6,13 @@ Here every row (sample) has its own moments and step count, updated only when th
 
 The state is kept in plain tensors (not module buffers) on purpose: DDP broadcasts buffers from rank
 0 at every forward, which would overwrite the rows other ranks own. Tasks save it in checkpoints and
-merge it across ranks themselves (:func:`merge_rows_by_version`), so nothing is ever averaged.
+merge it across ranks with :func:`merge_across_ranks` (each row from the rank that owns it), so nothing
+is ever averaged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -94,12 +96,24 @@ class BestTracker(RowState):
     """Keeps, per sample, the best variable seen: the first that succeeds, else the lowest score.
 
     The paper keeps the best-loss result (Sec. 5.1.4); for an attack "best" is the first success, the
-    smallest change that works.
+    smallest change that works. ``initial_success`` records whether a sample already succeeded at its
+    first offer (δ = 0: a clean image the classifier gets wrong), which is no success of the attack.
     """
 
     def __init__(self, shape: tuple[int, ...]) -> None:
         self.tensors = {"best": torch.zeros(shape), "best_score": torch.full((shape[0],), float("inf")),
-                        "succeeded": torch.zeros(shape[0], dtype=torch.bool)}
+                        "succeeded": torch.zeros(shape[0], dtype=torch.bool),
+                        "initial_success": torch.zeros(shape[0], dtype=torch.bool),
+                        "offered": torch.zeros(shape[0], dtype=torch.bool)}
+
+    @property
+    def initial_success(self) -> Tensor:
+        return self.tensors["initial_success"]
+
+    @property
+    def attack_success(self) -> Tensor:
+        """Bool (N,): succeeded, and not already at the first offer."""
+        return self.succeeded & ~self.initial_success
 
     @property
     def best(self) -> Tensor:
@@ -113,6 +127,9 @@ class BestTracker(RowState):
     def update(self, rows: Tensor, candidate: Tensor, score: Tensor, success: Tensor | None = None) -> None:
         """Offer ``candidate`` (len(rows), ...) with per-sample ``score`` (lower is better) and ``success``."""
         success = torch.zeros_like(score, dtype=torch.bool) if success is None else success
+        first = ~self.tensors["offered"][rows]
+        self.tensors["initial_success"][rows[first]] = success[first]
+        self.tensors["offered"][rows] = True
         already = self.succeeded[rows]
         better = ~already & (success | (score < self.tensors["best_score"][rows]))
         take = rows[better]
@@ -130,3 +147,21 @@ def merge_rows_by_version(gathered: dict[str, Tensor], versions: Tensor) -> dict
     owner = versions.argmax(dim=0)  # (N,)
     rows = torch.arange(owner.shape[0], device=owner.device)
     return {name: t[owner, rows] for name, t in gathered.items()}
+
+
+def merge_across_ranks(state: dict[str, Tensor], all_gather: Callable[[Tensor], Tensor],
+                       touched: Tensor | None = None) -> None:
+    """Make every rank hold every sample's current state, in place: each row from the rank that owns it.
+
+    ``state`` holds per-sample tensors (N, ...) including ``optim.steps`` (the row versions);
+    ``all_gather`` stacks a tensor from every rank (W, N, ...). ``touched`` (N,) bool marks rows this rank
+    changed without an optimiser step (the final scoring): at equal step counts they win over the other
+    ranks' stale copies.
+    """
+    gathered = {name: all_gather(t) for name, t in state.items()}  # (W, N, ...)
+    versions = gathered["optim.steps"].long() * 2
+    if touched is not None:
+        versions = versions + all_gather(touched.long())
+    merged = merge_rows_by_version(gathered, versions)
+    for name, t in state.items():
+        t.copy_(merged[name])

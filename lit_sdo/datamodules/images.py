@@ -97,3 +97,27 @@ def skimage_photos(names: str, num_samples: int | None, image_size: int | None, 
     if len({tuple(t.shape) for t in out}) > 1:
         raise ValueError(f"skimage photos {names} differ in size; set data.init_args.image_size to resize")
     return torch.stack(out)
+
+
+def load_style_image(spec: str, size: int, channels: int) -> Tensor:
+    """``digits:<test index>`` or an image file -> (1, channels, size, size) in [0, 1]."""
+    if spec.startswith("digits:"):
+        from lit_sdo.datamodules.training import digits_test_tensors
+
+        images, _ = digits_test_tensors(size)
+        index = int(spec.split(":", 1)[1])
+        if not 0 <= index < len(images):
+            raise ValueError(f"style_image={spec!r}: the digits test split has {len(images)} images")
+        image = (images[index:index + 1] + 1) / 2
+    else:
+        if not Path(spec).expanduser().is_file():
+            raise FileNotFoundError(f"style image {spec!r} not found: pass style_image=<image file> or "
+                                    "digits:<test index>")
+        image = read_image_file(spec, channels)[None]
+    if image.shape[1] != channels:
+        image = image.expand(-1, channels, -1, -1) if channels == 3 else image.mean(1, keepdim=True)
+    if tuple(image.shape[-2:]) != (size, size):
+        warnings.warn(f"style image {spec!r} is {image.shape[-1]}×{image.shape[-2]}: resized to {size}×{size}",
+                      stacklevel=2)
+        image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return image.clamp(0, 1)

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import lightning as L
@@ -46,6 +47,16 @@ class SampleSetDataModule(L.LightningDataModule):
     @property
     def num_samples(self) -> int:
         return len(self.dataset)
+
+    def fingerprint(self) -> str:
+        """sha256 of every sample's identity (seed, label, prompt, reference image): a checkpoint written for
+        one sample set must not resume on another."""
+        digest = hashlib.sha256()
+        for index in range(len(self.dataset)):
+            for key, value in sorted(self.dataset[index].items()):
+                data = value.numpy().tobytes() if isinstance(value, Tensor) else str(value).encode()
+                digest.update(key.encode() + data)
+        return digest.hexdigest()
 
     def _loader(self) -> DataLoader:
         return DataLoader(self.dataset, batch_size=self.batch_size, shuffle=False)

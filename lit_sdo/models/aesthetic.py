@@ -9,7 +9,7 @@ digits and a ground truth to check against. A LAION weights file with a CLIP giv
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -97,6 +97,23 @@ class StrokeThicknessPredictor(nn.Module):
             images = images.mean(1, keepdim=True)
         return self.network(images * 2 - 1).squeeze(-1)
 
+    def measure(self, images: Tensor) -> dict[str, Tensor]:
+        """The ground truth this stand-in predicts: the measured stroke width of each image (B,)."""
+        from lit_sdo.metrics import stroke_thickness
+
+        return {"measured_stroke_width": stroke_thickness(images).to(images.device)}
+
+
+class ClipAestheticScore(nn.Module):
+    """LAION's aesthetic MLP on a CLIP's image embeddings: images in [0, 1] -> score (B,)."""
+
+    def __init__(self, clip: nn.Module, mlp: AestheticMLP) -> None:
+        super().__init__()
+        self.clip, self.mlp = clip, mlp
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.mlp(self.clip.image_embeddings(images))
+
 
 def export_thickness_predictor(model: StrokeThicknessPredictor, folder: str | Path, image_size: int,
                                extra: dict | None = None) -> Path:
@@ -108,9 +125,8 @@ def export_thickness_predictor(model: StrokeThicknessPredictor, folder: str | Pa
     return folder
 
 
-def load_aesthetic(name: str, clip: str | None = None, *, device: str | torch.device = "cpu"
-                   ) -> Callable[[Tensor], Tensor]:
-    """A score function ``images in [0, 1] -> (B,)``.
+def load_aesthetic(name: str, clip: str | None = None, *, device: str | torch.device = "cpu") -> nn.Module:
+    """A frozen score module ``images in [0, 1] -> (B,)``.
 
     Args:
         name: ``embedded:digits-thickness`` (the stand-in), a folder holding its config, or the path of
@@ -133,6 +149,4 @@ def load_aesthetic(name: str, clip: str | None = None, *, device: str | torch.de
     if clip is None:
         raise ValueError("a LAION aesthetic MLP reads CLIP image embeddings: pass clip=<CLIP id or folder> "
                          "(openai/clip-vit-large-patch14 for the published weights)")
-    clip_model = load_clip(clip, device=device)
-    mlp = mlp.to(device)
-    return lambda images: mlp(clip_model.image_embeddings(images))
+    return ClipAestheticScore(load_clip(clip, device=device), mlp).to(device).eval().requires_grad_(False)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from lit_sdo.models.hub import resolve_folder
 
@@ -16,16 +15,17 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's defaults, used 
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-@dataclass
-class ClipModel:
-    """A frozen ``transformers.CLIPModel`` with its tokenizer (None if the folder has none) and image conventions."""
+class ClipModel(nn.Module):
+    """A frozen ``transformers.CLIPModel`` with its tokenizer (None if the folder has none) and image conventions.
 
-    name: str
-    model: Any
-    tokenizer: Any
-    image_size: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    An ``nn.Module`` with the CLIP network registered, so Lightning moves it with the task that holds it.
+    """
+
+    def __init__(self, name: str, model: nn.Module, tokenizer: Any, image_size: int, mean: tuple[float, ...],
+                 std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.name, self.model, self.tokenizer = name, model, tokenizer
+        self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
 
     def prepare_images(self, images: Tensor) -> Tensor:
         """Images in [0, 1] (B, 3, H, W) -> CLIP's normalised input, differentiably."""
@@ -40,6 +40,14 @@ class ClipModel:
         out = self.model.get_image_features(pixel_values=self.prepare_images(images))
         out = getattr(out, "pooler_output", out)
         return F.normalize(out, dim=-1)
+
+    def block_features(self, images: Tensor, layer: int) -> Tensor:
+        """The vision encoder's hidden state after layer ``layer`` (paper: 3rd), tokens as positions (B, D, L)."""
+        hidden = self.model.vision_model(pixel_values=self.prepare_images(images), output_hidden_states=True)
+        states = hidden.hidden_states
+        if not 1 <= layer < len(states):
+            raise ValueError(f"layer={layer} is outside 1..{len(states) - 1} for CLIP {self.name!r}")
+        return states[layer].transpose(1, 2)
 
     def text_embeddings(self, prompts: list[str]) -> Tensor:
         """Prompts -> unit-norm text embeddings (B, D)."""

@@ -152,15 +152,6 @@ def export_text_image(model: LitTextImageModel, folder: str | Path, extra: dict[
 
 
 def layer_features(model: TextImage, images: Tensor, layer: int) -> Tensor:
-    """Intermediate image features (B, C, N) for Gram-matrix style losses.
-
-    Embedded model: output of image-tower block ``layer``. CLIP: the vision encoder's hidden state
-    after layer ``layer`` (paper: 3rd), tokens as positions: (B, L, D) -> (B, D, L).
-    """
-    if isinstance(model, LitTextImageModel):
-        return model.block_features(images, layer)
-    vision = model.model.vision_model
-    hidden = vision(pixel_values=model.prepare_images(images), output_hidden_states=True).hidden_states
-    if not 1 <= layer < len(hidden):
-        raise ValueError(f"layer={layer} is outside 1..{len(hidden) - 1} for CLIP {model.name!r}")
-    return hidden[layer].transpose(1, 2)
+    """Intermediate image features (B, C, N) for Gram-matrix style losses: each model's ``block_features``
+    (embedded: output of image-tower block ``layer``; CLIP: the vision encoder's hidden state after it)."""
+    return model.block_features(images, layer)

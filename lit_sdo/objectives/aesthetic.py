@@ -1,24 +1,35 @@
-"""Aesthetic guidance loss (paper Sec. 5.2, Table 4): |a(x₀) − target| with a score predictor a."""
+"""Aesthetic guidance loss (paper Sec. 5.1.3, Table 4): |a(x₀) − target| with a score predictor a."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from torch import Tensor
 
-from torch import Tensor, nn
+from lit_sdo.models.aesthetic import load_aesthetic
+from lit_sdo.objectives.base import Batch, Objective
 
 
-class AestheticObjective(nn.Module):
+class AestheticObjective(Objective):
     """L(x₀) = |a(x₀) − target| per sample (B,); the paper pushes the LAION score to 10.
 
     Args:
-        score_fn: images in [0, 1] -> score (B,) (CLIP embedding + :class:`AestheticMLP`, or the
-            embedded stroke-thickness predictor).
+        predictor: ``embedded:digits-thickness`` (a stroke-width stand-in, see lit_sdo.models.aesthetic) or the
+            path of LAION's aesthetic MLP weights (then ``clip`` is needed).
+        clip: the CLIP whose image embeddings the LAION MLP reads (ViT-L/14 for the published weights).
         target: the score to reach.
     """
 
-    def __init__(self, score_fn: Callable[[Tensor], Tensor], target: float = 10.0) -> None:
+    def __init__(self, predictor: str = "embedded:digits-thickness", clip: str | None = None,
+                 target: float = 10.0) -> None:
         super().__init__()
-        self.score_fn, self.target = score_fn, target
+        self.score, self.target = load_aesthetic(predictor, clip), target
 
-    def forward(self, images: Tensor) -> Tensor:
-        return (self.score_fn(images) - self.target).abs()
+    def forward(self, images: Tensor, batch: Batch) -> Tensor:
+        return (self.score(images) - self.target).abs()
+
+    def measure(self, images: Tensor, batch: Batch) -> dict[str, Tensor]:
+        score = self.score(images)
+        scores = {"loss": (score - self.target).abs(), "aesthetic_score": score}
+        ground_truth = getattr(self.score, "measure", None)  # a stand-in predictor knows what it predicts
+        if ground_truth is not None:
+            scores |= ground_truth(images)
+        return scores

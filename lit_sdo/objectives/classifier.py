@@ -1,4 +1,4 @@
-"""Classifier objectives for attacks: margin or cross-entropy, untargeted or targeted."""
+"""Classifier objectives for attacks: margin or cross-entropy, untargeted or targeted (paper Sec. 5.1.4)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from lit_sdo import metrics
+from lit_sdo.models import load_classifier
+from lit_sdo.objectives.base import Batch, Objective, Report
 
 
 def margin(logits: Tensor, labels: Tensor) -> Tensor:
@@ -16,46 +20,111 @@ def margin(logits: Tensor, labels: Tensor) -> Tensor:
     return true - others.amax(dim=1)
 
 
-class ClassifierObjective(nn.Module):
-    """Per-sample attack loss on a classifier's logits; minimising it moves the prediction.
+def draw_targets(labels: Tensor, num_classes: int, seeds: Tensor) -> Tensor:
+    """A target ≠ label per sample, drawn reproducibly from its seed."""
+    offsets = torch.stack([torch.randint(1, num_classes, (1,), generator=torch.Generator().manual_seed(int(s) + 1))
+                           for s in seeds.tolist()]).view(-1).to(labels.device)
+    return (labels + offsets) % num_classes
 
-    Untargeted: push the prediction away from the true label y (margin: m_y = z_y − max_{j≠y} z_j,
-    clamped at −κ; ce: −CE(z, y)). Targeted: pull it to the target t (margin: −m_t clamped at −κ;
-    ce: CE(z, t)). Success: untargeted argmax ≠ y; targeted argmax = t.
+
+def attack_loss(logits: Tensor, labels: Tensor, targets: Tensor | None, loss: str, kappa: float) -> Tensor:
+    """Per-sample attack loss (B,); minimising it moves the prediction away from y (or towards the target t).
+
+    Untargeted: margin m_y = z_y − max_{j≠y} z_j clamped at −κ, or −CE(z, y). Targeted: −m_t clamped at −κ,
+    or CE(z, t).
+    """
+    if targets is not None:
+        if loss == "ce":
+            return F.cross_entropy(logits, targets, reduction="none")
+        return (-margin(logits, targets)).clamp(min=-kappa)
+    if loss == "ce":
+        return -F.cross_entropy(logits, labels, reduction="none")
+    return margin(logits, labels).clamp(min=-kappa)
+
+
+class ClassifierObjective(Objective):
+    """Fool a frozen classifier: the attack's loss, success rule and per-sample predictions.
+
+    Success: untargeted argmax ≠ y; targeted argmax = t. A second classifier (another family) is only
+    measured, never attacked: its predictions give the transfer rate and check that an attacked image
+    still shows y.
 
     Args:
+        classifier: the attacked classifier (``embedded:digits-resnet``, ``timm/<id>``, ``torchvision:<name>``).
+        transfer_classifier: a second classifier to measure transfer on, or None.
         loss: ``margin`` (C&W-style, bounded, the default) or ``ce``.
-        targeted: attack towards ``targets`` instead of away from ``labels``.
+        targeted: attack towards a target class instead of away from the label.
+        target: the target class (targeted only; None draws one per sample from its seed).
         kappa: confidence κ ≥ 0 of the margin loss: stop pushing once the margin passes −κ.
+        resize_for_classifier: allow generated images of another size than the classifier's input.
     """
 
-    def __init__(self, loss: Literal["margin", "ce"] = "margin", targeted: bool = False, kappa: float = 0.0) -> None:
+    def __init__(self, classifier: str = "embedded:digits-resnet", transfer_classifier: str | None = None,
+                 loss: Literal["margin", "ce"] = "margin", targeted: bool = False, target: int | None = None,
+                 kappa: float = 0.0, resize_for_classifier: bool = False) -> None:
         super().__init__()
         if loss not in ("margin", "ce"):
             raise ValueError(f"loss={loss!r} is unknown; allowed values: margin, ce")
         if kappa < 0:
             raise ValueError(f"kappa={kappa} must be >= 0")
-        self.loss, self.targeted, self.kappa = loss, targeted, kappa
+        self.loss, self.targeted, self.target, self.kappa = loss, targeted, target, kappa
+        self.resize = resize_for_classifier
+        self.classifier = load_classifier(classifier).requires_grad_(False)
+        if target is not None and not 0 <= target < self.classifier.num_classes:
+            raise ValueError(f"target={target} is out of range for a {self.classifier.num_classes}-class classifier")
+        self.transfer = None
+        if transfer_classifier is not None:
+            self.transfer = load_classifier(transfer_classifier).requires_grad_(False)
 
-    def forward(self, logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
-        if self.targeted:
-            if targets is None:
-                raise ValueError("a targeted objective needs targets")
-            if self.loss == "ce":
-                return F.cross_entropy(logits, targets, reduction="none")
-            return (-margin(logits, targets)).clamp(min=-self.kappa)
-        if self.loss == "ce":
-            return -F.cross_entropy(logits, labels, reduction="none")
-        return margin(logits, labels).clamp(min=-self.kappa)
+    def prepare(self, image_size: int, channels: int, num_classes: int | None) -> None:
+        """The classifiers' input size must match the generator's images unless a resize is asked for."""
+        for classifier in (self.classifier, self.transfer):
+            if classifier is not None and classifier.input_size != image_size and not self.resize:
+                raise ValueError(
+                    f"classifier {classifier.name} takes {classifier.input_size}×{classifier.input_size} images but "
+                    f"the generator makes {image_size}×{image_size}; pick a matching classifier or set "
+                    "resize_for_classifier: true")
 
-    def success(self, logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
+    def targets(self, batch: Batch) -> Tensor | None:
+        """The target class of each sample (targeted attacks), else None."""
+        if not self.targeted:
+            return None
+        if "target" in batch:
+            return batch["target"]
+        if self.target is not None:
+            return torch.full_like(batch["label"], self.target)
+        return draw_targets(batch["label"], self.classifier.num_classes, batch["seed"])
+
+    def success(self, logits: Tensor, batch: Batch) -> Tensor:
         """Bool (B,): did the attack reach its goal on these logits."""
+        targets = self.targets(batch)
         predicted = logits.argmax(dim=1)
-        return predicted == targets if self.targeted else predicted != labels
+        return predicted == targets if targets is not None else predicted != batch["label"]
 
-    @staticmethod
-    def draw_targets(labels: Tensor, num_classes: int, seeds: Tensor) -> Tensor:
-        """A target ≠ label per sample, drawn reproducibly from its seed."""
-        offsets = torch.stack([torch.randint(1, num_classes, (1,), generator=torch.Generator().manual_seed(int(s) + 1))
-                               for s in seeds.tolist()]).view(-1).to(labels.device)
-        return (labels + offsets) % num_classes
+    def forward(self, images: Tensor, batch: Batch) -> Tensor:
+        return self.evaluate(images, batch)[0]
+
+    def evaluate(self, images: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        logits = self.classifier(images)
+        loss = attack_loss(logits, batch["label"], self.targets(batch), self.loss, self.kappa)
+        return loss, self.success(logits, batch)
+
+    def measure(self, images: Tensor, batch: Batch) -> dict[str, Tensor]:
+        logits = self.classifier(images)
+        targets = self.targets(batch)
+        out = {"loss": attack_loss(logits, batch["label"], targets, self.loss, self.kappa),
+               "pred": logits.argmax(1), "features": self.classifier.features(images),
+               "target": targets if targets is not None else torch.full_like(batch["label"], -1)}
+        if self.transfer is not None:
+            out["transfer_pred"] = self.transfer(images).argmax(1)
+        return out
+
+    def summarize(self, records: dict[str, Tensor]) -> Report:
+        """Success rate among clean-correct samples, image distances, FID and transfer (see the README)."""
+        summary, samples = metrics.attack_report(records, self.targeted, self.classifier.name)
+        headline = (f"attack success rate {summary['success_rate']:.2%} ({summary['num_success']}/"
+                    f"{summary['num_clean_correct']} clean-correct samples)")
+        if "success_still_labelled_y_by_transfer" in summary:
+            headline += (f"; {summary['success_still_labelled_y_by_transfer']:.1%} of the successes still labelled "
+                         f"y by {self.transfer.name}")
+        return Report(summary, samples, headline)

@@ -1,9 +1,10 @@
 """Differentiable rewards for fine-tuning (paper Sec. 5.3, Eq. 27): images in [0, 1] (+ condition) -> (B,).
 
-Every reward is called as ``reward(images, labels, prompts)``: class labels (B,) for class-conditional
-generators, prompt texts for text models, None where the run has none; a reward uses what it needs.
-Rewards are maximised (the reward task minimises −r). The embedded ones can be checked by eye on the
-digits: ``ClassLogProbReward`` makes every sample look more like one digit; ``InkReward`` makes strokes
+Every reward has the objectives' call shape, ``reward(images, batch) -> (B,)``: the batch holds class
+labels (``label``, B) for class-conditional generators or prompt texts (``prompt``) for text models; a
+reward uses what it needs. Rewards are maximised (the reward task minimises −r). The embedded ones can
+be checked by eye on the digits: ``ClassLogProbReward`` makes every sample look more like one digit;
+``InkReward`` makes strokes
 bolder (or thinner with ``sign=-1``). ``EmbeddingMLPReward`` is the LAION-aesthetic shape (an MLP on
 normalised image embeddings, weights from a user file); for Stable Diffusion it runs on CLIP ViT-L/14.
 ``PreferenceReward`` is HPSv2-style: the image–prompt score of a preference-tuned open_clip model.
@@ -17,9 +18,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_sdo.models.aesthetic import LAION_HIDDEN, load_aesthetic_mlp
+from lit_sdo.objectives.base import Batch
 
 
-class ClassLogProbReward(nn.Module):
+class Reward(nn.Module):
+    """Base class: per-sample reward (B,) of images in [0, 1] given their batch; higher is better."""
+
+    def forward(self, images: Tensor, batch: Batch) -> Tensor:
+        raise NotImplementedError
+
+
+class ClassLogProbReward(Reward):
     """log p(c | x) from a frozen classifier: c is ``target_class``, or the sample's own label when None.
 
     Args:
@@ -37,16 +46,17 @@ class ClassLogProbReward(nn.Module):
                              f"{self.classifier.num_classes} classes")
         self.target_class = target_class
 
-    def forward(self, images: Tensor, labels: Tensor | None = None, prompts: Sequence[str] | None = None) -> Tensor:
+    def forward(self, images: Tensor, batch: Batch) -> Tensor:
         log_probs = F.log_softmax(self.classifier(images), dim=1)  # (B, classes)
         if self.target_class is not None:
             return log_probs[:, self.target_class]
+        labels = batch.get("label")
         if labels is None:
             raise ValueError("ClassLogProbReward without target_class needs the samples' labels")
         return log_probs.gather(1, labels.long()[:, None]).squeeze(1)
 
 
-class InkReward(nn.Module):
+class InkReward(Reward):
     """Mean ink per image (stroke thickness): the mean of ``images`` in [0, 1] where ink is bright.
 
     Args:
@@ -60,12 +70,12 @@ class InkReward(nn.Module):
             raise ValueError(f"sign={sign} must be 1 (bolder) or -1 (thinner)")
         self.sign, self.dark_ink = sign, dark_ink
 
-    def forward(self, images: Tensor, labels: Tensor | None = None, prompts: Sequence[str] | None = None) -> Tensor:
+    def forward(self, images: Tensor, batch: Batch) -> Tensor:
         ink = 1 - images if self.dark_ink else images
         return self.sign * ink.flatten(1).mean(1)  # (B,)
 
 
-class EmbeddingMLPReward(nn.Module):
+class EmbeddingMLPReward(Reward):
     """An MLP on L2-normalised image embeddings (LAION aesthetic predictor style), weights from a file.
 
     Args:
@@ -87,11 +97,11 @@ class EmbeddingMLPReward(nn.Module):
         """(B, D) embeddings -> (B,) scores."""
         return self.mlp(embeddings)
 
-    def forward(self, images: Tensor, labels: Tensor | None = None, prompts: Sequence[str] | None = None) -> Tensor:
+    def forward(self, images: Tensor, batch: Batch) -> Tensor:
         return self.score(self.embed(images))
 
 
-class PreferenceReward(nn.Module):
+class PreferenceReward(Reward):
     """HPSv2-style preference score of (image, prompt): the cosine of a preference-tuned open_clip model's
     embeddings (HPS v2.1: ViT-H-14), weights from a user file; text models only (it needs the prompts).
 
@@ -106,7 +116,8 @@ class PreferenceReward(nn.Module):
 
         self.scorer = load_preference_clip(weights, architecture)
 
-    def forward(self, images: Tensor, labels: Tensor | None = None, prompts: Sequence[str] | None = None) -> Tensor:
+    def forward(self, images: Tensor, batch: Batch) -> Tensor:
+        prompts = batch.get("prompt")
         if prompts is None:
             raise ValueError("PreferenceReward scores an image against its prompt: use it with a text model and "
                              "data.init_args.prompts")
@@ -128,12 +139,9 @@ def _build_embedder(spec: str) -> nn.Module:
 
 
 class _ClipImageEmbedder(nn.Module):
-    def __init__(self, clip: object) -> None:
+    def __init__(self, clip: nn.Module) -> None:
         super().__init__()
-        self.clip = clip
-        model = getattr(clip, "model", None)
-        if isinstance(model, nn.Module):
-            self.model = model.requires_grad_(False)  # registered so it moves with the reward
+        self.clip = clip.requires_grad_(False)  # a registered module: it moves with the reward
 
     def forward(self, images: Tensor) -> Tensor:
         return self.clip.image_embeddings(images)  # type: ignore[attr-defined]

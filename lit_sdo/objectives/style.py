@@ -1,12 +1,13 @@
-"""Style guidance loss (paper Sec. 5.2, Table 2): Gram matrices of an image encoder's intermediate features."""
+"""Style guidance loss (paper Sec. 5.1.2, Table 2): Gram matrices of an image encoder's intermediate features."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import torch
+from torch import Tensor
 
-from torch import Tensor, nn
-
-FeatureFn = Callable[[Tensor], Tensor]  # images in [0, 1] -> features (B, C, N): C channels at N positions
+from lit_sdo.datamodules.images import load_style_image
+from lit_sdo.models.text_image import load_text_image
+from lit_sdo.objectives.base import Batch, Objective
 
 
 def gram_matrix(features: Tensor) -> Tensor:
@@ -14,25 +15,40 @@ def gram_matrix(features: Tensor) -> Tensor:
     return features @ features.transpose(1, 2) / features.shape[-1]
 
 
-class GramStyleObjective(nn.Module):
+class GramStyleObjective(Objective):
     """L(x₀) = mean over entries of (G(f(x₀)) − G(f(style)))², per sample (B,).
 
-    ``feature_fn`` is the encoder layer (paper: CLIP's vision encoder, 3rd layer; embedded: the LiT
-    image tower's 2nd block, see :func:`lit_sdo.models.text_image.layer_features`). The style image's
-    Gram matrix is computed once; one style image serves the batch, or one per sample.
+    f is an encoder layer (paper: CLIP's vision encoder, 3rd layer; embedded: the LiT image tower's
+    blocks). The style image is read and sized to the generator's images in :meth:`prepare`; its Gram
+    matrix is computed once.
 
     Args:
-        feature_fn: images in [0, 1] -> (B, C, N).
-        style_images: (1 or B, C, H, W) in [0, 1].
+        style_image: ``digits:<test index>`` or an image file.
+        encoder: the image encoder whose layer gives the features (``embedded:digits-lit``, or a CLIP).
+        layer: the encoder layer (paper: CLIP vision layer 3; embedded: image-tower block 1..3).
     """
 
-    def __init__(self, feature_fn: FeatureFn, style_images: Tensor) -> None:
+    def __init__(self, style_image: str = "digits:0", encoder: str = "embedded:digits-lit", layer: int = 2) -> None:
         super().__init__()
-        if style_images.dim() != 4:
-            raise ValueError(f"style_images have shape {tuple(style_images.shape)}; expected (1 or B, C, H, W)")
-        self.feature_fn = feature_fn
-        self.register_buffer("style_gram", gram_matrix(feature_fn(style_images)).detach(), persistent=False)
+        self.style_spec, self.layer = style_image, layer
+        self.encoder = load_text_image(encoder)
+        self.register_buffer("style", torch.zeros(0), persistent=False)
+        self.register_buffer("style_gram", torch.zeros(0), persistent=False)
 
-    def forward(self, images: Tensor) -> Tensor:
-        gram = gram_matrix(self.feature_fn(images))  # (B, C, C)
+    def features(self, images: Tensor) -> Tensor:
+        return self.encoder.block_features(images, self.layer)  # (B, C, N)
+
+    def prepare(self, image_size: int, channels: int, num_classes: int | None) -> None:
+        self.style = load_style_image(self.style_spec, image_size, channels)  # (1, C, H, W) in [0, 1]
+        with torch.no_grad():
+            self.style_gram = gram_matrix(self.features(self.style))
+
+    def forward(self, images: Tensor, batch: Batch) -> Tensor:
+        if self.style_gram.numel() == 0:
+            raise RuntimeError("GramStyleObjective.prepare(image_size, channels, num_classes) was not called")
+        gram = gram_matrix(self.features(images))  # (B, C, C)
         return (gram - self.style_gram.to(gram)).flatten(1).pow(2).mean(1)
+
+    def reference_images(self, batch_size: int) -> dict[str, Tensor]:
+        """The style image beside every sample in the results grid."""
+        return {"style": self.style.expand(batch_size, -1, -1, -1)}

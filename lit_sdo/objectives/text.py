@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Literal
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-
-class TextImageModel(Protocol):
-    """What the text objective needs: CLIP (``lit_sdo.models.ClipModel``) and the embedded LiT model both fit."""
-
-    def image_embeddings(self, images: Tensor) -> Tensor: ...  # images in [0, 1] -> unit-norm (B, D)
-
-    def text_embeddings(self, prompts: list[str]) -> Tensor: ...  # prompts -> unit-norm (B, D)
+from lit_sdo import metrics
+from lit_sdo.models.text_image import load_text_image
+from lit_sdo.objectives.base import Batch, Objective
 
 
 def check_lambda(lam: float) -> None:
@@ -27,22 +23,38 @@ def text_image_distance(image_embeddings: Tensor, text_embeddings: Tensor) -> Te
     return 1.0 - (image_embeddings * text_embeddings).sum(-1)
 
 
-class TextEditObjective(nn.Module):
-    """L(x₀) = λ·(1 − cos(E_img(x₀), E_txt(prompt))) + (1 − λ)·mean((x₀ − x_ref)²), per sample (B,).
+def fidelity(images: Tensor, reference: Tensor, norm: str) -> Tensor:
+    """Distance to the reference per sample (B,), in [0, 1] pixel units.
 
-    The fidelity term is the mean squared pixel difference in [0, 1] units (the paper's ‖x₀ − x_ref‖,
-    squared and averaged so its size does not depend on the image size and its gradient is finite at
-    x₀ = x_ref). Text embeddings are computed once per distinct prompt and cached.
+    ``l2``: the paper's ‖x₀ − x_ref‖ (Table 1), a norm that grows with the image size; ``mse``: its square
+    divided by the number of pixels, size-independent and smooth at x₀ = x_ref.
+    """
+    if images.shape != reference.shape:
+        raise ValueError(f"images {tuple(images.shape)} and reference {tuple(reference.shape)} differ in shape")
+    squared = (images - reference).flatten(1).pow(2)
+    return squared.sum(1).sqrt() if norm == "l2" else squared.mean(1)
+
+
+class TextEditObjective(Objective):
+    """L(x₀) = λ·(1 − cos(E_img(x₀), E_txt(prompt))) + (1 − λ)·fidelity(x₀, x_ref), per sample (B,).
+
+    The prompt and the reference image come from the batch (``prompt``, ``image`` in [-1, 1]). Text
+    embeddings are computed once per distinct prompt and cached.
 
     Args:
-        model: a text–image model (CLIP or the embedded LiT model).
-        lam: λ in [0, 1], the weight of the text distance.
+        text_image: ``embedded:digits-lit`` or a CLIP (transformers id or folder).
+        lam: λ in [0, 1], the weight of the text distance (paper: 0.5 for attribute prompts, 0.7 otherwise).
+        fidelity_norm: ``l2`` (the paper's ‖x₀ − x_ref‖) or ``mse`` (mean squared pixel difference).
     """
 
-    def __init__(self, model: TextImageModel, lam: float = 0.5) -> None:
+    def __init__(self, text_image: str = "embedded:digits-lit", lam: float = 0.5,
+                 fidelity_norm: Literal["l2", "mse"] = "l2") -> None:
         super().__init__()
         check_lambda(lam)
-        self.model, self.lam = model, lam
+        if fidelity_norm not in ("l2", "mse"):
+            raise ValueError(f"fidelity_norm={fidelity_norm!r} is unknown; allowed values: l2, mse")
+        self.lam, self.fidelity_norm = lam, fidelity_norm
+        self.model = load_text_image(text_image)
         self._text_cache: dict[str, Tensor] = {}
 
     def text(self, prompts: list[str], device: torch.device) -> Tensor:
@@ -53,12 +65,25 @@ class TextEditObjective(nn.Module):
                     self._text_cache[prompt] = embedding.detach()
         return torch.stack([self._text_cache[p] for p in prompts]).to(device)
 
-    def distance(self, images: Tensor, prompts: list[str]) -> Tensor:
-        """Text–image distance (B,) of images in [0, 1]."""
-        return text_image_distance(self.model.image_embeddings(images), self.text(prompts, images.device))
+    @staticmethod
+    def reference(batch: Batch) -> Tensor:
+        if "image" not in batch or "prompt" not in batch:
+            raise ValueError("text-guided editing needs reference images with prompts: use data class_path "
+                             "lit_sdo.datamodules.ReferenceImageDataModule")
+        return ((batch["image"] + 1) / 2).clamp(0, 1)
 
-    def forward(self, images: Tensor, prompts: list[str], reference: Tensor) -> Tensor:
-        if images.shape != reference.shape:
-            raise ValueError(f"images {tuple(images.shape)} and reference {tuple(reference.shape)} differ in shape")
-        fidelity = (images - reference).flatten(1).pow(2).mean(1)  # (B,)
-        return self.lam * self.distance(images, prompts) + (1 - self.lam) * fidelity
+    def forward(self, images: Tensor, batch: Batch) -> Tensor:
+        distance = text_image_distance(self.model.image_embeddings(images), self.text(batch["prompt"], images.device))
+        return self.lam * distance + (1 - self.lam) * fidelity(images, self.reference(batch), self.fidelity_norm)
+
+    def measure(self, images: Tensor, batch: Batch) -> dict[str, Tensor]:
+        reference = self.reference(batch)
+        scores = {"loss": self(images, batch),
+                  "clip_score": metrics.clip_score(self.model.image_embeddings(images),
+                                                   self.text(batch["prompt"], images.device)),
+                  "ssim_to_reference": metrics.ssim(images, reference),
+                  "l2_to_reference": metrics.lp_distances(images, reference)[0]}
+        perceptual = metrics.lpips_distance(images, reference)
+        if perceptual is not None:
+            scores["lpips_to_reference"] = perceptual
+        return scores

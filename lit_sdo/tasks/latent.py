@@ -1,100 +1,85 @@
 """Latent optimisation: one LightningModule for every task whose trainable thing is a latent.
 
-δ is added to a starting latent (x_T, or the latent at an intermediate step) of each sample; the
-forward pass is the SDO sampler; an injected objective scores the decoded image. The attack, text
-edit, style and aesthetic tasks are configurations of this idea (subclasses add their objective and
-metrics). One Lightning epoch is one optimisation step for every sample, so ``trainer.max_epochs`` is
-the number of optimisation steps and a checkpoint per epoch lets a killed run resume exactly.
+δ is added to a starting latent of each sample — x_T from its seed, the latent at an intermediate step,
+or a real image DDIM-inverted to the start step — the forward pass is the sampler with its gradient
+policy, and an injected :class:`~lit_sdo.objectives.Objective` scores the decoded image. The attack
+(classifier objective + L∞ bound), text edit, style and aesthetic guidance are YAML files on this one
+module; what each measures and reports is decided by the objective and measures it is given.
 
-Distributed runs: each rank optimises its own samples. Gradients come from ``torch.autograd.grad`` on
-a per-batch leaf (DDP never reduces them), and the per-sample state is merged after every step by
-taking each row from the rank that owns it, so a sample's δ is never averaged across ranks.
+One Lightning epoch is one optimisation step for every sample, so ``trainer.max_epochs`` is the number
+of optimisation steps, and a checkpoint per epoch lets a killed run resume exactly. Results (results.json,
+delta.safetensors, grid.png, TensorBoard) are published by :class:`lit_sdo.callbacks.LatentResultsWriter`.
+
+Distributed runs: each rank optimises its own samples (gradients from ``torch.autograd.grad`` on a
+per-batch leaf, never reduced by DDP), and the per-sample state is merged after every step by taking
+each row from the rank that owns it, so a sample's δ is never averaged across ranks.
 """
 
 from __future__ import annotations
 
-import time
-import warnings
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
 
-from lit_sdo.images import save_png, to_unit_range
-from lit_sdo.io import writable_folder, write_json, write_tensors
-from lit_sdo.models import DiffusionModel, build_sampler, load_diffusion
-from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer, merge_rows_by_version, project_linf
-from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample, start_step_for
+from lit_sdo.callbacks import LatentResultsWriter, StepTimer
+from lit_sdo.models.sampler import Sampler, SamplerSpec
+from lit_sdo.objectives import Batch, Measure, Objective
+from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer, merge_across_ranks
+from lit_sdo.sampling.inversion import invert_ddim
+from lit_sdo.tasks.latent_step import optimisation_step, score_current
 
 
-def latent_gradient(loss: Tensor, delta: Tensor) -> Tensor:
-    """dΣloss/dδ, or zeros when the policy keeps no graph back to δ (DRaFT/AlignProp truncation)."""
-    if not loss.requires_grad:
-        return torch.zeros_like(delta)
-    (grad,) = torch.autograd.grad(loss.sum(), delta, allow_unused=True)
-    return torch.zeros_like(delta) if grad is None else grad
+def describe(module: torch.nn.Module) -> dict[str, Any]:
+    """Class path and plain attributes of an injected module, for results.json."""
+    plain = {k: v for k, v in vars(module).items() if not k.startswith("_") and isinstance(v, (int, float, str, bool))}
+    return {"class_path": f"{type(module).__module__}.{type(module).__qualname__}"} | plain
 
 
 class LatentOptimizationModule(L.LightningModule):
     """Optimise a per-sample δ on a starting latent through the sampler.
 
     Args:
-        generator: diffusion model name for :func:`lit_sdo.models.load_diffusion` (``embedded:<name>``,
-            a hub id or a local folder).
-        scheduler: sampler (``ddim``, ``dpm``, ``euler``, ``lcm``, ``flow_euler``, ``ddpm``), or ``shortcut`` for
-            a shortcut / flow-matching model's own N-step sampler (``embedded:digits-shortcut``, ``digits-flow``).
-        num_steps: sampling steps N.
-        guidance_scale: classifier-free guidance scale (1 = none).
-        policy: gradient policy name (``sdo``, ``full``, ``checkpoint``, ``last_k``, ...).
-        k: SDO's graph step (0 = the first step run: the paper's Fig. 4), or ``random``.
-        last_k: K for the ``last_k`` policy.
-        start_timestep: optimise the latent at this timestep (e.g. 600 of 1000) instead of x_T.
+        sampler: generator, scheduler, steps, guidance, gradient policy and start timestep.
+        objective: images in [0, 1] + batch -> per-sample loss (e.g. ``lit_sdo.objectives.ClassifierObjective``).
+        measures: extra per-sample measurements for the results (e.g. ``lit_sdo.objectives.LabelAgreement``).
         eps: L∞ bound τ on δ (None = unbounded).
         optimizer: per-sample update rule: ``sgd`` (paper), ``sign`` (PGD) or ``adam``.
         lr: learning rate.
         output_dir: where results are written (default: the logger's folder).
+        grid_samples: samples shown in the results grid.
     """
 
-    def __init__(self, generator: str = "embedded:digits-ddpm", scheduler: str = "ddim", num_steps: int = 30,
-                 guidance_scale: float = 1.0, policy: str = "sdo", k: int | Literal["random"] = 0, last_k: int = 1,
-                 start_timestep: int | None = None, eps: float | None = None, optimizer: OptimizerName = "sgd",
-                 lr: float = 0.1, output_dir: str | None = None) -> None:
+    def __init__(self, sampler: SamplerSpec, objective: Objective, measures: list[Measure] | None = None,
+                 eps: float | None = None, optimizer: OptimizerName = "sgd", lr: float = 0.1,
+                 output_dir: str | None = None, grid_samples: int = 8) -> None:
         super().__init__()
         if eps is not None and eps <= 0:
             raise ValueError(f"eps={eps} must be > 0 (the L∞ bound τ on δ), or null for no bound")
-        self.save_hyperparameters()
+        if grid_samples < 1:
+            raise ValueError(f"grid_samples={grid_samples} must be >= 1")
+        self.save_hyperparameters(ignore=["objective", "measures"])
         self.automatic_optimization = False
-        self.policy = GradientPolicy(name=policy, k=k, last_k=last_k)  # type: ignore[arg-type]
-        self.generator = self.load_generator(generator, guidance_scale)
-        denoiser, self.scheduler = build_sampler(self.generator, scheduler, num_steps)
-        self.denoiser = denoiser.requires_grad_(False)  # registered: moves with .to(device)
+        self.sampler = Sampler(sampler)
+        model = self.sampler.model
+        self.objective = objective.requires_grad_(False)
+        self.objective.prepare(model.image_size, model.channels, model.num_classes)
+        self.measures = torch.nn.ModuleList(measures or []).requires_grad_(False)
         self.strict_loading = False  # checkpoints hold δ and its state, not the frozen networks
-        self.start_step = 0 if start_timestep is None else start_step_for(self.scheduler, start_timestep)
-        steps_run = num_steps - self.start_step
-        if policy == "random_truncation" or (policy == "last_k" and last_k < steps_run):
-            warnings.warn(f"policy {policy} keeps no graph back to the start latent (K < {steps_run} steps): δ gets "
-                          "a zero gradient and stays where it starts; use sdo, full or checkpoint to optimise a "
-                          "latent", stacklevel=2)
         self.delta: torch.nn.Parameter | None = None
         self.optim: PerSampleOptimizer | None = None
         self.tracker: BestTracker | None = None
-        self.step_seconds: list[float] = []  # wall-clock of each optimisation step on this rank
-        self._records: list[dict[str, Tensor]] = []  # per-batch evaluation records (see evaluate_batch)
+        self._start_cache: dict[int, Tensor] = {}  # sample index -> start latent (deterministic, so not saved)
+        self._prompt_cache: dict[str, Tensor] = {}
+        self.records: list[dict[str, Tensor]] = []  # evaluation records, gathered by the results writer
 
-    # ----- construction ---------------------------------------------------------------------------
-    @staticmethod
-    def load_generator(name: str, guidance_scale: float) -> DiffusionModel:
-        return load_diffusion(name, guidance_scale=guidance_scale)
-
-    def frozen_modules(self) -> list[torch.nn.Module]:
-        """Networks that must stay in eval mode (no dropout, BatchNorm running stats)."""
-        return [self.denoiser]
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [LatentResultsWriter(), StepTimer()]
 
     def train(self, mode: bool = True) -> LatentOptimizationModule:
         super().train(mode)
-        for module in self.frozen_modules():
+        for module in self.children():  # every network here is frozen (δ is a parameter, not a module)
             module.eval()
         return self
 
@@ -102,175 +87,155 @@ class LatentOptimizationModule(L.LightningModule):
         """Allocate δ and the per-sample state once the number of samples is known (before a restore)."""
         if self.delta is not None:
             return
-        if self.trainer.is_global_zero:
-            writable_folder(self.output_folder())  # a bad output path stops the run before any work
         datamodule = self.trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "num_samples"):
-            raise ValueError("this task needs a data module with num_samples, e.g. LabelSeedDataModule")
-        self.check_data(datamodule)
-        shape = (datamodule.num_samples, *self.denoiser.sample_shape)
+            raise ValueError("this task needs a sample-set data module, e.g. lit_sdo.datamodules.LabelSeedDataModule")
+        self.check_samples(datamodule.dataset)
+        shape = (datamodule.num_samples, *self.sampler.denoiser.sample_shape)
         self.delta = torch.nn.Parameter(torch.zeros(shape, device=self.device))
         self.optim = PerSampleOptimizer(shape, self.hparams.optimizer, self.hparams.lr).to(self.device)
         self.tracker = BestTracker(shape).to(self.device)
 
-    def check_data(self, datamodule: Any) -> None:
-        """Subclasses validate the samples against the models (e.g. class labels in range)."""
+    def check_samples(self, dataset: Any) -> None:
+        """One-line errors for samples the generator cannot make (labels out of range, references of another size)."""
+        model = self.sampler.model
+        labels = [int(y) for y in getattr(dataset, "labels", []) if int(y) >= 0]
+        if model.num_classes is not None and labels and max(labels) >= model.num_classes:
+            raise ValueError(f"class labels {min(labels)}..{max(labels)} are out of range for generator {model.name} "
+                             f"with {model.num_classes} classes (0..{model.num_classes - 1})")
+        images = getattr(dataset, "images", None)
+        expected = (model.channels, model.image_size, model.image_size)
+        if images is not None and tuple(images.shape[1:]) != expected:
+            raise ValueError(f"reference images are {tuple(images.shape[1:])} but generator {model.name} makes "
+                             f"{expected}; set data.init_args.image_size={model.image_size} and "
+                             f"channels={model.channels} to resize")
 
-    def configure_optimizers(self) -> None:
-        return None  # per-sample updates: see lit_sdo.optim.PerSampleOptimizer
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """A zero-lr optimiser over δ that only counts steps for Lightning (``global_step``, so checkpoints are
+        written after every step); the per-sample update itself is :class:`~lit_sdo.optim.PerSampleOptimizer`'s."""
+        return torch.optim.SGD([self.delta], lr=0.0)
 
     # ----- the forward pass -----------------------------------------------------------------------
-    def start_latent(self, batch: dict[str, Tensor]) -> Tensor:
-        """The latent δ is added to: x_T from each sample's seed (subclasses may invert an image)."""
-        return noise_for_seeds(batch["seed"].tolist(), self.denoiser.sample_shape, device=self.device)
+    def condition(self, batch: Batch) -> Tensor | None:
+        """Prompt embeddings (text generators), class labels (class-conditional ones) or None."""
+        model = self.sampler.model
+        if model.encode_prompt is not None:
+            prompts = batch.get("prompt") or [""] * len(batch["index"])
+            missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
+            if missing:
+                for p, e in zip(missing, model.encode_prompt(missing), strict=True):
+                    self._prompt_cache[p] = e
+            return torch.stack([self._prompt_cache[p] for p in prompts]).to(self.device)
+        return batch["label"] if model.num_classes is not None else None
 
-    def condition(self, batch: dict[str, Tensor]) -> Tensor | None:
-        return batch.get("label")
+    @torch.no_grad()
+    def start_latent(self, batch: Batch) -> Tensor:
+        """The latent δ is added to: a reference image DDIM-inverted to the start step, else x_T from the seed
+        (run without gradient down to the start step when it is > 0)."""
+        rows = batch["index"].tolist()
+        todo = [j for j, r in enumerate(rows) if r not in self._start_cache]
+        if todo:
+            latents = self._start_latents(batch, todo)
+            for j, latent in zip(todo, latents, strict=True):
+                self._start_cache[rows[j]] = latent
+        return torch.stack([self._start_cache[r] for r in rows]).to(self.device)
 
-    def generate(self, x: Tensor, cond: Tensor | None, policy: GradientPolicy | str) -> Tensor:
-        """Latent -> image in [0, 1] through the sampler and the decoder."""
-        out = sample(self.denoiser, self.scheduler, x, cond, policy=policy, start_step=self.start_step)
-        return to_unit_range(self.denoiser.decode(out.sample))
+    def _start_latents(self, batch: Batch, todo: list[int]) -> Tensor:
+        sampler, cond = self.sampler, self.condition(batch)
+        cond = None if cond is None else cond[todo]
+        if "image" in batch:
+            reference = self._encode_reference(batch["image"][todo].to(self.device))
+            return invert_ddim(sampler.denoiser, sampler.scheduler, reference, cond, start_step=sampler.start_step)
+        noise = sampler.initial_noise(batch["seed"][todo])
+        return sampler.trajectory(noise, cond)[sampler.start_step] if sampler.start_step > 0 else noise
 
-    def loss_and_success(self, images: Tensor, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
-        """Per-sample loss (B,) to minimise and, where the task has one, a success flag (B,)."""
-        raise NotImplementedError
+    def _encode_reference(self, images: Tensor) -> Tensor:
+        """Reference images in [-1, 1] -> the sampler's space (VAE latents for latent models)."""
+        vae = self.sampler.denoiser.vae
+        if vae is None:
+            return images
+        return vae.encode(images).latent_dist.mean * getattr(vae.config, "scaling_factor", 1.0)
+
+    def policy_generator(self) -> torch.Generator:
+        """The policy's draws (random k) for this step: a function of the run's seed and the step, so the
+        same after a resume and on every rank."""
+        return torch.Generator().manual_seed(self.sampler.spec.policy_seed * 1_000_003 + self.current_epoch)
 
     # ----- one optimisation step ------------------------------------------------------------------
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        started = time.perf_counter()
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         rows = batch["index"]
-        delta = self.delta.detach()[rows].clone().requires_grad_(True)  # leaf: DDP never sees its grad
-        images = self.generate(self.start_latent(batch) + delta, self.condition(batch), self.policy)
-        loss, success = self.loss_and_success(images, batch)
-        self.tracker.update(rows, delta.detach(), loss.detach(), success)
-        grad = latent_gradient(loss, delta)
-        with torch.no_grad():
-            self.optim.step(self.delta.data, grad, rows)
-            if self.hparams.eps is not None:
-                self.delta.data[rows] = project_linf(self.delta.data[rows], self.hparams.eps)
+        loss, success = optimisation_step(self.sampler, self.objective, self.start_latent(batch),
+                                          self.condition(batch), batch, self.delta.data, rows, self.optim,
+                                          self.tracker, self.hparams.eps, self.policy_generator())
+        self.optimizers().step()  # counts the step (zero lr): Lightning's global_step drives checkpoints
         self.merge_ranks()
-        self.step_seconds.append(time.perf_counter() - started)
-        self.log_step(loss, success, rows, self.step_seconds[-1])
-        return loss.mean().detach()
+        self.log_step(loss, success, rows)
+        return loss.mean()
 
-    def log_step(self, loss: Tensor, success: Tensor | None, rows: Tensor, seconds: float) -> None:
+    def log_step(self, loss: Tensor, success: Tensor | None, rows: Tensor) -> None:
         batch_size = len(rows)
         self.log("train/loss", loss.mean(), on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
-        if success is not None:
-            self.log("train/success_rate", success.float().mean(), on_step=False, on_epoch=True, sync_dist=True,
-                     batch_size=batch_size, prog_bar=True)
+        if success is not None:  # the reported rate: successes among samples that did not succeed at δ = 0
+            eligible = ~self.tracker.initial_success[rows]
+            hits = (success & eligible).float().sum()
+            self.log("train/success_rate", hits / eligible.float().sum().clamp(min=1), on_step=False,
+                     on_epoch=True, sync_dist=True, batch_size=batch_size, prog_bar=True)
         self.log("train/delta_linf", self.delta.detach()[rows].abs().amax(), on_step=False, on_epoch=True,
                  sync_dist=True, reduce_fx="max", batch_size=batch_size)
-        self.log("train/seconds_per_step", seconds, on_step=False, on_epoch=True, sync_dist=True,
-                 batch_size=batch_size)
 
     def per_sample_state(self) -> dict[str, Tensor]:
         return {"delta": self.delta.data} | {f"optim.{n}": t for n, t in self.optim.tensors.items()} | {
             f"tracker.{n}": t for n, t in self.tracker.tensors.items()}
 
     def merge_ranks(self, touched: Tensor | None = None) -> None:
-        """Make every rank hold every sample's current state (each row from the rank that owns it).
+        if self.trainer.world_size > 1:
+            merge_across_ranks(self.per_sample_state(), self.all_gather, touched)
 
-        ``touched`` (N,) bool marks rows this rank changed without an optimiser step (the final scoring
-        in ``on_train_end``): at equal step counts they win over the other ranks' stale copies.
-        """
-        if self.trainer.world_size == 1:
-            return
-        state = self.per_sample_state()
-        gathered = {name: self.all_gather(t) for name, t in state.items()}  # (W, N, ...)
-        versions = gathered["optim.steps"].long() * 2
-        if touched is not None:
-            versions = versions + self.all_gather(touched.long())
-        merged = merge_rows_by_version(gathered, versions)
-        for name, t in state.items():
-            t.copy_(merged[name])
-
-    # ----- evaluation and results (subclasses: evaluate_batch + write_results) ----------------------
-    integer_record_keys: tuple[str, ...] = ("label", "seed")  # record keys rounded back to integers after gathering
-
-    def evaluate_batch(self, batch: dict[str, Tensor], offer_current: bool) -> None:
-        """Append a record (tensors with a leading sample dimension, ``index`` included) to ``self._records``."""
-        raise NotImplementedError
-
-    def write_results(self) -> None:
-        raise NotImplementedError
-
+    # ----- evaluation (the results writer gathers and publishes the records) ---------------------------
     @torch.no_grad()
-    def final_delta(self, batch: dict[str, Tensor], offer_current: bool) -> tuple[Tensor, Tensor | None, Tensor]:
-        """(start latent, condition, best δ) of a batch; ``offer_current`` first scores the δ of the last update."""
-        rows, cond = batch["index"], self.condition(batch)
-        x_start = self.start_latent(batch)
-        if offer_current:  # the δ after the last update has not been scored yet
-            images = self.generate(x_start + self.delta[rows], cond, "none")
-            self.tracker.update(rows, self.delta[rows], *self.loss_and_success(images, batch))
-        return x_start, cond, self.tracker.best[rows]
+    def evaluate_batch(self, batch: Batch, offer_current: bool) -> dict[str, Tensor]:
+        """Images before (δ = 0) and after (best δ) of a batch, with every measurement of both."""
+        rows, cond, x_start = batch["index"], self.condition(batch), self.start_latent(batch)
+        if offer_current:
+            score_current(self.sampler, self.objective, x_start, cond, batch, self.delta.data, rows, self.tracker)
+        best = self.tracker.best[rows]
+        record: dict[str, Tensor] = {"index": rows, "label": batch["label"], "seed": batch["seed"],
+                                     "delta_linf": best.flatten(1).abs().amax(1)}
+        if "image" in batch:
+            record["reference"] = ((batch["image"] + 1) / 2).clamp(0, 1)
+        record |= {k: v.to(self.device) for k, v in self.objective.reference_images(len(rows)).items()}
+        for name, delta in (("original", torch.zeros_like(best)), ("optimized", best)):
+            images = self.sampler.generate(x_start + delta, cond, policy="none")
+            record[name] = images
+            measured = self.objective.measure(images, batch)
+            for measure in self.measures:
+                measured |= measure(images, batch)
+            record |= {f"{key}_{name}": value for key, value in measured.items()}
+        return record
 
-    def on_train_end(self) -> None:
-        touched = torch.zeros(self.delta.shape[0], dtype=torch.bool, device=self.device)
-        for batch in self.trainer.train_dataloader:
-            batch = self.transfer_batch_to_device(batch, self.device, 0)
-            self.evaluate_batch(batch, offer_current=True)
-            touched[batch["index"]] = True
-        self.merge_ranks(touched)
-        self.write_results()
+    def hparams_for_results(self) -> dict[str, Any]:
+        """The run's settings as plain JSON values (the objective and measures by class and arguments)."""
+        return {"sampler": self.sampler.spec.as_dict(), "objective": describe(self.objective),
+                "measures": [describe(m) for m in self.measures]} | {
+            k: v for k, v in self.hparams.items() if k != "sampler"}
 
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.evaluate_batch(batch, offer_current=False)
-
-    def on_test_epoch_end(self) -> None:
-        self.write_results()
-
-    def gather_records(self) -> dict[str, Tensor]:
-        """All ranks' records as full (N, ...) tensors in sample order (rows evaluated twice are averaged)."""
-        n = self.delta.shape[0]
-        local = {key: torch.cat([r[key] for r in self._records]) for key in self._records[0]}
-        self._records = []
-        rows = local.pop("index")
-        count = torch.zeros(n, device=self.device).index_add_(0, rows, torch.ones(len(rows), device=self.device))
-        count = self.trainer.strategy.reduce(count, reduce_op="sum")
-        full = {}
-        for key, value in local.items():
-            buffer = torch.zeros((n, *value.shape[1:]), device=self.device)
-            buffer.index_add_(0, rows, value.float())
-            total = self.trainer.strategy.reduce(buffer, reduce_op="sum")
-            full[key] = total / count.clamp(min=1).view(-1, *([1] * (value.dim() - 1)))
-        for key in self.integer_record_keys:
-            if key in full:
-                full[key] = full[key].round().long()
-        return full
-
-    def output_folder(self) -> Path:
-        return Path(self.hparams.output_dir or self.trainer.log_dir or ".")
-
-    def publish(self, results: dict[str, Any], tensors: dict[str, Tensor], metadata: dict[str, str], grid: Tensor,
-                grid_tag: str) -> Path:
-        """Write results.json, delta.safetensors and grid.png atomically and log the grid and the aggregate
-        numbers to TensorBoard; adds the mean seconds per optimisation step to ``results["aggregate"]``."""
-        out_dir = self.output_folder()
-        summary = results["aggregate"]
-        if self.step_seconds:
-            summary["seconds_per_step"] = sum(self.step_seconds) / len(self.step_seconds)
-        write_json(out_dir / "results.json", results)
-        write_tensors(out_dir / "delta.safetensors", tensors, metadata=metadata)
-        save_png(out_dir / "grid.png", grid, scale=4 if grid.shape[-1] < 256 else 1)
-        experiment = getattr(self.logger, "experiment", None)
-        if hasattr(experiment, "add_image"):
-            experiment.add_image(grid_tag, grid, self.current_epoch)
-            for key, value in summary.items():
-                if isinstance(value, (int, float)):
-                    experiment.add_scalar(f"result/{key}", value, self.current_epoch)
-        return out_dir
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        self.records.append(self.evaluate_batch(batch, offer_current=False))
 
     # ----- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {"delta": self.delta.detach().cpu()}  # frozen networks load from their names
         checkpoint["per_sample_state"] = {n: t.cpu() for n, t in self.per_sample_state().items()}
+        checkpoint["samples_fingerprint"] = self.trainer.datamodule.fingerprint()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("per_sample_state")
         if state is None:
             raise ValueError("the checkpoint has no per-sample state: it was not written by a latent-optimisation task")
+        saved, current = checkpoint.get("samples_fingerprint"), self.trainer.datamodule.fingerprint()
+        if saved is not None and saved != current:
+            raise ValueError("the checkpoint was written for another sample set (other seeds, labels, images or "
+                             "prompts): resume with the data arguments of the run that wrote it, or start a new run")
         delta = state["delta"]
         if self.delta is None or delta.shape != self.delta.shape:
             expected = None if self.delta is None else tuple(self.delta.shape)

@@ -21,13 +21,15 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch import Tensor, nn
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch import Tensor
 
-from lit_sdo.images import image_grid, save_png, to_unit_range
+from lit_sdo.images import image_grid, save_png
 from lit_sdo.io import writable_folder, write_json
 from lit_sdo.lora import DEFAULT_TARGETS, inject_lora, lora_parameters, save_lora
-from lit_sdo.models import DiffusionModel, build_sampler, load_diffusion
-from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample
+from lit_sdo.models.sampler import Sampler, SamplerSpec
+from lit_sdo.objectives import Reward
+from lit_sdo.sampling import GradientPolicy
 
 GRID_SEED_OFFSET = 10_000_000  # fixed-seed grid/eval samples never share noise with training samples
 
@@ -36,15 +38,11 @@ class RewardFinetuneModule(L.LightningModule):
     """Fine-tune LoRA weights of a diffusion model's denoiser to maximise a differentiable reward.
 
     Args:
-        generator: diffusion model for :func:`lit_sdo.models.load_diffusion`.
-        reward: module ``images in [0, 1], labels -> reward (B,)`` to maximise (default: log p(label) under
+        sampler: generator, scheduler (paper: DDIM-50), guidance (paper: 7.5 for SD 1.5), gradient policy
+            (``sdo`` with ``k: random`` is the paper's Fig. 5; ``random_truncation`` AlignProp-uniform; ``last_k``
+            DRaFT-K; ``checkpoint`` the exact gradient) and ``policy_seed`` (the policy's random draws).
+        reward: module ``(images in [0, 1], batch) -> reward (B,)`` to maximise (default: log p(label) under
             the embedded digits ResNet, :class:`lit_sdo.objectives.ClassLogProbReward`).
-        scheduler: sampler name (``ddim`` in the paper).
-        num_steps: sampling steps N (paper: 50).
-        guidance_scale: classifier-free guidance (paper: 7.5 for SD 1.5; 1 = none).
-        policy: gradient policy: ``sdo`` | ``random_truncation`` | ``last_k`` | ``checkpoint`` | ``full``.
-        k: SDO's graph step, ``random`` (paper Fig. 5) or a fixed index.
-        last_k: K of ``last_k``.
         lora_rank: LoRA rank r.
         lora_alpha: LoRA α (None: α = r, scale 1).
         lora_targets: module names to adapt (None: attention projections to_q, to_k, to_v, to_out.0).
@@ -54,24 +52,22 @@ class RewardFinetuneModule(L.LightningModule):
         weight_decay: AdamW weight decay (paper: 1e-4).
         grid_every_n_steps: log a fixed-seed image grid and its reward every this many optimiser steps.
         grid_samples: samples in that grid (conditions cycle through the data module's classes/prompts).
-        policy_seed: seed of the policy's random draws (SDO's k, the truncation depth).
         output_dir: where the LoRA, history.json and grid.png go (default: the logger's folder).
     """
 
-    def __init__(self, generator: str = "embedded:digits-ddpm", reward: nn.Module | None = None,
-                 scheduler: str = "ddim", num_steps: int = 50, guidance_scale: float = 1.0, policy: str = "sdo",
-                 k: int | Literal["random"] = "random", last_k: int = 1, lora_rank: int = 4,
+    def __init__(self, sampler: SamplerSpec | None = None, reward: Reward | None = None, lora_rank: int = 4,
                  lora_alpha: float | None = None, lora_targets: list[str] | None = None,
                  base_dtype: Literal["auto", "float32", "bfloat16"] = "auto", lr: float = 4e-4,
                  betas: tuple[float, float] = (0.9, 0.999), weight_decay: float = 1e-4, grid_every_n_steps: int = 10,
-                 grid_samples: int = 16, policy_seed: int = 0, output_dir: str | None = None) -> None:
+                 grid_samples: int = 16, output_dir: str | None = None) -> None:
         super().__init__()
+        sampler = sampler or SamplerSpec(num_steps=50, k="random")
         self.save_hyperparameters(ignore=["reward"])
         if grid_every_n_steps < 1 or grid_samples < 1:
             raise ValueError(f"grid_every_n_steps={grid_every_n_steps} and grid_samples={grid_samples} must be >= 1")
-        self.policy = GradientPolicy(name=policy, k=k, last_k=last_k)  # type: ignore[arg-type]
-        self.generator: DiffusionModel = load_diffusion(generator, guidance_scale=guidance_scale)
-        self.denoiser, self.scheduler = build_sampler(self.generator, scheduler, num_steps)
+        self.sampler = Sampler(sampler)
+        self.policy = self.sampler.policy
+        self.denoiser = self.sampler.denoiser
         inject_lora(self.denoiser.network, lora_targets or DEFAULT_TARGETS, lora_rank, lora_alpha)
         if reward is None:
             from lit_sdo.objectives import ClassLogProbReward
@@ -97,8 +93,9 @@ class RewardFinetuneModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Validate the data against the model and the trainer, cast the frozen base, embed the prompts."""
+        out = self.output_dir()  # on every rank: trainer.log_dir is a collective under DDP
         if self.trainer.is_global_zero:
-            writable_folder(self.output_dir())  # a bad output path stops the run before any work
+            writable_folder(out)  # a bad output path stops the run before any work
         datamodule = self.trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "conditions"):
             raise ValueError("reward fine-tuning needs lit_sdo.datamodules.RewardPromptDataModule as data")
@@ -110,16 +107,17 @@ class RewardFinetuneModule(L.LightningModule):
                 f"= {per_step}; set --trainer.accumulate_grad_batches="
                 f"{datamodule.samples_per_step / (datamodule.batch_size * self.trainer.world_size):g} or change "
                 "batch_size/samples_per_step so they divide")
+        model = self.sampler.model
         if datamodule.prompts is not None:
-            if self.generator.encode_prompt is None:
-                raise ValueError(f"generator {self.hparams.generator} takes no text; use classes, not prompts")
-            self._prompt_embeddings = self.generator.encode_prompt(datamodule.prompts)  # (P, L, D)
+            if model.encode_prompt is None:
+                raise ValueError(f"generator {model.name} takes no text; use classes, not prompts")
+            self._prompt_embeddings = model.encode_prompt(datamodule.prompts)  # (P, L, D)
         else:
-            n = self.generator.num_classes
+            n = model.num_classes
             if n is None:
-                raise ValueError(f"generator {self.hparams.generator} is not class-conditional; pass prompts")
+                raise ValueError(f"generator {model.name} is not class-conditional; pass prompts")
             if max(datamodule.classes) >= n:
-                raise ValueError(f"classes {datamodule.classes} are out of range for {self.hparams.generator} with "
+                raise ValueError(f"classes {datamodule.classes} are out of range for {model.name} with "
                                  f"{n} classes (0..{n - 1})")
         dtype = self.hparams.base_dtype
         on_gpu = self.trainer.strategy.root_device.type == "cuda"
@@ -144,18 +142,20 @@ class RewardFinetuneModule(L.LightningModule):
     def generate(self, seeds: Tensor, cond: Tensor, policy: GradientPolicy | str,
                  policy_generator: torch.Generator | None = None) -> Tensor:
         """Seeds -> images in [0, 1] through the sampler (gradient where ``policy`` keeps it)."""
-        x = noise_for_seeds(seeds.tolist(), self.denoiser.sample_shape, device=self.device)
         autocast = (torch.autocast(self.device.type, dtype=self._autocast_dtype) if self._autocast_dtype
                     else nullcontext())
         with autocast:
-            out = sample(self.denoiser, self.scheduler, x, cond, policy=policy, policy_generator=policy_generator)
-            return to_unit_range(self.denoiser.decode(out.sample).float())
+            return self.sampler.generate(self.sampler.initial_noise(seeds), cond, policy,
+                                         policy_generator=policy_generator)
 
     def score(self, images: Tensor, positions: Tensor, cond: Tensor) -> Tensor:
         """The reward of each image, given its class label (class models) or prompt text (text models)."""
         prompts = self.trainer.datamodule.prompts
         texts = None if prompts is None else [prompts[i] for i in positions.tolist()]
-        return self.reward(images, cond if cond.dim() == 1 else None, texts)
+        batch: dict[str, Any] = {"label": cond} if cond.dim() == 1 else {}
+        if texts is not None:
+            batch["prompt"] = texts
+        return self.reward(images, batch)
 
     # ----- one micro-batch ------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -163,7 +163,7 @@ class RewardFinetuneModule(L.LightningModule):
         cond = self.condition(positions)
         # The policy's draws are a function of the run's seed and the micro-batch's first noise seed:
         # the same after a resume and different on every rank and micro-batch.
-        policy_generator = torch.Generator().manual_seed(self.hparams.policy_seed * 1_000_003 + int(seeds[0]))
+        policy_generator = torch.Generator().manual_seed(self.sampler.spec.policy_seed * 1_000_003 + int(seeds[0]))
         with _saved_tensor_bytes(self.device, self._parameter_storages()) as memory:
             images = self.generate(seeds, cond, self.policy, policy_generator)
             reward = self.score(images, positions, cond)  # (B,)
@@ -247,17 +247,18 @@ class RewardFinetuneModule(L.LightningModule):
         return Path(self.hparams.output_dir or self.trainer.log_dir or ".")
 
     def on_train_end(self) -> None:
+        out = self.output_dir()  # on every rank: trainer.log_dir is a collective under DDP
         if not self.trainer.is_global_zero:
             return
-        out = self.output_dir()
-        save_lora(self.denoiser.network, out / "lora", metadata={"generator": self.hparams.generator,
+        save_lora(self.denoiser.network, out / "lora", metadata={"generator": self.sampler.spec.generator,
                                                                  "policy": str(self.policy)})
         images, _ = self.fixed_samples()
         save_png(out / "grid.png", image_grid(images, nrow=8), scale=4)
-        write_json(out / "history.json", {"config": dict(self.hparams), "steps": self.history})
+        write_json(out / "history.json", {"config": {"sampler": self.sampler.spec.as_dict()} | {
+            k: v for k, v in self.hparams.items() if k != "sampler"}, "steps": self.history})
         last = self.history[-1] if self.history else {}
         steps = sum("reward" in row for row in self.history)
-        print(f"[lit_sdo] reward fine-tuning: {steps} steps, reward {last.get('reward', float('nan')):.4f}"
+        rank_zero_info(f"[lit_sdo] reward fine-tuning: {steps} steps, reward {last.get('reward', float('nan')):.4f}"
               f", eval reward {last.get('eval_reward', float('nan')):.4f}, {self.train_seconds:.1f} s; LoRA in "
               f"{out / 'lora'}")
 

@@ -1,7 +1,9 @@
 """Class-conditional sample grid from any loaded diffusion model (``lit-sdo predict``).
 
-The predict step samples ``samples_per_class`` images for each class with :func:`lit_sdo.sampling.sample`
-(no gradients: policy ``none``) and the grid — one row per class — is written as a PNG at the end.
+The predict step samples ``samples_per_class`` images for each class with the one
+:class:`~lit_sdo.models.sampler.Sampler` (no gradients: policy ``none``); the grid (one row per class) is
+written as a PNG at the end.
+
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from lit_sdo.images import image_grid, save_png, to_unit_range
-from lit_sdo.models import build_sampler, load_diffusion
-from lit_sdo.sampling import sample
+from lit_sdo.images import image_grid, save_png
+from lit_sdo.models.sampler import Sampler, SamplerSpec
 
 
 class SampleGridModule(L.LightningModule):
@@ -41,11 +43,12 @@ class SampleGridModule(L.LightningModule):
                  scale: int = 4) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.diffusion = load_diffusion(model, guidance_scale=guidance_scale)
-        if self.diffusion.num_classes is None:
+        self.sampler = Sampler(SamplerSpec(generator=model, scheduler=scheduler, num_steps=num_steps,
+                                           guidance_scale=guidance_scale, policy="none"))
+        num_classes = self.sampler.model.num_classes
+        if num_classes is None:
             raise ValueError(f"model {model!r} is not class-conditional; the sample grid needs class labels")
-        self.classes = classes if classes is not None else list(range(self.diffusion.num_classes))
-        self.denoiser = self.diffusion.denoiser  # registered as a submodule so Lightning moves it to the device
+        self.classes = classes if classes is not None else list(range(num_classes))
         self._rows: list[Tensor] = []
 
     def predict_dataloader(self) -> DataLoader:
@@ -55,17 +58,15 @@ class SampleGridModule(L.LightningModule):
 
     def predict_step(self, labels: Tensor, batch_idx: int) -> Tensor:
         generator = torch.Generator().manual_seed(self.hparams.seed + batch_idx)
-        x_T = torch.randn((len(labels), *self.denoiser.sample_shape), generator=generator).to(self.device)
-        denoiser, scheduler = build_sampler(self.diffusion, self.hparams.scheduler, self.hparams.num_steps)
-        x0 = sample(denoiser, scheduler, x_T, labels, policy="none").sample
-        images = to_unit_range(self.denoiser.decode(x0)).cpu()  # (B, C, H, W) in [0, 1]
+        x_T = torch.randn((len(labels), *self.sampler.denoiser.sample_shape), generator=generator).to(self.device)
+        images = self.sampler.generate(x_T, labels, policy="none").cpu()  # (B, C, H, W) in [0, 1]
         self._rows.append(images)
         return images
 
     def on_predict_end(self) -> None:
         grid = image_grid(torch.cat(self._rows), nrow=self.hparams.samples_per_class)
         path = save_png(self.hparams.output, grid, scale=self.hparams.scale)
-        print(f"wrote {path}")  # noqa: T201 - the command's one line of output
+        rank_zero_info(f"wrote {path}")
 
     def configure_optimizers(self) -> Any:
         return None

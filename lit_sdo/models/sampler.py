@@ -1,0 +1,115 @@
+"""One sampler spec for every task and the library API: which generator, which scheduler, how many steps,
+which guidance and which gradient policy — and the one place that turns a latent into an image in [0, 1].
+
+    spec = SamplerSpec(generator="embedded:digits-ddpm", num_steps=30, policy="sdo")
+    sampler = Sampler(spec)
+    images = sampler.generate(sampler.initial_noise(seeds), labels)   # (B, C, H, W) in [0, 1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from lit_sdo.images import to_unit_range
+from lit_sdo.models.diffusion import DiffusionModel, build_sampler, load_diffusion
+from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample, start_step_for
+
+
+@dataclass
+class SamplerSpec:
+    """How a task samples its generator.
+
+    Attributes:
+        generator: diffusion model for :func:`lit_sdo.models.load_diffusion` (``embedded:<name>``, a hub id
+            in the local cache, or a folder).
+        scheduler: ``ddim`` | ``ddpm`` | ``dpm`` | ``euler`` | ``lcm`` | ``flow_euler``, or ``shortcut`` for a
+            shortcut / flow-matching model's own N-step sampler.
+        num_steps: sampling steps N.
+        guidance_scale: classifier-free guidance scale (1 = none).
+        policy: gradient policy: ``sdo`` | ``full`` | ``checkpoint`` | ``last_k`` | ``random_truncation`` | ``none``.
+        k: SDO's graph step (0 = the first step run: the paper's Fig. 4), or ``random`` (Fig. 5).
+        last_k: K of the ``last_k`` policy.
+        start_timestep: start from the latent at this timestep (e.g. 600 of 1000) instead of x_T.
+        seed: seed of the sampler's own noise (stochastic schedulers: DDPM, LCM), fixed so every
+            optimisation step sees the same sampler.
+        policy_seed: seed of the policy's random draws (SDO's random k, the truncation depth).
+    """
+
+    generator: str = "embedded:digits-ddpm"
+    scheduler: str = "ddim"
+    num_steps: int = 30
+    guidance_scale: float = 1.0
+    policy: str = "sdo"
+    k: int | Literal["random"] = 0
+    last_k: int = 1
+    start_timestep: int | None = None
+    seed: int = 0
+    policy_seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Sampler(nn.Module):
+    """A loaded generator with its N-step scheduler and gradient policy (an ``nn.Module``: it moves with
+    the task that holds it). Its denoiser is frozen; what trains is what the task adds (δ, LoRA).
+
+    Args:
+        spec: the sampler's settings.
+        model: an already loaded generator (library use); None loads ``spec.generator``.
+    """
+
+    def __init__(self, spec: SamplerSpec, model: DiffusionModel | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.model = model if model is not None else load_diffusion(spec.generator,
+                                                                    guidance_scale=spec.guidance_scale)
+        denoiser, self.scheduler = build_sampler(self.model, spec.scheduler, spec.num_steps)
+        self.denoiser = denoiser.requires_grad_(False)
+        self.policy = GradientPolicy(name=spec.policy, k=spec.k, last_k=spec.last_k)  # type: ignore[arg-type]
+        self.start_step = 0 if spec.start_timestep is None else self._start_step(spec.start_timestep)
+
+    def _start_step(self, timestep: int) -> int:
+        train_steps = self.scheduler.config.get("num_train_timesteps", 1000)
+        if not 0 <= timestep < train_steps:
+            raise ValueError(f"start_timestep={timestep} is outside the schedule [0, {train_steps}) of "
+                             f"{self.model.name}; pass e.g. start_timestep: {int(0.6 * train_steps)}")
+        return start_step_for(self.scheduler, timestep)
+
+    @property
+    def steps_run(self) -> int:
+        """Model calls per sampling run (N minus the skipped start steps)."""
+        return len(self.scheduler.timesteps) - self.start_step
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    def initial_noise(self, seeds: Sequence[int] | Tensor) -> Tensor:
+        """x_T from per-sample seeds, independent of device, batch and rank."""
+        seeds = seeds.tolist() if isinstance(seeds, Tensor) else list(seeds)
+        return noise_for_seeds(seeds, self.denoiser.sample_shape, device=self.device)
+
+    def noise_generator(self) -> torch.Generator:
+        return torch.Generator(self.device).manual_seed(self.spec.seed)
+
+    def generate(self, x: Tensor, cond: Tensor | None, policy: GradientPolicy | str | None = None,
+                 start_step: int | None = None, policy_generator: torch.Generator | None = None) -> Tensor:
+        """Latent at the start step -> image in [0, 1], through the sampler and the decoder (gradient where
+        the policy keeps it; ``policy`` None is the spec's)."""
+        out = sample(self.denoiser, self.scheduler, x, cond, policy=self.policy if policy is None else policy,
+                     start_step=self.start_step if start_step is None else start_step,
+                     generator=self.noise_generator(), policy_generator=policy_generator)
+        return to_unit_range(self.denoiser.decode(out.sample).float())
+
+    def trajectory(self, x: Tensor, cond: Tensor | None) -> list[Tensor]:
+        """Every latent of a plain sampling run from x_T: [x_T, after step 0, ...] (no gradient)."""
+        with torch.no_grad():
+            out = sample(self.denoiser, self.scheduler, x, cond, policy="none", return_trajectory=True,
+                         generator=self.noise_generator())
+        return out.trajectory  # type: ignore[return-value]

@@ -1,0 +1,66 @@
+"""The one objective contract: ``objective(images_01, batch) -> loss (B,)``, an ``nn.Module``.
+
+Objectives are injected into tasks with ``class_path`` / ``init_args``, so the networks they hold are
+registered modules that Lightning moves and casts with the task. A task never asks what an objective
+is: it calls the three methods below, and what it measures is what the objective (and the measures it
+is given) return.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+Batch = dict[str, Any]  # "index", "seed", "label" (B,) and, where the data has them, "prompt", "image", "target"
+
+
+@dataclass
+class Report:
+    """What a task publishes: aggregate numbers, one row per sample, and the line printed at the end."""
+
+    summary: dict[str, Any]
+    samples: list[dict[str, Any]]
+    headline: str
+
+
+class Objective(nn.Module):
+    """Base class: per-sample loss of images in [0, 1] given their batch; lower is better.
+
+    Subclasses implement :meth:`forward`; :meth:`evaluate` adds a success flag where the task has one
+    (an attack), :meth:`measure` adds the per-sample numbers a report shows, and :meth:`prepare` adapts to
+    (and validates) the generator it will score before any work is done.
+    """
+
+    def forward(self, images: Tensor, batch: Batch) -> Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, images: Tensor, batch: Batch) -> tuple[Tensor, Tensor | None]:
+        """(loss (B,), success (B,) bool or None); one forward of the networks for both."""
+        return self(images, batch), None
+
+    def measure(self, images: Tensor, batch: Batch) -> dict[str, Tensor]:
+        """Per-sample numbers for the results, each (B,) (or (B, D) features); the loss always."""
+        return {"loss": self(images, batch)}
+
+    def summarize(self, records: dict[str, Tensor]) -> Report | None:
+        """The task's own report from every sample's records, or None for the generic one (means of every
+        per-sample number, before and after). ``records`` hold ``original`` / ``optimized`` images and each
+        measure with that suffix."""
+        return None
+
+    def reference_images(self, batch_size: int) -> dict[str, Tensor]:
+        """Images shown beside every sample in the results grid (e.g. the style image), by column name."""
+        return {}
+
+    def prepare(self, image_size: int, channels: int, num_classes: int | None) -> None:
+        """Adapt to the generator whose images will be scored (e.g. size a style image to them), or raise a
+        one-line error when they cannot be scored. Called once, when the task is built."""
+
+
+class Measure(nn.Module):
+    """A per-sample measurement that is not the loss (label agreement, stroke width): ``(images, batch) -> dict``."""
+
+    def forward(self, images: Tensor, batch: Batch) -> dict[str, Tensor]:
+        raise NotImplementedError
