@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
+
+if TYPE_CHECKING:
+    from lit_sdo.models import Classifier, DiffusionModel
 
 # Tiny models: thread hand-offs cost more than they save, and on a busy 2-core machine OpenMP threads
 # spin-wait for each other (a 8×8 conv went from 0.15 ms to 34 ms with 2 threads under load).
@@ -49,3 +53,47 @@ def empty_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     return cache
+
+
+# ----- tiny stand-ins for models the tasks load by name ---------------------------------------------
+
+
+def tiny_generator(num_classes: int = 3, name: str = "tiny-ddpm") -> DiffusionModel:
+    """A seeded class-conditional pixel DDPM (8×8 grey, ``num_classes`` labels + the null label)."""
+    from lit_sdo.models import DiffusionModel
+    from lit_sdo.sampling import PixelUNetDenoiser
+
+    unet = make_tiny_unet(num_class_embeds=num_classes + 1)
+    return DiffusionModel(name=name, denoiser=PixelUNetDenoiser(unet).eval(), scheduler_config={},
+                          num_classes=num_classes, image_size=8, channels=1)
+
+
+def tiny_classifier(name: str = "tiny-classifier", num_classes: int = 3) -> Classifier:
+    """A seeded conv classifier of 8×8 grey images; another name gives other weights (a second family)."""
+    from torch import nn
+
+    from lit_sdo.models import Classifier
+
+    torch.manual_seed(sum(map(ord, name)))
+    network = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                            nn.Linear(4 * 8 * 8, num_classes))
+    return Classifier(network, name, num_classes=num_classes, input_size=8, channels=1, mean=(0.5,), std=(0.5,))
+
+
+def patch_loaders(monkeypatch: pytest.MonkeyPatch, generator=None, classifier=None) -> None:  # noqa: ANN001
+    """Make the sampler load ``generator(name)`` and every classifier objective/measure ``classifier(name)``."""
+    import lit_sdo.models.sampler
+    import lit_sdo.objectives.classifier
+    import lit_sdo.objectives.measures
+
+    make_generator = generator or (lambda name, **_: tiny_generator())
+    make_classifier = classifier or (lambda name, **_: tiny_classifier(name))
+    monkeypatch.setattr(lit_sdo.models.sampler, "load_diffusion", make_generator)
+    monkeypatch.setattr(lit_sdo.objectives.classifier, "load_classifier", make_classifier)
+    monkeypatch.setattr(lit_sdo.objectives.measures, "load_classifier", make_classifier)
+
+
+@pytest.fixture
+def tiny_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny 3-class generator and classifiers in place of the named ones."""
+    patch_loaders(monkeypatch)

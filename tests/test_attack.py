@@ -1,5 +1,6 @@
-"""The attack task on tiny random models: δ stays in the L∞ ball, the objective moves, results are
-written, checkpoints restore, bad input fails in one line. Loaders are replaced by tiny models."""
+"""The attack (latent optimisation + classifier objective) on tiny random models: δ stays in the L∞ ball,
+the objective moves, results are written and agree with each other, checkpoints restore, bad input fails
+in one line. The loaders are patched to return tiny models (tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,37 +9,20 @@ import json
 import lightning as L
 import pytest
 import torch
-from diffusers import UNet2DModel
+from conftest import make_tiny_unet, patch_loaders, tiny_classifier, tiny_generator
 from torch import nn
 
 from lit_sdo.datamodules import LabelSeedDataModule
+from lit_sdo.io import read_tensors
 from lit_sdo.models import Classifier, DiffusionModel
+from lit_sdo.models.sampler import SamplerSpec
+from lit_sdo.objectives import ClassifierObjective
 from lit_sdo.sampling import PixelUNetDenoiser
-from lit_sdo.tasks import attack as attack_module
-from lit_sdo.tasks.attack import AttackModule, SDOAttack
+from lit_sdo.tasks.attack import SDOAttack
 from lit_sdo.tasks.latent import LatentOptimizationModule
 
-
-def tiny_generator(*_args: object, **_kwargs: object) -> DiffusionModel:
-    torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(4, 8), layers_per_block=1,
-                       norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D"), num_class_embeds=4)
-    return DiffusionModel(name="tiny-ddpm", denoiser=PixelUNetDenoiser(unet).eval(), scheduler_config={},
-                          num_classes=3, image_size=8, channels=1)
-
-
-def tiny_classifier(name: str = "tiny-classifier", **_kwargs: object) -> Classifier:
-    torch.manual_seed(1)
-    network = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                            nn.Linear(4 * 8 * 8, 3))
-    return Classifier(network, name, num_classes=3, input_size=8, channels=1, mean=(0.5,), std=(0.5,))
-
-
-@pytest.fixture
-def tiny_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(LatentOptimizationModule, "load_generator", staticmethod(tiny_generator))
-    monkeypatch.setattr(attack_module, "load_classifier", tiny_classifier)
+SAMPLER_KEYS = {"num_steps", "policy", "k", "last_k", "generator"}
+OBJECTIVE_KEYS = {"loss", "targeted", "target", "kappa", "transfer_classifier", "resize_for_classifier"}
 
 
 def make_trainer(tmp_path, max_epochs: int, **kwargs) -> L.Trainer:
@@ -46,18 +30,27 @@ def make_trainer(tmp_path, max_epochs: int, **kwargs) -> L.Trainer:
                      enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1, **kwargs)
 
 
-def attack(tmp_path, **kwargs) -> AttackModule:
+def attack(tmp_path, **kwargs) -> LatentOptimizationModule:
+    """The attack config of configs/attack/digits.yaml, tiny: 4 sampling steps, ce loss (never saturates on
+    random models), sign steps so δ reaches the bound."""
     arguments = {"num_steps": 4, "eps": 0.1, "lr": 0.5, "optimizer": "sign", "output_dir": str(tmp_path / "out"),
-                 "transfer_classifier": "tiny-transfer", "loss": "ce"} | kwargs  # ce never saturates on random models
-    return AttackModule(**arguments)
+                 "transfer_classifier": "tiny-transfer", "loss": "ce", "generator": "tiny-ddpm"} | kwargs
+    sampler = SamplerSpec(**{k: v for k, v in arguments.items() if k in SAMPLER_KEYS})
+    objective = ClassifierObjective("tiny-classifier", **{k: v for k, v in arguments.items() if k in OBJECTIVE_KEYS})
+    rest = {k: v for k, v in arguments.items() if k not in SAMPLER_KEYS | OBJECTIVE_KEYS}
+    return LatentOptimizationModule(sampler=sampler, objective=objective, **rest)
 
 
-def data(per_class: int = 2, batch_size: int = 4) -> LabelSeedDataModule:
-    return LabelSeedDataModule(num_classes=3, per_class=per_class, batch_size=batch_size)
+def data(per_class: int = 2, batch_size: int = 4, seed: int = 0) -> LabelSeedDataModule:
+    return LabelSeedDataModule(num_classes=3, per_class=per_class, batch_size=batch_size, seed=seed)
+
+
+def read_results(tmp_path) -> dict:
+    return json.loads((tmp_path / "out" / "results.json").read_text())
 
 
 @pytest.mark.usefixtures("tiny_models")
-def test_attack_keeps_delta_in_the_linf_ball_at_every_step_and_writes_results(tmp_path) -> None:
+def test_attack_keeps_delta_in_the_linf_ball_at_every_step_and_writes_consistent_results(tmp_path) -> None:
     module = attack(tmp_path)
     seen = []
 
@@ -67,29 +60,52 @@ def test_attack_keeps_delta_in_the_linf_ball_at_every_step_and_writes_results(tm
 
     make_trainer(tmp_path, 3, callbacks=[Watch()]).fit(module, datamodule=data(per_class=3, batch_size=4))
     assert len(seen) == 3 * 3  # 9 samples in batches of 4: 3 batches per optimisation step
-    assert max(seen) <= 0.1 + 1e-7 and max(seen) > 0
-    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert max(seen) == pytest.approx(0.1)  # sign steps of 0.5 reach the bound, projection holds it there
+    results = read_results(tmp_path)
+    assert results["objective"] == "ClassifierObjective"
+    assert results["config"]["sampler"]["num_steps"] == 4 and results["config"]["eps"] == 0.1
+    assert results["config"]["objective"]["class_path"] == "lit_sdo.objectives.classifier.ClassifierObjective"
     aggregate, samples = results["aggregate"], results["samples"]
     assert aggregate["num_samples"] == 9 and len(samples) == 9
     assert [s["index"] for s in samples] == list(range(9))
-    assert aggregate["delta_linf_max"] <= 0.1 + 1e-7
-    assert 0 <= aggregate["raw_success_rate"] <= 1 and "transfer_rate" in aggregate
+    assert [(s["label"], s["seed"]) for s in samples] == [(j % 3, j) for j in range(9)]
+    assert 0 < aggregate["delta_linf_max"] <= 0.1 + 1e-7
     assert aggregate["lpips_mean"] is None  # no AlexNet weights here: never a random-backbone LPIPS
-    assert (tmp_path / "out" / "delta.safetensors").is_file() and (tmp_path / "out" / "grid.png").is_file()
+    assert aggregate["seconds_per_step"] > 0
+    # success = fooled AND the clean image was labelled y, the same in every published place
+    for s in samples:
+        assert s["success"] == (s["adv_pred"] != s["label"] and s["clean_pred"] == s["label"])
+    correct = [s for s in samples if s["clean_pred"] == s["label"]]
+    assert aggregate["num_clean_correct"] == len(correct)
+    assert aggregate["num_success"] == sum(s["success"] for s in samples)
+    assert aggregate["success_rate"] == pytest.approx(aggregate["num_success"] / len(correct))
+    assert aggregate["raw_success_rate"] == pytest.approx(sum(s["adv_pred"] != s["label"] for s in samples) / 9)
+    successes = [s for s in samples if s["success"]]
+    transferred = [s for s in successes if s["transfer_adv_pred"] != s["label"]]
+    assert aggregate["transfer_rate"] == pytest.approx(len(transferred) / len(successes))
+    tensors = read_tensors(tmp_path / "out" / "delta.safetensors")
+    assert tensors["succeeded"].tolist() == [s["success"] for s in samples]
+    torch.testing.assert_close(tensors["delta"], module.tracker.best)
+    assert [s["delta_linf"] for s in samples] == pytest.approx(tensors["delta"].flatten(1).abs().amax(1).tolist())
+    assert (tmp_path / "out" / "grid.png").is_file()
 
 
 @pytest.mark.usefixtures("tiny_models")
-def test_sdo_attack_lowers_the_margin_of_each_sample(tmp_path) -> None:
+def test_sdo_attack_lowers_the_loss_of_each_sample(tmp_path) -> None:
     """The SDO gradient points downhill: one small SGD step lowers every sample's loss."""
     module = attack(tmp_path, optimizer="sgd", lr=1e-3, eps=None)
     trainer = make_trainer(tmp_path, 1)
     trainer.fit(module, datamodule=data(per_class=2, batch_size=6))
     batch = next(iter(trainer.datamodule.train_dataloader()))
+    assert module.delta.abs().max() > 0
     with torch.no_grad():
-        x_start = module.start_latent(batch)
-        before = module.loss_and_success(module.generate(x_start, batch["label"], "none"), batch)[0]
-        after = module.loss_and_success(module.generate(x_start + module.delta, batch["label"], "none"), batch)[0]
+        x_start, labels = module.start_latent(batch), batch["label"]
+        before = module.objective(module.sampler.generate(x_start, labels, policy="none"), batch)
+        after = module.objective(module.sampler.generate(x_start + module.delta, labels, policy="none"), batch)
     assert (after < before).all()
+    samples = read_results(tmp_path)["samples"]
+    torch.testing.assert_close(torch.tensor([s["clean_pred"] for s in samples]),
+                               module.objective.classifier(module.sampler.generate(x_start, labels, "none")).argmax(1))
 
 
 @pytest.mark.usefixtures("tiny_models")
@@ -105,19 +121,41 @@ def test_checkpoint_resume_gives_the_same_delta_as_an_uninterrupted_run(tmp_path
     resumed = attack(tmp_path / "b")
     make_trainer(tmp_path / "b", 4).fit(resumed, datamodule=data(), ckpt_path=ckpt)
 
+    assert straight.delta.abs().max() > 0
     torch.testing.assert_close(resumed.delta, straight.delta, rtol=0, atol=0)
     torch.testing.assert_close(resumed.tracker.best, straight.tracker.best, rtol=0, atol=0)
     assert torch.equal(resumed.optim.steps, straight.optim.steps)
+    assert resumed.optim.steps.tolist() == [4] * 6
 
 
 @pytest.mark.usefixtures("tiny_models")
-def test_checkpoint_from_another_config_is_refused_in_one_line(tmp_path) -> None:
+def test_checkpoint_of_another_sample_set_is_refused_in_one_line(tmp_path) -> None:
     module = attack(tmp_path)
     trainer = make_trainer(tmp_path, 1)
     trainer.fit(module, datamodule=data(per_class=2))
     trainer.save_checkpoint(tmp_path / "two.ckpt")
-    with pytest.raises(ValueError, match=r"checkpoint δ has shape \(6, 1, 8, 8\), this config expects \(9, 1, 8, 8\)"):
-        make_trainer(tmp_path, 2).fit(attack(tmp_path), datamodule=data(per_class=3), ckpt_path=tmp_path / "two.ckpt")
+    for other in (data(per_class=3), data(per_class=2, seed=1)):  # other samples, or the same count other seeds
+        with pytest.raises(ValueError, match=r"^the checkpoint was written for another sample set[^\n]*$"):
+            make_trainer(tmp_path, 2).fit(attack(tmp_path), datamodule=other, ckpt_path=tmp_path / "two.ckpt")
+
+
+def test_checkpoint_of_another_generator_size_is_refused_in_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path) -> None:
+    patch_loaders(monkeypatch)
+    module = attack(tmp_path)
+    trainer = make_trainer(tmp_path, 1)
+    trainer.fit(module, datamodule=data())
+    trainer.save_checkpoint(tmp_path / "small.ckpt")
+
+    def large(*_a: object, **_k: object) -> DiffusionModel:
+        denoiser = PixelUNetDenoiser(make_tiny_unet(num_class_embeds=4, sample_size=16)).eval()
+        return DiffusionModel("tiny-16", denoiser, {}, num_classes=3, image_size=16, channels=1)
+
+    patch_loaders(monkeypatch, generator=large)
+    expected = r"checkpoint δ has shape \(6, 1, 8, 8\), this config expects \(6, 1, 16, 16\)"
+    with pytest.raises(ValueError, match=expected):
+        make_trainer(tmp_path, 2).fit(attack(tmp_path, resize_for_classifier=True), datamodule=data(),
+                                      ckpt_path=tmp_path / "small.ckpt")
 
 
 @pytest.mark.usefixtures("tiny_models")
@@ -125,13 +163,17 @@ def test_test_subcommand_evaluates_saved_delta(tmp_path) -> None:
     module = attack(tmp_path)
     trainer = make_trainer(tmp_path, 2)
     trainer.fit(module, datamodule=data())
-    trained = json.loads((tmp_path / "out" / "results.json").read_text())["aggregate"]
+    trained = read_results(tmp_path)
     trainer.save_checkpoint(tmp_path / "done.ckpt")
     (tmp_path / "out" / "results.json").unlink()
     make_trainer(tmp_path, 2).test(attack(tmp_path), datamodule=data(), ckpt_path=tmp_path / "done.ckpt")
-    tested = json.loads((tmp_path / "out" / "results.json").read_text())["aggregate"]
-    for key in ("num_success", "raw_success_rate", "ssim_mean", "delta_linf_max"):
-        assert tested[key] == pytest.approx(trained[key])
+    tested = read_results(tmp_path)
+    assert trained["aggregate"]["delta_linf_max"] > 0
+    for key in ("num_success", "raw_success_rate", "ssim_mean", "delta_linf_max", "l2_mean"):
+        assert tested["aggregate"][key] == pytest.approx(trained["aggregate"][key])
+    assert [s["adv_pred"] for s in tested["samples"]] == [s["adv_pred"] for s in trained["samples"]]
+    assert not (tmp_path / "out" / "results.json.previous-1").exists()  # the deleted one is not brought back
+    assert (tmp_path / "out" / "delta.safetensors.previous-1").is_file()  # the trained run's is kept
 
 
 @pytest.mark.usefixtures("tiny_models")
@@ -142,30 +184,45 @@ def test_test_subcommand_evaluates_saved_delta(tmp_path) -> None:
         ({}, {"classes": [0, 5]}, r"class labels 0..5 are out of range for generator tiny-ddpm with 3 classes"),
         ({"targeted": True, "target": 7}, {}, r"target=7 is out of range"),
         ({"policy": "adjoint"}, {}, r"policy name='adjoint' is unknown"),
+        ({"grid_samples": 0}, {}, r"grid_samples=0 must be >= 1"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, module_kwargs: dict, data_kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as err:
         module = attack(tmp_path, **module_kwargs)
         dm = LabelSeedDataModule(**({"num_classes": 3, "per_class": 1} | data_kwargs))
         make_trainer(tmp_path, 1).fit(module, datamodule=dm)
+    assert "\n" not in str(err.value)
 
 
 def test_classifier_size_mismatch_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    monkeypatch.setattr(LatentOptimizationModule, "load_generator", staticmethod(tiny_generator))
-    monkeypatch.setattr(attack_module, "load_classifier",
-                        lambda name, **_: Classifier(nn.Flatten(), name, 3, 224, 3, (0.5,) * 3, (0.5,) * 3))
-    with pytest.raises(ValueError, match="takes 224×224 images but generator tiny-ddpm makes 8×8"):
-        AttackModule(eps=0.1)
+    patch_loaders(monkeypatch, classifier=lambda name, **_: Classifier(nn.Flatten(), name, 3, 224, 3, (0.5,) * 3,
+                                                                       (0.5,) * 3))
+    with pytest.raises(ValueError, match="classifier tiny-classifier takes 224×224 images but the generator makes 8×8"):
+        attack(tmp_path)
 
 
-def test_library_attack_returns_images_in_unit_range_within_budget() -> None:
-    generator, classifier = tiny_generator(), tiny_classifier()
-    labels, seeds = torch.tensor([0, 1, 2]), torch.tensor([10, 11, 12])
-    adversarial = SDOAttack(generator, classifier, eps=0.1, steps=3, lr=0.05, num_sampling_steps=4,
-                            optimizer="sign")(labels, seeds)
-    assert adversarial.shape == (3, 1, 8, 8)
-    assert adversarial.min() >= 0 and adversarial.max() <= 1
+def test_library_attack_returns_images_in_unit_range_within_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_loaders(monkeypatch)
+    generator = tiny_generator()
+    result = SDOAttack(generator, "tiny-classifier", eps=0.1, steps=3, lr=0.05, num_sampling_steps=4,
+                       optimizer="sign", loss="ce")([0, 1, 2], [10, 11, 12])  # lists, not tensors
+    assert result.images.shape == result.clean.shape == (3, 1, 8, 8)
+    assert result.images.min() >= 0 and result.images.max() <= 1
+    assert 0 < result.delta.abs().max() <= 0.1 + 1e-7
+    classifier = tiny_classifier("tiny-classifier")
+    labels = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        assert torch.equal(result.clean_pred, classifier(result.clean).argmax(1))
+        assert torch.equal(result.adv_pred, classifier(result.images).argmax(1))
+    assert torch.equal(result.success, (result.adv_pred != labels) & (result.clean_pred == labels))
+    again = SDOAttack(generator, "tiny-classifier", eps=0.1, steps=3, lr=0.05, num_sampling_steps=4,
+                      optimizer="sign", loss="ce")(labels, torch.tensor([10, 11, 12]))
+    torch.testing.assert_close(again.delta, result.delta, rtol=0, atol=0)  # tensors give the same attack
+    with pytest.raises(ValueError, match="got 2 labels and 1 seeds"):
+        SDOAttack(generator, "tiny-classifier", steps=1, num_sampling_steps=2)([0, 1], [0])
+    with pytest.raises(ValueError, match="targets were given to an untargeted attack"):
+        SDOAttack(generator, "tiny-classifier", steps=1, num_sampling_steps=2)([0], [0], targets=[1])
 
 
 @pytest.mark.usefixtures("tiny_models")

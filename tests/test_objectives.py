@@ -1,46 +1,115 @@
-"""Classifier objectives: signs, targets, success."""
+"""Classifier objectives: signs, targets, success, measures, and one-line errors; the base contract."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
-from lit_sdo.objectives import ClassifierObjective
+import lit_sdo.objectives.classifier
+from lit_sdo.models import Classifier
+from lit_sdo.objectives import ClassifierObjective, Objective, draw_targets
 from lit_sdo.objectives.classifier import margin
 
 LOGITS = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0]])
 LABELS = torch.tensor([0, 1])
 
 
+def logit_classifier(name: str = "logits", **_: object) -> Classifier:
+    """A classifier whose logits are its input pixels: images (B, 3, 1, 1) hold the logits themselves."""
+    head = nn.Linear(3, 3, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.eye(3))
+    return Classifier(nn.Sequential(nn.Flatten(), head), name, num_classes=3, input_size=1, channels=3,
+                      mean=(0.0,) * 3, std=(1.0,) * 3)
+
+
+@pytest.fixture
+def objective(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
+    """ClassifierObjective(**kwargs) on the logit classifier."""
+    monkeypatch.setattr(lit_sdo.objectives.classifier, "load_classifier", logit_classifier)
+    return lambda **kwargs: ClassifierObjective(classifier="logits", **kwargs)
+
+
+def batch(**extra: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"index": torch.arange(2), "label": LABELS, "seed": torch.tensor([5, 6])} | extra
+
+
+IMAGES = LOGITS.view(2, 3, 1, 1)
+
+
 def test_margin_is_true_logit_minus_best_other() -> None:
     assert margin(LOGITS, LABELS).tolist() == [2.0, -3.0]
 
 
-def test_untargeted_margin_loss_and_success() -> None:
-    objective = ClassifierObjective("margin", kappa=1.0)
-    assert objective(LOGITS, LABELS).tolist() == [2.0, -1.0]  # clamped at -κ once fooled
-    assert objective.success(LOGITS, LABELS).tolist() == [False, True]
+def test_untargeted_margin_loss_and_success(objective) -> None:  # noqa: ANN001
+    loss, success = objective(kappa=1.0).evaluate(IMAGES, batch())
+    assert loss.tolist() == [2.0, -1.0]  # clamped at -κ once fooled
+    assert success.tolist() == [False, True]
+    torch.testing.assert_close(objective(kappa=1.0)(IMAGES, batch()), loss)  # forward is evaluate's loss
 
 
-def test_targeted_losses_pull_towards_the_target() -> None:
+def test_untargeted_ce_is_minus_the_cross_entropy_of_the_label(objective) -> None:  # noqa: ANN001
+    loss = objective(loss="ce")(IMAGES, batch())
+    torch.testing.assert_close(loss, -torch.nn.functional.cross_entropy(LOGITS, LABELS, reduction="none"))
+
+
+def test_targeted_losses_pull_towards_the_target(objective) -> None:  # noqa: ANN001
     targets = torch.tensor([1, 2])
-    objective = ClassifierObjective("margin", targeted=True)
-    assert objective(LOGITS, LABELS, targets).tolist() == [2.0, 0.0]
-    assert objective.success(LOGITS, LABELS, targets).tolist() == [False, True]
-    ce = ClassifierObjective("ce", targeted=True)(LOGITS, LABELS, targets)
+    loss, success = objective(targeted=True).evaluate(IMAGES, batch(target=targets))
+    assert loss.tolist() == [2.0, 0.0]  # -m_t: row 0's target 1 is 2 below the best other; row 1 reached it
+    assert success.tolist() == [False, True]
+    ce = objective(loss="ce", targeted=True)(IMAGES, batch(target=targets))
     torch.testing.assert_close(ce, torch.nn.functional.cross_entropy(LOGITS, targets, reduction="none"))
+    fixed = objective(targeted=True, target=2)  # one target for every sample when the batch has none
+    assert fixed.targets(batch()).tolist() == [2, 2]
+    assert fixed.evaluate(IMAGES, batch())[1].tolist() == [False, True]
 
 
-def test_drawn_targets_differ_from_labels_and_are_reproducible() -> None:
+def test_drawn_targets_differ_from_labels_and_are_reproducible(objective) -> None:  # noqa: ANN001
     labels = torch.arange(10)
     seeds = torch.arange(100, 110)
-    first = ClassifierObjective.draw_targets(labels, 10, seeds)
+    first = draw_targets(labels, 10, seeds)
     assert (first != labels).all() and ((first >= 0) & (first < 10)).all()
-    assert torch.equal(first, ClassifierObjective.draw_targets(labels, 10, seeds))
+    assert torch.equal(first, draw_targets(labels, 10, seeds))
+    assert not torch.equal(first, draw_targets(labels, 10, seeds + 1))  # a function of the seed
+    drawn = objective(targeted=True).targets(batch())  # no target given: drawn from each sample's seed
+    assert torch.equal(drawn, draw_targets(LABELS, 3, torch.tensor([5, 6])))
 
 
-def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="loss='hinge' is unknown"):
-        ClassifierObjective("hinge")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="needs targets"):
-        ClassifierObjective(targeted=True)(LOGITS, LABELS)
+def test_measure_reports_loss_predictions_features_and_target(objective) -> None:  # noqa: ANN001
+    measured = objective(kappa=1.0).measure(IMAGES, batch())
+    assert measured["loss"].tolist() == [2.0, -1.0]
+    assert measured["pred"].tolist() == [0, 2]
+    assert measured["target"].tolist() == [-1, -1]  # untargeted
+    torch.testing.assert_close(measured["features"], LOGITS)  # the input of the last linear layer
+    assert "transfer_pred" not in measured
+    with_transfer = objective(transfer_classifier="logits").measure(IMAGES, batch())
+    assert with_transfer["transfer_pred"].tolist() == [0, 2]
+
+
+def test_bad_arguments_are_one_line(objective) -> None:  # noqa: ANN001
+    with pytest.raises(ValueError, match="loss='hinge' is unknown; allowed values: margin, ce"):
+        objective(loss="hinge")
+    with pytest.raises(ValueError, match="kappa=-1 must be >= 0"):
+        objective(kappa=-1)
+    with pytest.raises(ValueError, match="target=3 is out of range for a 3-class classifier"):
+        objective(targeted=True, target=3)
+    with pytest.raises(ValueError, match=r"classifier logits takes 1×1 images but the generator makes 8×8"):
+        objective().prepare(8, 1, 3)
+    objective(resize_for_classifier=True).prepare(8, 1, 3)  # asked for: no error
+
+
+def test_the_base_contract_defaults_to_the_loss() -> None:
+    class Brightness(Objective):
+        def forward(self, images: torch.Tensor, batch: dict) -> torch.Tensor:
+            return images.flatten(1).mean(1)
+
+    images = torch.rand(2, 1, 4, 4)
+    loss, success = Brightness().evaluate(images, {})
+    torch.testing.assert_close(loss, images.flatten(1).mean(1))
+    assert success is None
+    assert Brightness().measure(images, {}).keys() == {"loss"}
+    assert Brightness().summarize({}) is None and Brightness().reference_images(2) == {}
+    with pytest.raises(NotImplementedError):
+        Objective()(images, {})

@@ -55,6 +55,11 @@ class SamplerSpec:
         return asdict(self)
 
 
+# Tasks keep the spec in their hyper-parameters, so checkpoints hold it; plain fields only, so it is safe for
+# Lightning's weights_only resume (``fit --ckpt_path``) to rebuild.
+torch.serialization.add_safe_globals([SamplerSpec])
+
+
 class Sampler(nn.Module):
     """A loaded generator with its N-step scheduler and gradient policy (an ``nn.Module``: it moves with
     the task that holds it). Its denoiser is frozen; what trains is what the task adds (δ, LoRA).

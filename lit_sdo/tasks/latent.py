@@ -17,6 +17,7 @@ each row from the rank that owns it, so a sample's δ is never averaged across r
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -35,6 +36,16 @@ def describe(module: torch.nn.Module) -> dict[str, Any]:
     """Class path and plain attributes of an injected module, for results.json."""
     plain = {k: v for k, v in vars(module).items() if not k.startswith("_") and isinstance(v, (int, float, str, bool))}
     return {"class_path": f"{type(module).__module__}.{type(module).__qualname__}"} | plain
+
+
+def warn_if_no_graph_to_the_latent(sampler: Sampler) -> None:
+    """Truncated policies (DRaFT-K with K < the steps run, AlignProp's random truncation) give δ a zero
+    gradient: say so once, instead of a run that silently never moves."""
+    spec, steps_run = sampler.spec, sampler.steps_run
+    if spec.policy == "random_truncation" or (spec.policy == "last_k" and spec.last_k < steps_run):
+        warnings.warn(f"policy {spec.policy} keeps no graph back to the start latent (K < {steps_run} steps): δ gets "
+                      "a zero gradient and stays where it starts; use sdo, full or checkpoint to optimise a latent",
+                      stacklevel=3)
 
 
 class LatentOptimizationModule(L.LightningModule):
@@ -62,6 +73,7 @@ class LatentOptimizationModule(L.LightningModule):
         self.save_hyperparameters(ignore=["objective", "measures"])
         self.automatic_optimization = False
         self.sampler = Sampler(sampler)
+        warn_if_no_graph_to_the_latent(self.sampler)
         model = self.sampler.model
         self.objective = objective.requires_grad_(False)
         self.objective.prepare(model.image_size, model.channels, model.num_classes)
