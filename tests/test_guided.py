@@ -12,7 +12,7 @@ import torch
 from diffusers import UNet2DModel
 
 from lit_sdo import metrics
-from lit_sdo.datamodules import LabelSeedDataModule, ReferenceImageDataModule
+from lit_sdo.datamodules import LabelSeedDataModule, ReferenceImageDataModule, RewardPromptDataModule
 from lit_sdo.models import DiffusionModel
 from lit_sdo.models.aesthetic import (
     AestheticMLP,
@@ -22,6 +22,7 @@ from lit_sdo.models.aesthetic import (
     load_aesthetic_mlp,
 )
 from lit_sdo.models.hub import EMBEDDED_ROOT
+from lit_sdo.models.sampler import SamplerSpec
 from lit_sdo.models.text_image import (
     DigitImageTower,
     LitTextImageModel,
@@ -29,11 +30,13 @@ from lit_sdo.models.text_image import (
     layer_features,
     load_text_image,
 )
-from lit_sdo.objectives import AestheticObjective, GramStyleObjective, TextEditObjective, gram_matrix
+from lit_sdo.objectives import AestheticObjective, GramStyleObjective, Objective, TextEditObjective, gram_matrix
+from lit_sdo.objectives import aesthetic as aesthetic_objective
+from lit_sdo.objectives import style as style_objective
+from lit_sdo.objectives import text as text_objective
 from lit_sdo.sampling import PixelUNetDenoiser
-from lit_sdo.tasks import guided
-from lit_sdo.tasks.guided import AestheticModule, EditModule, StyleModule
 from lit_sdo.tasks.latent import LatentOptimizationModule
+from lit_sdo.tasks.xhat_baseline import xhat_guided_images
 
 
 class HashedTextModel(LitTextImageModel):
@@ -57,11 +60,19 @@ def tiny_generator(*_args: object, **_kwargs: object) -> DiffusionModel:
                           num_classes=10, image_size=8, channels=1)
 
 
+def patch_text_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text edit and style objectives load the hashed tiny text–image model, whatever its name."""
+    for module in (text_objective, style_objective):
+        monkeypatch.setattr(module, "load_text_image", lambda *_a, **_k: HashedTextModel())
+
+
 @pytest.fixture
 def tiny_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """Tiny generator and text–image model; returns a tiny thickness-predictor folder."""
-    monkeypatch.setattr(LatentOptimizationModule, "load_generator", staticmethod(tiny_generator))
-    monkeypatch.setattr(guided, "load_text_image", lambda *_a, **_k: HashedTextModel())
+    import lit_sdo.models.sampler
+
+    monkeypatch.setattr(lit_sdo.models.sampler, "load_diffusion", tiny_generator)
+    patch_text_image(monkeypatch)
     torch.manual_seed(3)
     return export_thickness_predictor(StrokeThicknessPredictor(2.0, 4.5, channels=4), tmp_path / "thick", 8)
 
@@ -76,35 +87,61 @@ def references(n: int = 4, **kwargs: object) -> ReferenceImageDataModule:
                                        | kwargs))
 
 
+def task(objective: Objective, out: Path | None = None, lr: float = 0.05, **sampler: object
+         ) -> LatentOptimizationModule:
+    """The latent-optimisation module on the tiny generator (Adam, as the guided configs)."""
+    spec = SamplerSpec(**({"generator": "tiny-ddpm", "num_steps": 10} | sampler))
+    return LatentOptimizationModule(sampler=spec, objective=objective, optimizer="adam", lr=lr,
+                                    output_dir=None if out is None else str(out))
+
+
 # ----- objectives ---------------------------------------------------------------------------------------
 
 
-def test_text_objective_is_the_weighted_sum_of_its_two_terms() -> None:
+def test_text_objective_is_the_weighted_sum_of_its_two_terms(monkeypatch: pytest.MonkeyPatch) -> None:
+    patch_text_image(monkeypatch)
     model = HashedTextModel()
     images, reference = torch.rand(3, 1, 8, 8), torch.rand(3, 1, 8, 8)
     prompts = ["a thick digit one", "a thin digit two", "a thick digit one"]
+    batch = {"prompt": prompts, "image": reference * 2 - 1}  # references arrive in [-1, 1]
     distance = 1 - (model.image_embeddings(images) * model.text_embeddings(prompts)).sum(-1)
-    mse = ((images - reference) ** 2).mean((1, 2, 3))
-    for lam in (0.0, 0.7, 1.0):
-        torch.testing.assert_close(TextEditObjective(model, lam)(images, prompts, reference),
-                                   lam * distance + (1 - lam) * mse)
+    squared = ((images - reference) ** 2).flatten(1)
+    for norm, fidelity in (("mse", squared.mean(1)), ("l2", squared.sum(1).sqrt())):
+        for lam in (0.0, 0.7, 1.0):
+            torch.testing.assert_close(TextEditObjective("tiny", lam, norm)(images, batch),
+                                       lam * distance + (1 - lam) * fidelity)
+    measured = TextEditObjective("tiny", 0.7, "mse").measure(images, batch)
+    torch.testing.assert_close(measured["clip_score"], 100 * (1 - distance).clamp(min=0))
+    torch.testing.assert_close(measured["l2_to_reference"], squared.mean(1).sqrt())
+    identical = TextEditObjective("tiny", 0.7).measure(reference, batch)["ssim_to_reference"]
+    torch.testing.assert_close(identical, torch.ones(3))
 
 
-def test_gram_style_objective_is_zero_on_the_style_image_and_exact_elsewhere() -> None:
+def test_gram_style_objective_is_zero_on_the_style_image_and_exact_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
     features = torch.randn(2, 3, 5)
     torch.testing.assert_close(gram_matrix(features), torch.einsum("bcn,bdn->bcd", features, features) / 5)
-    tower = DigitImageTower(channels=(4, 8, 8), dim=16)
-    style, images = torch.rand(1, 1, 8, 8), torch.rand(2, 1, 8, 8)
-    objective = GramStyleObjective(lambda x: tower.block_features(x, 1), style)
-    torch.testing.assert_close(objective(style), torch.zeros(1))
-    expected = metrics.gram_distance(tower.block_features(images, 1), tower.block_features(style, 1).expand(2, -1, -1))
-    torch.testing.assert_close(objective(images), expected)
+    patch_text_image(monkeypatch)
+    objective = GramStyleObjective(style_image="digits:0", encoder="tiny", layer=1)
+    with pytest.raises(RuntimeError, match="prepare"):
+        objective(torch.rand(1, 1, 8, 8), {})
+    objective.prepare(8, 1, 10)
+    style = objective.style
+    assert style.shape == (1, 1, 8, 8)  # the 16×16 test digit, sized to the generator's images
+    torch.testing.assert_close(objective(style, {}), torch.zeros(1))
+    images = torch.rand(2, 1, 8, 8)
+    tower = HashedTextModel()
+    f, g = tower.block_features(images, 1), tower.block_features(style, 1)  # (B, C, N)
+    expected = ((torch.einsum("bcn,bdn->bcd", f, f) - torch.einsum("bcn,bdn->bcd", g, g)) / f.shape[-1]) ** 2
+    torch.testing.assert_close(objective(images, {}), expected.flatten(1).mean(1))
+    assert objective.reference_images(3)["style"].shape == (3, 1, 8, 8)
 
 
-def test_aesthetic_objective_and_the_laion_layout(tmp_path: Path) -> None:
+def test_aesthetic_objective_and_the_laion_layout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     score = torch.tensor([2.0, 12.5])
-    torch.testing.assert_close(AestheticObjective(lambda _x: score, 10.0)(torch.zeros(2, 1, 8, 8)),
-                               torch.tensor([8.0, 2.5]))
+    monkeypatch.setattr(aesthetic_objective, "load_aesthetic", lambda *_a, **_k: lambda _x: score)
+    objective = AestheticObjective("any", target=10.0)
+    torch.testing.assert_close(objective(torch.zeros(2, 1, 8, 8), {}), torch.tensor([8.0, 2.5]))
+    assert set(objective.measure(torch.zeros(2, 1, 8, 8), {})) == {"loss", "aesthetic_score"}
     mlp = AestheticMLP(8)
     assert [k for k in mlp.state_dict() if k.endswith("weight")] == [f"layers.{i}.weight" for i in (0, 2, 4, 6, 7)]
     torch.save(mlp.state_dict(), tmp_path / "mlp.pth")
@@ -127,9 +164,16 @@ def test_text_image_export_round_trip_and_layer_features(tmp_path: Path) -> None
         layer_features(loaded, images, 4)
 
 
-def test_thickness_predictor_folder_loads_as_a_score_function(tiny_models: Path) -> None:
-    score = load_aesthetic(str(tiny_models))
-    assert score(torch.rand(3, 1, 8, 8)).shape == (3,)
+def test_thickness_predictor_folder_loads_as_the_exported_network(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    predictor = StrokeThicknessPredictor(2.0, 4.5, channels=4).eval()
+    score = load_aesthetic(str(export_thickness_predictor(predictor, tmp_path / "thick", 8)))
+    images = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(score(images), predictor(images))
+    assert not any(p.requires_grad for p in score.parameters())  # frozen: only the latent trains
+    with pytest.raises(ValueError, match="is not a lit_sdo stroke-thickness predictor folder"):
+        load_aesthetic(str(tmp_path))
 
 
 def test_stroke_thickness_measures_a_known_bar() -> None:
@@ -160,42 +204,49 @@ def read_results(folder: Path) -> dict:
 
 @pytest.mark.usefixtures("tiny_models")
 def test_edit_inverts_references_and_lowers_the_loss(tmp_path: Path) -> None:
-    module = EditModule(num_steps=10, lam=0.7, lr=0.01, output_dir=str(tmp_path / "out"))
+    module = task(TextEditObjective("tiny", lam=0.7, fidelity_norm="mse"), tmp_path / "out", lr=0.01)
     trainer(tmp_path, 4).fit(module, datamodule=references())
     results = read_results(tmp_path / "out")
-    aggregate = results["aggregate"]
-    assert aggregate["num_samples"] == 4 and [s["prompt"] for s in results["samples"]][:2] == [
+    assert results["objective"] == "TextEditObjective" and results["config"]["objective"]["lam"] == 0.7
+    aggregate, samples = results["aggregate"], results["samples"]
+    assert aggregate["num_samples"] == 4 and [s["prompt"] for s in samples][:2] == [
         "a thick digit six", "a thick digit five"]
-    assert all(s["loss_guided"] < s["loss_original"] for s in results["samples"])
-    expected = {"clip_score_guided_mean", "ssim_to_reference_original_mean", "l2_to_reference_guided_mean"}
-    assert expected <= set(aggregate)
+    assert [s["label"] for s in samples][:2] == [6, 5]
+    assert all(s["loss_optimized"] < s["loss_original"] for s in samples)
+    for key in ("loss", "clip_score", "ssim_to_reference", "l2_to_reference"):
+        for when in ("original", "optimized"):
+            assert aggregate[f"{key}_{when}_mean"] == pytest.approx(
+                sum(s[f"{key}_{when}"] for s in samples) / 4)  # the aggregate is the mean of the rows
+    assert aggregate["seconds_per_step"] > 0
     assert (tmp_path / "out" / "grid.png").is_file() and (tmp_path / "out" / "delta.safetensors").is_file()
 
 
 @pytest.mark.usefixtures("tiny_models")
 def test_style_from_an_intermediate_latent_lowers_the_gram_loss(tmp_path: Path) -> None:
-    module = StyleModule(style_image="digits:0", num_steps=8, start_timestep=600, layer=1, lr=0.05,
-                         output_dir=str(tmp_path / "out"))
-    assert module.start_step == 3  # DDIM-8 of 1000: timesteps 875, 750, 625, 500, ...
+    module = task(GramStyleObjective("digits:0", "tiny", layer=1), tmp_path / "out", num_steps=8,
+                  start_timestep=600)
+    assert module.sampler.start_step == 3  # DDIM-8 of 1000: timesteps 875, 750, 625, 500, ...
     trainer(tmp_path, 3).fit(module, datamodule=LabelSeedDataModule(num_classes=10, per_class=1, batch_size=5))
     samples = read_results(tmp_path / "out")["samples"]
     # best-δ tracking never returns a worse image; on a random UNet some images are clamped to [0, 1]
     # everywhere (zero gradient), the others must improve
-    assert len(samples) == 10 and all(s["loss_guided"] <= s["loss_original"] for s in samples)
-    assert sum(s["loss_guided"] < s["loss_original"] for s in samples) >= 5
+    assert len(samples) == 10 and all(s["loss_optimized"] <= s["loss_original"] for s in samples)
+    assert sum(s["loss_optimized"] < s["loss_original"] for s in samples) >= 5
 
 
 @pytest.mark.usefixtures("tiny_models")
 @pytest.mark.parametrize("data", ["generated", "real"])
 def test_aesthetic_pushes_the_score_towards_the_target(tiny_models: Path, tmp_path: Path, data: str) -> None:
-    module = AestheticModule(predictor=str(tiny_models), num_steps=10, start_timestep=600, lr=0.1,
-                             output_dir=str(tmp_path / "out"))
+    module = task(AestheticObjective(str(tiny_models)), tmp_path / "out", lr=0.1, start_timestep=600)
     datamodule = LabelSeedDataModule(num_classes=10, per_class=1, batch_size=5) if data == "generated" else references()
     trainer(tmp_path, 3).fit(module, datamodule=datamodule)
-    aggregate = read_results(tmp_path / "out")["aggregate"]
-    assert aggregate["loss_guided_mean"] < aggregate["loss_original_mean"]
-    assert aggregate["aesthetic_score_guided_mean"] > aggregate["aesthetic_score_original_mean"]
-    assert "measured_stroke_width_guided_mean" not in aggregate  # a folder predictor is not named digits-thickness
+    results = read_results(tmp_path / "out")
+    aggregate = results["aggregate"]
+    assert aggregate["loss_optimized_mean"] < aggregate["loss_original_mean"]
+    assert aggregate["aesthetic_score_optimized_mean"] > aggregate["aesthetic_score_original_mean"]
+    for s in results["samples"]:  # |a(x₀) − 10| and a(x₀) are reported consistently
+        assert s["loss_optimized"] == pytest.approx(abs(s["aesthetic_score_optimized"] - 10.0), abs=1e-5)
+        assert s["measured_stroke_width_optimized"] >= 0  # the stand-in reports the width it predicts
 
 
 # ----- bad input --------------------------------------------------------------------------------------------
@@ -210,28 +261,39 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 @pytest.mark.usefixtures("tiny_models")
 def test_bad_module_arguments_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"lam=1.5 must be in \[0, 1\]") as err:
-        EditModule(lam=1.5)
+        TextEditObjective("tiny", lam=1.5)
     one_line(err)
-    with pytest.raises(ValueError, match=r"timestep=5000 is outside the schedule") as err:
-        StyleModule(start_timestep=5000)
+    with pytest.raises(ValueError, match=r"fidelity_norm='l1' is unknown; allowed values: l2, mse") as err:
+        TextEditObjective("tiny", fidelity_norm="l1")
+    one_line(err)
+    with pytest.raises(ValueError, match=r"start_timestep=5000 is outside the schedule \[0, 1000\)") as err:
+        task(GramStyleObjective("digits:0", "tiny"), start_timestep=5000)
     one_line(err)
     with pytest.raises(FileNotFoundError, match=r"style image 'missing.png' not found") as err:
-        StyleModule(style_image="missing.png")
+        task(GramStyleObjective(style_image="missing.png", encoder="tiny"))  # read when the task sizes it
     one_line(err)
     with pytest.raises(FileNotFoundError, match=r"download sac\+logos\+ava1-l14-linearMSE.pth") as err:
-        AestheticModule(predictor=str(tmp_path / "sac+logos+ava1-l14-linearMSE.pth"),
-                        clip="openai/clip-vit-large-patch14")
+        AestheticObjective(predictor=str(tmp_path / "sac+logos+ava1-l14-linearMSE.pth"),
+                           clip="openai/clip-vit-large-patch14")
+    one_line(err)
+    with pytest.raises(ValueError, match=r"eps=-1 must be > 0") as err:
+        LatentOptimizationModule(SamplerSpec(generator="tiny"), AestheticObjective(str(tmp_path / "thick")), eps=-1)
     one_line(err)
 
 
 @pytest.mark.usefixtures("tiny_models")
 def test_bad_data_is_one_line(tmp_path: Path) -> None:
+    edit = TextEditObjective("tiny")
     with pytest.raises(ValueError, match=r"reference images are \(1, 16, 16\) but generator tiny-ddpm makes "
                                          r"\(1, 8, 8\); set data.init_args.image_size=8") as err:
-        trainer(tmp_path, 1).fit(EditModule(num_steps=2), datamodule=references(image_size=16))
+        trainer(tmp_path, 1).fit(task(edit, num_steps=2), datamodule=references(image_size=16))
     one_line(err)
     with pytest.raises(ValueError, match="text-guided editing needs reference images") as err:
-        trainer(tmp_path, 1).fit(EditModule(num_steps=2), datamodule=LabelSeedDataModule(per_class=1))
+        trainer(tmp_path, 1).fit(task(edit, num_steps=2), datamodule=LabelSeedDataModule(per_class=1))
+    one_line(err)
+    with pytest.raises(ValueError, match="this task needs a sample-set data module") as err:
+        trainer(tmp_path, 1).fit(task(edit, num_steps=2),
+                                 datamodule=RewardPromptDataModule(samples_per_step=2, batch_size=2))
     one_line(err)
     with pytest.raises(FileNotFoundError, match="neither 'digits', 'skimage:<names>' nor an existing folder") as err:
         ReferenceImageDataModule(source=str(tmp_path / "nowhere"))
@@ -260,13 +322,13 @@ def test_missing_clip_weights_name_what_to_download(empty_hub_cache: Path) -> No
 
 @pytest.mark.usefixtures("tiny_models")
 def test_per_step_xhat_guidance_baseline_lowers_the_task_loss(tiny_models: Path) -> None:
-    module = AestheticModule(predictor=str(tiny_models), num_steps=10, start_timestep=600)
+    module = task(AestheticObjective(str(tiny_models)), start_timestep=600)
     batch = next(iter(LabelSeedDataModule(num_classes=10, per_class=1, batch_size=10).train_dataloader()))
-    plain = module.guide_per_step(batch, scale=0.0)
-    with torch.no_grad():
-        torch.testing.assert_close(plain, module.generate(module.start_latent(batch), batch["label"], "none"))
-        before = module.loss_and_success(plain, batch)[0]
-        after = module.loss_and_success(module.guide_per_step(batch, scale=0.2), batch)[0]
+    plain = xhat_guided_images(module, batch, scale=0.0)
+    with torch.no_grad():  # ρ = 0 is plain sampling from the same start latent
+        torch.testing.assert_close(plain, module.sampler.generate(module.start_latent(batch), batch["label"], "none"))
+        before = module.objective(plain, batch)
+        after = module.objective(xhat_guided_images(module, batch, scale=0.2), batch)
     assert after.mean() < before.mean()
 
 
@@ -322,34 +384,37 @@ def run_config(config: str, out: Path, *overrides: str) -> dict:
 @pytest.mark.filterwarnings("ignore:reference")
 def test_celebahq_edit_config_runs_with_tiny_models_of_the_same_classes(tiny_real_models, tmp_path: Path) -> None:
     m = tiny_real_models
-    results = run_config("edit/celebahq.yaml", tmp_path, f"--model.init_args.generator={m['celebahq']}",
-                         f"--model.init_args.text_image={m['clip']}", "--model.init_args.num_steps=3",
+    results = run_config("edit/celebahq.yaml", tmp_path, f"--model.init_args.sampler.generator={m['celebahq']}",
+                         f"--model.init_args.objective.init_args.text_image={m['clip']}",
+                         "--model.init_args.sampler.num_steps=3",
                          "--data.init_args.num_samples=2", "--data.init_args.image_size=16")  # skimage's faces
-    assert results["aggregate"]["num_samples"] == 2 and "clip_score_guided_mean" in results["aggregate"]
+    assert results["aggregate"]["num_samples"] == 2 and "clip_score_optimized_mean" in results["aggregate"]
     assert results["samples"][1]["prompt"] == "a photo of a person with glasses"
 
 
 @pytest.mark.filterwarnings("ignore:style image")
 def test_lcm_style_config_runs_with_tiny_models_of_the_same_classes(tiny_real_models, tmp_path: Path) -> None:
     m = tiny_real_models
-    results = run_config("style/lcm.yaml", tmp_path, f"--model.init_args.generator={m['sd']}",
-                         f"--model.init_args.encoder={m['clip']}", f"--model.init_args.style_image={m['style.png']}",
+    results = run_config("style/lcm.yaml", tmp_path, f"--model.init_args.sampler.generator={m['sd']}",
+                         f"--model.init_args.objective.init_args.encoder={m['clip']}",
+                         f"--model.init_args.objective.init_args.style_image={m['style.png']}",
                          "--data.init_args.per_prompt=1", "--data.init_args.batch_size=2")
     aggregate = results["aggregate"]
-    assert aggregate["num_samples"] == 2 and aggregate["loss_guided_mean"] <= aggregate["loss_original_mean"]
+    assert aggregate["num_samples"] == 2 and aggregate["loss_optimized_mean"] <= aggregate["loss_original_mean"]
 
 
 def run_sd15_aesthetic(models: dict[str, Path], out: Path, *overrides: str) -> dict:
     """configs/aesthetic/sd15.yaml on the tiny stand-ins, 4 sampling steps."""
-    return run_config("aesthetic/sd15.yaml", out, f"--model.init_args.generator={models['sd']}",
-                      f"--model.init_args.clip={models['clip']}", f"--model.init_args.predictor={models['laion.pth']}",
-                      "--model.init_args.num_steps=4", *overrides)
+    return run_config("aesthetic/sd15.yaml", out, f"--model.init_args.sampler.generator={models['sd']}",
+                      f"--model.init_args.objective.init_args.clip={models['clip']}",
+                      f"--model.init_args.objective.init_args.predictor={models['laion.pth']}",
+                      "--model.init_args.sampler.num_steps=4", *overrides)
 
 
 def test_sd15_aesthetic_config_runs_with_tiny_models_of_the_same_classes(tiny_real_models, tmp_path: Path) -> None:
     aggregate = run_sd15_aesthetic(tiny_real_models, tmp_path, "--data.init_args.per_prompt=1")["aggregate"]
-    assert aggregate["num_samples"] == 2 and "aesthetic_score_guided_mean" in aggregate
-    assert "measured_stroke_width_guided_mean" not in aggregate
+    assert aggregate["num_samples"] == 2 and "aesthetic_score_optimized_mean" in aggregate
+    assert "measured_stroke_width_optimized_mean" not in aggregate  # only the digits stand-in knows a ground truth
 
 
 def test_sd15_aesthetic_config_guides_inverted_photographs(tiny_real_models, tmp_path: Path) -> None:
@@ -358,7 +423,7 @@ def test_sd15_aesthetic_config_guides_inverted_photographs(tiny_real_models, tmp
                                  "--data.init_args.source=skimage:astronaut,chelsea", "--data.init_args.image_size=16",
                                  "--data.init_args.channels=3", "--data.init_args.prompts=[\"a photo\"]",
                                  "--data.init_args.batch_size=2")
-    assert results["aggregate"]["num_samples"] == 2 and "aesthetic_score_guided_mean" in results["aggregate"]
+    assert results["aggregate"]["num_samples"] == 2 and "aesthetic_score_optimized_mean" in results["aggregate"]
     assert [sample["prompt"] for sample in results["samples"]] == ["a photo", "a photo"]
 
 
@@ -381,8 +446,8 @@ def test_two_ddp_ranks_give_the_same_per_sample_results_as_one_device(tmp_path: 
 
     def run(out: Path, *extra: str) -> dict:
         command = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ROOT / "configs/aesthetic/digits.yaml"),
-                   f"--model.init_args.generator={generator}", "--model.init_args.num_steps=5",
-                   "--model.init_args.classifier=null", f"--model.init_args.output_dir={out}",
+                   f"--model.init_args.sampler.generator={generator}", "--model.init_args.sampler.num_steps=5",
+                   f"--model.init_args.output_dir={out}",
                    "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
                    f"--trainer.logger.init_args.save_dir={out}", "--data=lit_sdo.datamodules.ReferenceImageDataModule",
                    "--data.init_args.num_samples=6", "--data.init_args.batch_size=2", *extra]
@@ -396,7 +461,8 @@ def test_two_ddp_ranks_give_the_same_per_sample_results_as_one_device(tmp_path: 
     assert len(single["samples"]) == len(double["samples"]) == 6
     for a, b in zip(single["samples"], double["samples"], strict=True):
         assert (a["index"], a["label"], a["seed"]) == (b["index"], b["label"], b["seed"])
-        assert a["loss_guided"] == pytest.approx(b["loss_guided"], abs=1e-4)
+        assert a["loss_optimized"] == pytest.approx(b["loss_optimized"], abs=1e-4)
+        assert a["label_agreement_optimized"] == b["label_agreement_optimized"]
     one = read_tensors(tmp_path / "one" / "delta.safetensors")["delta"]
     torch.testing.assert_close(read_tensors(tmp_path / "two" / "delta.safetensors")["delta"], one, rtol=0, atol=1e-4)
     assert one.abs().max() > 0
@@ -406,16 +472,71 @@ def test_style_runs_on_a_shortcut_model_with_its_own_sampler(monkeypatch: pytest
     from lit_sdo.models.shortcut import ShortcutDiT, save_shortcut
     from lit_sdo.sampling.shortcut import ShortcutScheduler
 
-    monkeypatch.setattr(guided, "load_text_image", lambda *_a, **_k: HashedTextModel())
+    patch_text_image(monkeypatch)
     torch.manual_seed(0)
     network = ShortcutDiT(in_channels=1, sample_size=8, patch_size=2, hidden_size=16, depth=1, num_heads=2,
                           num_classes=10, max_steps=8)
     folder = save_shortcut(network, tmp_path / "shortcut")
-    module = StyleModule(generator=str(folder), scheduler="shortcut", num_steps=4, start_timestep=600, layer=1,
-                         lr=0.05, output_dir=str(tmp_path / "out"))
-    assert isinstance(module.scheduler, ShortcutScheduler) and module.start_step == 2  # σ: 1, .75, .5, .25
+    module = task(GramStyleObjective("digits:0", "tiny", layer=1), tmp_path / "out", generator=str(folder),
+                  scheduler="shortcut", num_steps=4, start_timestep=600)
+    sampler = module.sampler
+    assert isinstance(sampler.scheduler, ShortcutScheduler) and sampler.start_step == 2  # σ: 1, .75, .5, .25
     trainer(tmp_path, 2).fit(module, datamodule=LabelSeedDataModule(num_classes=10, per_class=1, batch_size=10))
     aggregate = read_results(tmp_path / "out")["aggregate"]
-    assert aggregate["loss_guided_mean"] < aggregate["loss_original_mean"]
+    assert aggregate["loss_optimized_mean"] < aggregate["loss_original_mean"]
     batch = next(iter(LabelSeedDataModule(num_classes=10, per_class=1, batch_size=10).train_dataloader()))
-    assert module.guide_per_step(batch, scale=0.1).shape == (10, 1, 8, 8)  # x̂₀ guidance: x̂₀ = x_t + (1 − t)·v
+    # x̂₀ guidance on the flow model (x̂₀ = x_t + (1 − t)·v): ρ = 0 is its own sampler, ρ > 0 lowers the loss
+    plain = xhat_guided_images(module, batch, scale=0.0)
+    guided = xhat_guided_images(module, batch, scale=0.1)
+    with torch.no_grad():
+        torch.testing.assert_close(plain, sampler.generate(module.start_latent(batch), batch["label"], "none"))
+        assert module.objective(guided, batch).mean() < module.objective(plain, batch).mean()
+
+
+# ----- a new guided objective is one class + one YAML (README) ---------------------------------------------
+
+
+class DarkerObjective(Objective):
+    """The smallest objective: the mean brightness of each image (lower is better)."""
+
+    def forward(self, images: torch.Tensor, batch: dict) -> torch.Tensor:
+        return images.flatten(1).mean(1)
+
+
+def test_a_new_objective_runs_from_one_yaml_with_its_class_path(tiny_ddpm_folder: Path, tmp_path: Path) -> None:
+    import cli
+
+    out = tmp_path / "out"
+    (tmp_path / "darker.yaml").write_text(f"""
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  max_epochs: 3
+  logger: false
+  enable_checkpointing: false
+  enable_progress_bar: false
+model:
+  class_path: lit_sdo.tasks.latent.LatentOptimizationModule
+  init_args:
+    sampler:
+      generator: {tiny_ddpm_folder}
+      num_steps: 3
+    objective:
+      class_path: {__name__}.DarkerObjective
+    optimizer: sign
+    lr: 0.05
+    output_dir: {out}
+data:
+  class_path: lit_sdo.datamodules.LabelSeedDataModule
+  init_args:
+    num_classes: 2
+    per_class: 2
+    batch_size: 4
+""")
+    cli.main(["fit", "--config", str(tmp_path / "darker.yaml")])
+    results = read_results(out)
+    assert results["objective"] == "DarkerObjective"
+    assert results["config"]["objective"]["class_path"] == f"{__name__}.DarkerObjective"
+    samples = results["samples"]
+    assert len(samples) == 4 and all(s["loss_optimized"] < s["loss_original"] for s in samples)
+    assert results["aggregate"]["loss_optimized_mean"] < results["aggregate"]["loss_original_mean"]

@@ -73,8 +73,9 @@ class TextEditObjective(Objective):
         return ((batch["image"] + 1) / 2).clamp(0, 1)
 
     def forward(self, images: Tensor, batch: Batch) -> Tensor:
+        reference = self.reference(batch)  # first: a batch without references is a one-line error, not a KeyError
         distance = text_image_distance(self.model.image_embeddings(images), self.text(batch["prompt"], images.device))
-        return self.lam * distance + (1 - self.lam) * fidelity(images, self.reference(batch), self.fidelity_norm)
+        return self.lam * distance + (1 - self.lam) * fidelity(images, reference, self.fidelity_norm)
 
     def measure(self, images: Tensor, batch: Batch) -> dict[str, Tensor]:
         reference = self.reference(batch)
