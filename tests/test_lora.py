@@ -116,7 +116,28 @@ def test_lora_command_samples_a_grid_with_mixed_loras(tmp_path: Path) -> None:
     save_lora(trained_lora(make_attention_unet(), seed=7), tmp_path / "b")
     path = main(["--generator", str(folder), "--lora", f"{tmp_path / 'a'}:0.5", "--lora", f"{tmp_path / 'b'}:1",
                  "--seeds", "0", "1", "--num-steps", "2", "--out", str(tmp_path / "grid.png")])
-    assert path.is_file() and path.stat().st_size > 0
+    assert path.is_file()
+    from lit_sdo.datamodules import read_image_file
+    from lit_sdo.images import image_grid, to_unit_range
+    from lit_sdo.models import build_sampler, load_diffusion
+    from lit_sdo.sampling import noise_for_seeds, sample
+
+    def reference_grid(loras: list[tuple[Path, float]]) -> torch.Tensor:
+        """θ_old + 0.5·θ_A + 1·θ_B sampled directly: classes 0, 1 (rows) × seeds 0, 1, 2 DDIM steps."""
+        model = load_diffusion(str(folder))
+        model.denoiser.network = merge_loras(model.denoiser.network, loras)
+        denoiser, sampler = build_sampler(model, "ddim", 2)
+        with torch.no_grad():
+            out = sample(denoiser, sampler, noise_for_seeds([0, 1, 0, 1], denoiser.sample_shape),
+                         torch.tensor([0, 0, 1, 1]), policy="none")
+        grid = image_grid(to_unit_range(out.sample), nrow=2)  # (3, 19, 19): 8×8 cells, 1 px padding
+        return (grid * 255).round().repeat_interleave(4, 1).repeat_interleave(4, 2)  # the PNG's ×4 nearest
+
+    written = read_image_file(path, channels=3) * 255
+    assert written.shape == (3, 76, 76)
+    torch.testing.assert_close(written, reference_grid([(tmp_path / "a", 0.5), (tmp_path / "b", 1.0)]), rtol=0,
+                               atol=1.0)
+    assert (written - reference_grid([])).abs().max() > 8  # the mixed LoRAs show in the grid
 
 
 def test_default_targets_exist_in_a_dit_transformer() -> None:

@@ -18,6 +18,7 @@ from lit_sdo.images import to_unit_range
 from lit_sdo.io import read_tensors, write_tensors
 from lit_sdo.lora import lora_parameters
 from lit_sdo.models.networks import build_network
+from lit_sdo.models.sampler import SamplerSpec
 from lit_sdo.objectives import ClassLogProbReward, EmbeddingMLPReward, InkReward, PreferenceReward
 from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample
 from lit_sdo.tasks.reward import RewardFinetuneModule
@@ -26,6 +27,7 @@ from lit_sdo.tasks.train_diffusion import export_diffusion
 
 ROOT = Path(__file__).resolve().parents[1]
 NUM_STEPS = 4  # sampling steps of the tiny runs
+SAMPLER_FIELDS = {"num_steps", "policy", "k", "last_k", "guidance_scale", "policy_seed"}
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,10 @@ def make_module(folders: SimpleNamespace, out: Path, reward: torch.nn.Module | N
                 **kwargs: object) -> RewardFinetuneModule:
     L.seed_everything(0, verbose=False)  # LoRA's A matrices are drawn at injection
     reward = reward if reward is not None else ClassLogProbReward(str(folders.resnet))
-    options = {"num_steps": NUM_STEPS, "grid_every_n_steps": 100, "grid_samples": 2, "output_dir": str(out)} | kwargs
-    return RewardFinetuneModule(generator=str(folders.ddpm), reward=reward, **options)
+    spec = {"generator": str(folders.ddpm), "num_steps": NUM_STEPS, "k": "random"} | {
+        k: kwargs.pop(k) for k in list(kwargs) if k in SAMPLER_FIELDS}
+    options = {"grid_every_n_steps": 100, "grid_samples": 2, "output_dir": str(out)} | kwargs
+    return RewardFinetuneModule(sampler=SamplerSpec(**spec), reward=reward, **options)
 
 
 def fit(module: RewardFinetuneModule, out: Path, steps: int, samples_per_step: int = 4, batch_size: int = 2,
@@ -100,8 +104,8 @@ def test_gradient_comes_from_the_policys_steps_and_equals_the_fixed_k_reference(
 
     def gradient(policy_: GradientPolicy) -> list[torch.Tensor]:
         x = noise_for_seeds([0, 1], module.denoiser.sample_shape)
-        images = to_unit_range(sample(module.denoiser, module.scheduler, x, labels, policy=policy_).sample)
-        loss = -module.reward(images, labels).mean()
+        images = to_unit_range(sample(module.denoiser, module.sampler.scheduler, x, labels, policy=policy_).sample)
+        loss = -module.reward(images, {"label": labels}).mean()
         return list(torch.autograd.grad(loss, lora_parameters(module.denoiser.network)))
 
     for got, want in zip(capture.grads[0], gradient(reference_policy), strict=True):
@@ -162,8 +166,7 @@ class NaNAfter(torch.nn.Module):
         super().__init__()
         self.n, self.calls = n, 0
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None,
-                prompts: list[str] | None = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, batch: dict) -> torch.Tensor:
         reward = images.flatten(1).mean(1)
         if torch.is_grad_enabled():
             self.calls += 1
@@ -203,14 +206,18 @@ def test_resume_from_checkpoint_continues_the_same_run(folders: SimpleNamespace,
 
 def test_embedded_rewards_match_their_definitions(folders: SimpleNamespace) -> None:
     images = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(InkReward()(images), images.mean((1, 2, 3)))
-    torch.testing.assert_close(InkReward(sign=-1, dark_ink=True)(images), -(1 - images).mean((1, 2, 3)))
+    torch.testing.assert_close(InkReward()(images, {}), images.mean((1, 2, 3)))
+    torch.testing.assert_close(InkReward(sign=-1, dark_ink=True)(images, {}), -(1 - images).mean((1, 2, 3)))
     reward = ClassLogProbReward(str(folders.resnet))
     log_probs = torch.log_softmax(reward.classifier(images), 1)
-    torch.testing.assert_close(reward(images, torch.tensor([0, 1, 1])), log_probs[[0, 1, 2], [0, 1, 1]])
-    torch.testing.assert_close(ClassLogProbReward(str(folders.resnet), target_class=1)(images), log_probs[:, 1])
+    torch.testing.assert_close(reward(images, {"label": torch.tensor([0, 1, 1])}), log_probs[[0, 1, 2], [0, 1, 1]])
+    torch.testing.assert_close(ClassLogProbReward(str(folders.resnet), target_class=1)(images, {}), log_probs[:, 1])
     with pytest.raises(ValueError, match="target_class=5 is out of range"):
         ClassLogProbReward(str(folders.resnet), target_class=5)
+    with pytest.raises(ValueError, match="needs the samples' labels"):
+        reward(images, {"prompt": ["a", "b", "c"]})
+    with pytest.raises(ValueError, match=r"sign=2.0 must be 1 \(bolder\) or -1 \(thinner\)"):
+        InkReward(sign=2.0)
 
 
 def test_embedding_mlp_reward_loads_user_weights_and_rejects_wrong_shapes(folders: SimpleNamespace,
@@ -224,7 +231,7 @@ def test_embedding_mlp_reward_loads_user_weights_and_rejects_wrong_shapes(folder
                                 embed_dim=4, hidden=(8,))
     images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     features = torch.nn.functional.normalize(reward.embed.classifier.features(images), dim=-1)
-    torch.testing.assert_close(reward(images), layers[1](layers[0](features)).squeeze(1).detach())
+    torch.testing.assert_close(reward(images, {}), layers[1](layers[0](features)).squeeze(1).detach())
     with pytest.raises(ValueError, match=r"^MLP weights .* have shapes .* set embed_dim/hidden to match[^\n]*$"):
         EmbeddingMLPReward(str(tmp_path / "mlp.safetensors"), embedder=f"classifier:{folders.resnet}",
                            embed_dim=768)
@@ -248,8 +255,8 @@ def test_prompt_sets_are_shipped() -> None:
 def test_two_ddp_ranks_through_the_cli_give_the_one_device_lora(folders: SimpleNamespace, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     command = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ROOT / "configs/reward/digits.yaml"),
-               f"--model.init_args.generator={folders.ddpm}",
-               f"--model.init_args.num_steps={NUM_STEPS}", "--model.init_args.lr=0.01",
+               f"--model.init_args.sampler.generator={folders.ddpm}",
+               f"--model.init_args.sampler.num_steps={NUM_STEPS}", "--model.init_args.lr=0.01",
                "--model.init_args.grid_samples=2", f"--model.init_args.output_dir={out}",
                "--data.init_args.num_classes=2", "--data.init_args.samples_per_step=4", "--data.init_args.batch_size=2",
                "--trainer.max_epochs=2", "--trainer.gradient_clip_val=null", "--trainer.accumulate_grad_batches=1",
@@ -262,8 +269,8 @@ def test_two_ddp_ranks_through_the_cli_give_the_one_device_lora(folders: SimpleN
 
     # One device, accumulating the same two micro-batches (the CLI seeds everything with 0 first too).
     L.seed_everything(0, verbose=False)
-    single = RewardFinetuneModule(generator=str(folders.ddpm), reward=InkReward(), num_steps=NUM_STEPS, lr=0.01,
-                                  grid_samples=2, output_dir=str(tmp_path / "one"))
+    single = RewardFinetuneModule(sampler=SamplerSpec(generator=str(folders.ddpm), num_steps=NUM_STEPS, k="random"),
+                                  reward=InkReward(), lr=0.01, grid_samples=2, output_dir=str(tmp_path / "one"))
     fit(single, tmp_path / "one", steps=2, samples_per_step=4, batch_size=2, accumulate=2)
     one = read_tensors(tmp_path / "one" / "lora" / "pytorch_lora_weights.safetensors")
     assert ddp.keys() == one.keys()
@@ -283,8 +290,8 @@ def test_text_model_with_guidance_trains_its_unet_lora_on_a_prompt_file(tmp_path
     (tmp_path / "prompts.txt").write_text("a b\nb a\n")
     L.seed_everything(0, verbose=False)
     reward = PromptRecorder()
-    module = RewardFinetuneModule(generator=str(folder), reward=reward, num_steps=3, guidance_scale=2.0,
-                                  grid_samples=2, output_dir=str(tmp_path / "out"), lr=1e-2)
+    module = RewardFinetuneModule(sampler=SamplerSpec(generator=str(folder), num_steps=3, guidance_scale=2.0),
+                                  reward=reward, grid_samples=2, output_dir=str(tmp_path / "out"), lr=1e-2)
     before = lora_state(module)
     assert any(".attn2.to_k." in name for name in before)  # cross-attention projections are adapted too
     data = RewardPromptDataModule(prompts=str(tmp_path / "prompts.txt"), samples_per_step=2, batch_size=2)
@@ -309,11 +316,10 @@ class PromptRecorder(InkReward):
         super().__init__()
         self.seen: list[list[str]] = []
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None,
-                prompts: list[str] | None = None) -> torch.Tensor:
-        assert labels is None and prompts is not None and len(prompts) == len(images)
-        self.seen.append(list(prompts))
-        return super().forward(images)
+    def forward(self, images: torch.Tensor, batch: dict) -> torch.Tensor:
+        assert "label" not in batch and len(batch["prompt"]) == len(images)
+        self.seen.append(list(batch["prompt"]))
+        return super().forward(images, batch)
 
 
 TINY_OPEN_CLIP = {"embed_dim": 8, "vision_cfg": {"image_size": 16, "layers": 1, "width": 16, "patch_size": 8,
@@ -346,7 +352,7 @@ def test_preference_reward_is_the_cosine_of_open_clips_embeddings(preference_wei
     reward = PreferenceReward(str(preference_weights), architecture="lit-sdo-tiny-hps")
     images = torch.rand(2, 3, 16, 16, requires_grad=True)
     prompts = ["a painting of a cat", "a painting of a dog"]
-    score = reward(images, None, prompts)
+    score = reward(images, {"prompt": prompts})
     model = reward.scorer.model
     mean, std = torch.tensor(open_clip.OPENAI_DATASET_MEAN), torch.tensor(open_clip.OPENAI_DATASET_STD)
     with torch.no_grad():  # open_clip's own forward on already-sized images: normalised features
@@ -355,7 +361,7 @@ def test_preference_reward_is_the_cosine_of_open_clips_embeddings(preference_wei
     torch.testing.assert_close(score.detach(), (image_features * text_features).sum(-1))
     (grad,) = torch.autograd.grad(score.sum(), images)
     assert grad.abs().sum() > 0  # differentiable in the image: usable as a reward
-    grey = reward(torch.rand(2, 1, 40, 30), None, prompts)  # other sizes and grey images are prepared first
+    grey = reward(torch.rand(2, 1, 40, 30), {"prompt": prompts})  # other sizes and grey images are prepared first
     assert grey.shape == (2,) and torch.isfinite(grey).all()
 
 
@@ -374,4 +380,4 @@ def test_preference_reward_bad_input_is_one_line(preference_weights: Path, tmp_p
     assert "\n" not in str(err.value)
     reward = PreferenceReward(str(preference_weights), architecture="lit-sdo-tiny-hps")
     with pytest.raises(ValueError, match="use it with a text model"):
-        reward(torch.rand(1, 3, 16, 16), torch.tensor([0]))
+        reward(torch.rand(1, 3, 16, 16), {"label": torch.tensor([0])})

@@ -67,7 +67,6 @@ class RewardFinetuneModule(L.LightningModule):
             raise ValueError(f"grid_every_n_steps={grid_every_n_steps} and grid_samples={grid_samples} must be >= 1")
         self.sampler = Sampler(sampler)
         self.policy = self.sampler.policy
-        self.denoiser = self.sampler.denoiser
         inject_lora(self.denoiser.network, lora_targets or DEFAULT_TARGETS, lora_rank, lora_alpha)
         if reward is None:
             from lit_sdo.objectives import ClassLogProbReward
@@ -85,6 +84,12 @@ class RewardFinetuneModule(L.LightningModule):
         self._autocast_dtype: torch.dtype | None = None
 
     # ----- construction ---------------------------------------------------------------------------
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The sampler's denoiser (a property, not a second registration: state dicts and checkpoints hold
+        each LoRA weight once)."""
+        return self.sampler.denoiser
+
     def train(self, mode: bool = True) -> RewardFinetuneModule:
         super().train(mode)
         self.denoiser.eval()  # frozen networks: no dropout, fixed normalisation statistics
