@@ -37,9 +37,12 @@ def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def run_attack(out: Path, folders: tuple[Path, Path], *extra: str) -> dict:
     generator, classifier = folders
     command = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ROOT / "configs/attack/digits.yaml"),
-               f"--model.init_args.generator={generator}", f"--model.init_args.classifier={classifier}",
-               "--model.init_args.transfer_classifier=null", "--model.init_args.num_steps=3",
-               "--model.init_args.loss=ce", f"--model.init_args.output_dir={out}", "--trainer.max_epochs=2",
+               f"--model.init_args.sampler.generator={generator}",
+               f"--model.init_args.objective.init_args.classifier={classifier}",
+               "--model.init_args.objective.init_args.transfer_classifier=null",
+               "--model.init_args.sampler.num_steps=3",
+               "--model.init_args.objective.init_args.loss=ce", f"--model.init_args.output_dir={out}",
+               "--trainer.max_epochs=2",
                "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={out}",
                "--data.init_args.num_classes=2", "--data.init_args.per_class=3", "--data.init_args.batch_size=4",
                *extra]
@@ -95,8 +98,9 @@ def test_imagenet_dit_config_runs_on_tiny_models_of_the_same_classes(tmp_path: P
     out = tmp_path / "out"
     cli.main(["fit", "--config", str(ROOT / "configs/attack/imagenet_dit.yaml"), "--trainer.accelerator=cpu",
               "--trainer.devices=1", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false",
-              f"--trainer.logger.init_args.save_dir={tmp_path}", f"--model.init_args.generator={folder}",
-              f"--model.init_args.classifier={tmp_path / 'resnet'}", "--model.init_args.num_steps=2",
+              f"--trainer.logger.init_args.save_dir={tmp_path}", f"--model.init_args.sampler.generator={folder}",
+              f"--model.init_args.objective.init_args.classifier={tmp_path / 'resnet'}",
+              "--model.init_args.sampler.num_steps=2",
               f"--model.init_args.output_dir={out}", "--data.init_args.per_class=1"])
     results = json.loads((out / "results.json").read_text())
     assert [s["label"] for s in results["samples"]] == [1, 9, 130, 207, 279, 291, 323, 388, 417, 511, 817, 933, 980]

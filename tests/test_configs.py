@@ -36,13 +36,15 @@ def test_cli_reports_bad_input_in_one_line(capsys: pytest.CaptureFixture[str], m
         cli.main()
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("lit-sdo: error: diffusion model 'facebook/DiT-XL-2-256' is not")
+    # the objective (an init argument) is built before the task loads its generator: its classifier is named first
+    assert len(err) == 1 and err[0].startswith("lit-sdo: error: classifier 'torchvision:resnet50' is not available "
+                                               "locally")
 
 
 def test_resume_says_when_the_checkpoints_model_arguments_replace_the_given_ones(tmp_path: Path) -> None:
     """Lightning resumes with the checkpoint's hyper-parameters; an argument changed for the resume is named."""
     common = ["--config", str(ROOT / "configs/attack/digits.yaml"), "--data.init_args.per_class=1",
-              "--model.init_args.num_steps=2", "--trainer.enable_progress_bar=false",
+              "--model.init_args.sampler.num_steps=2", "--trainer.enable_progress_bar=false",
               f"--trainer.logger.init_args.save_dir={tmp_path}", f"--model.init_args.output_dir={tmp_path / 'out'}"]
     cli.main(["fit", *common, "--trainer.max_epochs=1"])
     ckpt = next(tmp_path.rglob("last.ckpt"))
@@ -58,7 +60,7 @@ def test_unwritable_output_path_stops_the_run_at_start_in_one_line(capsys: pytes
     blocker = tmp_path / "a-file"
     blocker.write_text("")  # a folder cannot be created below a file
     monkeypatch.setattr("sys.argv", ["lit-sdo", "fit", "--config", str(ROOT / "configs/attack/digits.yaml"),
-                                     "--data.init_args.per_class=1", "--model.init_args.num_steps=2",
+                                     "--data.init_args.per_class=1", "--model.init_args.sampler.num_steps=2",
                                      f"--trainer.logger.init_args.save_dir={tmp_path / 'logs'}",
                                      f"--model.init_args.output_dir={blocker / 'out'}"])
     with pytest.raises(SystemExit) as exit_info:
