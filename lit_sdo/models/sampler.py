@@ -95,10 +95,10 @@ class Sampler(nn.Module):
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
 
-    def initial_noise(self, seeds: Sequence[int] | Tensor) -> Tensor:
-        """x_T from per-sample seeds, independent of device, batch and rank."""
+    def initial_noise(self, seeds: Sequence[int] | Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """x_T from per-sample seeds, independent of device, batch and rank (drawn in float32, then cast)."""
         seeds = seeds.tolist() if isinstance(seeds, Tensor) else list(seeds)
-        return noise_for_seeds(seeds, self.denoiser.sample_shape, device=self.device)
+        return noise_for_seeds(seeds, self.denoiser.sample_shape, device=self.device).to(dtype)
 
     def noise_generator(self) -> torch.Generator:
         return torch.Generator(self.device).manual_seed(self.spec.seed)
@@ -110,7 +110,7 @@ class Sampler(nn.Module):
         out = sample(self.denoiser, self.scheduler, x, cond, policy=self.policy if policy is None else policy,
                      start_step=self.start_step if start_step is None else start_step,
                      generator=self.noise_generator(), policy_generator=policy_generator)
-        return to_unit_range(self.denoiser.decode(out.sample).float())
+        return to_unit_range(self.denoiser.decode(out.sample).to(x.dtype))  # autocast may decode in bf16
 
     def trajectory(self, x: Tensor, cond: Tensor | None) -> list[Tensor]:
         """Every latent of a plain sampling run from x_T: [x_T, after step 0, ...] (no gradient)."""

@@ -158,7 +158,7 @@ class LatentOptimizationModule(L.LightningModule):
         if "image" in batch:
             reference = self._encode_reference(batch["image"][todo].to(self.device))
             return invert_ddim(sampler.denoiser, sampler.scheduler, reference, cond, start_step=sampler.start_step)
-        noise = sampler.initial_noise(batch["seed"][todo])
+        noise = sampler.initial_noise(batch["seed"][todo], dtype=self.dtype)
         return sampler.trajectory(noise, cond)[sampler.start_step] if sampler.start_step > 0 else noise
 
     def _encode_reference(self, images: Tensor) -> Tensor:
