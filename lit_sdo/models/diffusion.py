@@ -44,6 +44,8 @@ class DiffusionModel:
         image_size: side of the decoded image.
         channels: channels of the decoded image.
         encode_prompt: prompts -> text embeddings (B, L, D) for text-conditioned models, else None.
+        is_shortcut: a shortcut or flow-matching network, sampled by its own scheduler (``scheduler="shortcut"``);
+            its ``scheduler_config`` is empty.
     """
 
     name: str
@@ -53,6 +55,7 @@ class DiffusionModel:
     image_size: int
     channels: int
     encode_prompt: Callable[[list[str]], Tensor] | None = None
+    is_shortcut: bool = False
 
 
 def load_diffusion(name: str, *, guidance_scale: float = 1.0, device: str | torch.device = "cpu") -> DiffusionModel:
@@ -78,7 +81,7 @@ def build_sampler(model: DiffusionModel, scheduler: str, num_steps: int) -> tupl
     """(denoiser, scheduler) for N-step sampling of ``model``: a diffusers scheduler by name on the model's
     own adapter, or, for a shortcut model, its few-step scheduler (``scheduler="shortcut"``) with an adapter
     paired to it (timesteps σ·1000, so t = 600 means σ = 0.6) and the loaded adapter's guidance scale."""
-    is_shortcut = model.scheduler_config.get("kind") == SHORTCUT_KIND
+    is_shortcut = model.is_shortcut
     if is_shortcut != (scheduler == "shortcut"):
         raise ValueError(f"generator {model.name} is {'a' if is_shortcut else 'not a'} shortcut model: use "
                          f"scheduler: {'shortcut' if is_shortcut else 'ddim (or dpm, euler, lcm, ...)'}")
@@ -97,8 +100,8 @@ def _load_shortcut(name: str, folder: Path, guidance_scale: float) -> DiffusionM
     denoiser, _ = build_shortcut_sampler(network, network.max_steps, guidance_scale=guidance_scale,
                                          flow_only=not network.step_conditioned)
     size = network.config["sample_size"]
-    return DiffusionModel(name, denoiser, {"kind": SHORTCUT_KIND}, network.num_classes, size,
-                          network.config["in_channels"])
+    return DiffusionModel(name, denoiser, {}, network.num_classes, size, network.config["in_channels"],
+                          is_shortcut=True)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
