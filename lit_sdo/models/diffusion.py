@@ -1,8 +1,10 @@
 """Diffusion models by name, each turned into a :class:`DiffusionModel` with the right denoiser adapter.
 
-Sources: ``embedded:<name>`` (lit_sdo's digits DDPM, shortcut and flow models), a diffusers folder or a
-hub id in the local cache: a bare ``UNet2DModel`` folder (config.json + scheduler_config.json, what
-lit_sdo exports), a pipeline folder (model_index.json) with a ``UNet2DModel`` (pixel), a
+Sources: ``embedded:<name>`` (lit_sdo's digits DDPM, shortcut and flow models);
+``guided-diffusion:<arch>[?classifier_scale=S]`` (the released ADM checkpoints with their noise-aware
+classifier, :mod:`lit_sdo.models.guided_diffusion`); a diffusers folder or a hub id in the local cache: a
+bare ``UNet2DModel`` folder (config.json + scheduler_config.json, what lit_sdo exports), a pipeline
+folder (model_index.json) with a ``UNet2DModel`` (pixel), a
 ``UNet2DConditionModel`` + VAE + text encoder (latent, text), or a DiT / PixArt transformer + VAE; or a
 shortcut-model folder (config.json of kind ``shortcut_dit``, lit_sdo's format).
 
@@ -22,6 +24,7 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
+from lit_sdo.models.guided_diffusion import GUIDED_DIFFUSION_PREFIX, load_guided_diffusion
 from lit_sdo.models.hub import resolve_folder
 from lit_sdo.models.shortcut import SHORTCUT_KIND, load_shortcut
 from lit_sdo.sampling.denoisers import DenoiserAdapter, LatentUNetDenoiser, PixelUNetDenoiser, TransformerDenoiser
@@ -59,7 +62,11 @@ class DiffusionModel:
 
 
 def load_diffusion(name: str, *, guidance_scale: float = 1.0, device: str | torch.device = "cpu") -> DiffusionModel:
-    """Load ``name`` (``embedded:<name>``, a diffusers folder, or a cached hub id) ready for sampling."""
+    """Load ``name`` (``embedded:<name>``, a diffusers folder, a cached hub id or ``guided-diffusion:<arch>``)."""
+    if name.startswith(GUIDED_DIFFUSION_PREFIX):
+        model = load_guided_diffusion(name, guidance_scale)
+        model.denoiser.to(device).eval().requires_grad_(False)
+        return model
     folder = resolve_folder(name, "diffusion model")
     config_path = folder / "config.json"
     if (folder / "model_index.json").is_file():
