@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from lit_sdo.images import to_unit_range
 from lit_sdo.models import build_sampler, load_classifier, load_diffusion
-from lit_sdo.models.shortcut import SHORTCUT_KIND
 from lit_sdo.objectives import ClassifierObjective
 from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample
 
@@ -32,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
 
     generator = load_diffusion(args.generator)
-    is_shortcut = generator.scheduler_config.get("kind") == SHORTCUT_KIND  # flow matching: Eq. 18's identity skip
+    is_shortcut = generator.is_shortcut  # flow matching: Eq. 18's identity skip
     denoiser, scheduler = build_sampler(generator, "shortcut" if is_shortcut else "ddim", args.steps)
     classifier = load_classifier("embedded:digits-resnet")
     labels = torch.arange(args.samples) % 10

@@ -39,7 +39,7 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 def test_pixel_unet_folder_loads_with_guidance_and_frozen_weights(tiny_ddpm_folder: Path, tiny_unet) -> None:
     model = load_diffusion(str(tiny_ddpm_folder), guidance_scale=3.0)
     assert (model.num_classes, model.image_size, model.channels) == (2, 8, 1)
-    assert model.scheduler_config["beta_schedule"] == "squaredcos_cap_v2"
+    assert model.scheduler_config["beta_schedule"] == "squaredcos_cap_v2" and not model.is_shortcut
     assert not model.denoiser.training and not any(p.requires_grad for p in model.denoiser.parameters())
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor(50), torch.tensor([0, 1])
     with torch.no_grad():

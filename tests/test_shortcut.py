@@ -102,6 +102,123 @@ def test_flow_baseline_needs_no_d_and_rejects_self_consistency() -> None:
         ShortcutModule(net, self_consistency_fraction=0.25)
 
 
+class LabelTeacher(nn.Module):
+    """s(x, t, d, y) = 0.5 x + t + 3 d + y (so guidance changes the output), recording every call's (d, labels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[Tensor, Tensor | None]] = []
+
+    def forward(self, x: Tensor, t: Tensor, d: Tensor, labels: Tensor | None) -> Tensor:
+        self.calls.append((d.clone(), None if labels is None else labels.clone()))
+        y = labels.to(x).reshape(-1, 1, 1, 1)
+        return 0.5 * x + t.reshape(-1, 1, 1, 1) + 3 * d.reshape(-1, 1, 1, 1) + y
+
+
+class ConstantNetwork(nn.Module):
+    """Stands in for the trained network or its EMA teacher: returns ``value`` everywhere, records labels."""
+
+    def __init__(self, value: float, null_class: int = 3) -> None:
+        super().__init__()
+        self.value, self.null_class, self.max_steps = value, null_class, M
+        self.labels: list[Tensor] = []
+
+    def forward(self, x: Tensor, t: Tensor, d: Tensor, labels: Tensor | None) -> Tensor:
+        self.labels.append(labels.clone())
+        return torch.full_like(x, self.value)
+
+
+def tiny_module(**kwargs) -> ShortcutModule:  # noqa: ANN003
+    torch.manual_seed(0)
+    return ShortcutModule(dict(in_channels=1, sample_size=8, patch_size=2, hidden_size=16, depth=1, num_heads=2,
+                               num_classes=3, max_steps=M), **kwargs)
+
+
+def test_target_guidance_applies_at_the_flow_level_only() -> None:
+    """Official bootstrap_cfg: rows whose half-step is d = 1/M get s_∅ + w (s_y - s_∅) in both half-steps."""
+    torch.manual_seed(0)
+    data, noise = torch.randn(12, 1, 4, 4, dtype=torch.float64), torch.randn(12, 1, 4, 4, dtype=torch.float64)
+    labels, null, w = torch.randint(0, 3, (12,)), 3, 1.5
+    x_t, t, big, target = self_consistency_targets(LabelTeacher(), data, noise, labels, M, guidance_scale=w,
+                                                   null_class=null, generator=torch.Generator().manual_seed(0))
+    half = big.reshape(-1, 1, 1, 1) / 2
+    flow = (half == 1 / M).double()  # (B, 1, 1, 1) rows guided
+    y = labels.double().reshape(-1, 1, 1, 1)
+    guided_y = flow * (null + w * (y - null)) + (1 - flow) * y  # the label term after guidance
+
+    def s(x: Tensor, time: Tensor) -> Tensor:
+        return 0.5 * x + time + 3 * half + guided_y
+
+    tb = t.reshape(-1, 1, 1, 1)
+    first = s(x_t, tb)
+    second = s(x_t + half * first, tb + half)
+    torch.testing.assert_close(target, (first + second) / 2, rtol=1e-14, atol=1e-14)
+    assert flow.sum() > 0 and (1 - flow).sum() > 0
+    plain = self_consistency_targets(LabelTeacher(), data, noise, labels, M,
+                                     generator=torch.Generator().manual_seed(0))[3]
+    assert not torch.allclose(plain, target)
+    with pytest.raises(ValueError, match="needs the network's null_class"):
+        self_consistency_targets(LabelTeacher(), data, noise, labels, M, guidance_scale=w)
+
+
+def test_targets_are_clipped_like_the_official_code() -> None:
+    """x'_{t+d} and the target are clipped to ±4 (official targets_shortcut.py); None leaves them alone."""
+    torch.manual_seed(0)
+    data, noise = 10 * torch.randn(12, 1, 4, 4, dtype=torch.float64), torch.randn(12, 1, 4, 4, dtype=torch.float64)
+
+    def identity(x: Tensor, t: Tensor, d: Tensor, labels: Tensor | None) -> Tensor:
+        return x
+
+    x_t, t, big, target = self_consistency_targets(identity, data, noise, None, M, target_clip=4.0)
+    half = big.reshape(-1, 1, 1, 1) / 2
+    x_mid = (x_t + half * x_t).clamp(-4, 4)
+    torch.testing.assert_close(target, ((x_t + x_mid) / 2).clamp(-4, 4), rtol=0, atol=0)
+    x_t, _, big, unclipped = self_consistency_targets(identity, data, noise, None, M)
+    torch.testing.assert_close(unclipped, x_t + big.reshape(-1, 1, 1, 1) / 4 * x_t, rtol=1e-15, atol=1e-15)
+    assert unclipped.abs().max() > 4
+
+
+def test_module_clips_self_consistency_targets_by_default() -> None:
+    """With a teacher that answers 100 and a network that answers 0, the clipped target gives a loss of 4² = 16."""
+    module = tiny_module(self_consistency_fraction=0.5)
+    assert module.hparams.target_clip == 4.0 and module.hparams.self_consistency_fraction == 0.5
+    module.ema, module.network = ConstantNetwork(100.0), ConstantNetwork(0.0)
+    _, logs = module.shortcut_loss(torch.zeros(8, 1, 8, 8), torch.zeros(8, dtype=torch.long))
+    assert float(logs["train/loss_self_consistency"]) == 16.0
+
+
+def test_unconditional_training_puts_the_null_label_on_the_whole_batch() -> None:
+    """label_dropout=1 (official cfg_scale 0): teacher and network see only the null label, also in the
+    self-consistency part, so the few-step shortcuts are learnt for the label they are sampled with."""
+    module = tiny_module(self_consistency_fraction=0.5, label_dropout=1.0)
+    module.ema, module.network = ConstantNetwork(0.0), ConstantNetwork(0.0)
+    module.shortcut_loss(torch.zeros(8, 1, 8, 8), torch.zeros(8, dtype=torch.long))
+    seen = torch.cat(module.ema.labels + module.network.labels)
+    assert seen.numel() == 2 * 4 + 8 and torch.all(seen == 3)
+
+
+def test_module_guides_its_targets_with_the_null_label() -> None:
+    module = tiny_module(self_consistency_fraction=0.5, target_guidance_scale=1.5)
+    module.ema = LabelTeacher()
+    module.shortcut_loss(torch.zeros(16, 1, 8, 8), torch.zeros(16, dtype=torch.long))
+    null_calls = [d for d, labels in module.ema.calls if labels is not None and torch.all(labels == 3)]
+    assert len(null_calls) == 2 and all(torch.all(d == 1 / M) for d in null_calls)
+    with pytest.raises(ValueError, match="0 < label_dropout < 1"):
+        tiny_module(target_guidance_scale=1.5, label_dropout=1.0)
+
+
+def test_config_keys_are_the_constructor_arguments(tmp_path: Path) -> None:
+    """The saved config names exactly ShortcutDiT's arguments; extra keys in config.json are ignored on load."""
+    import inspect
+
+    from lit_sdo.models.shortcut import CONFIG_KEYS
+
+    assert CONFIG_KEYS == tuple(inspect.signature(ShortcutDiT).parameters)
+    net = tiny_network().float()
+    save_shortcut(net, tmp_path / "m", extra={"training_command": "x", "seed": 0})
+    assert load_shortcut(tmp_path / "m").config == net.config
+
+
 # ---------------------------------------------------------------- scheduler and sampling
 
 
@@ -265,6 +382,7 @@ def test_load_diffusion_pairs_a_shortcut_folder_with_its_own_sampler(tmp_path: P
     save_shortcut(net, tmp_path / "m")
     model = load_diffusion(str(tmp_path / "m"))
     assert (model.num_classes, model.image_size, model.channels) == (3, 8, 1)
+    assert model.is_shortcut and model.scheduler_config == {}  # an explicit field, no tag in the scheduler config
     denoiser, scheduler = build_sampler(model, "shortcut", 4)
     expected_denoiser, expected_scheduler = build_shortcut_sampler(net, 4, flow_only=not step_conditioned)
     x, labels = torch.randn(2, 1, 8, 8), torch.tensor([0, 2])
@@ -333,7 +451,9 @@ def test_real_configs_carry_paper_hyperparameters_and_train_at_tiny_size(
     cli = LightningCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                        run=False, args=["--config", str(config), *tiny])
     hp = cli.model.hparams
-    assert (hp.lr, hp.weight_decay, hp.ema_decay, hp.self_consistency_fraction) == (1e-4, 0.1, 0.999, 0.25)
+    assert (hp.lr, hp.weight_decay, hp.ema_decay, hp.self_consistency_fraction) == (1e-4, 0.1, 0.999, 0.125)
+    celeba = "celeba" in config.name  # official: unconditional, no CFG; ImageNet: bootstrap_cfg with cfg_scale 1.5
+    assert hp.target_clip == 4.0 and hp.target_guidance_scale == (1.0 if celeba else 1.5)
     assert hp.network["patch_size"] == 2 and hp.network["max_steps"] == 128 and hp.network["in_channels"] == 4
     assert cli.datamodule.hparams.batch_size == 4 and hp.label_dropout == (1.0 if "celeba" in config.name else 0.1)
     cli.trainer.fit(cli.model, cli.datamodule)
@@ -353,6 +473,18 @@ def test_real_config_paper_sizes() -> None:
         sizes = (network["hidden_size"], network["depth"], network["num_heads"], network["mlp_ratio"])
         assert sizes == (768, 12, 12, 4.0)
         assert (network["sample_size"], network["in_channels"]) == (32, 4)
+        batch = yaml.safe_load(config.read_text())["data"]["init_args"]["batch_size"]
+        assert batch == (64 if "celeba" in config.name else 256)  # the official training commands
+
+
+def test_training_configs_export_under_runs() -> None:
+    """A training run with its defaults never overwrites the shipped weights under data/models/."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    exports = {p.name: yaml.safe_load(p.read_text())["model"]["init_args"].get("export_dir")
+               for p in sorted([*root.glob("train/*.yaml"), *root.glob("shortcut/*.yaml")])}
+    assert exports and all(str(folder).startswith("runs/") for folder in exports.values()), exports
 
 
 def test_results_section_is_replaced_not_duplicated(tmp_path: Path) -> None:

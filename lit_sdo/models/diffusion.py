@@ -1,8 +1,10 @@
 """Diffusion models by name, each turned into a :class:`DiffusionModel` with the right denoiser adapter.
 
-Sources: ``embedded:<name>`` (lit_sdo's digits DDPM, shortcut and flow models), a diffusers folder or a
-hub id in the local cache: a bare ``UNet2DModel`` folder (config.json + scheduler_config.json, what
-lit_sdo exports), a pipeline folder (model_index.json) with a ``UNet2DModel`` (pixel), a
+Sources: ``embedded:<name>`` (lit_sdo's digits DDPM, shortcut and flow models);
+``guided-diffusion:<arch>[?classifier_scale=S]`` (the released ADM checkpoints with their noise-aware
+classifier, :mod:`lit_sdo.models.guided_diffusion`); a diffusers folder or a hub id in the local cache: a
+bare ``UNet2DModel`` folder (config.json + scheduler_config.json, what lit_sdo exports), a pipeline
+folder (model_index.json) with a ``UNet2DModel`` (pixel), a
 ``UNet2DConditionModel`` + VAE + text encoder (latent, text), or a DiT / PixArt transformer + VAE; or a
 shortcut-model folder (config.json of kind ``shortcut_dit``, lit_sdo's format).
 
@@ -22,6 +24,7 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
+from lit_sdo.models.guided_diffusion import GUIDED_DIFFUSION_PREFIX, load_guided_diffusion
 from lit_sdo.models.hub import resolve_folder
 from lit_sdo.models.shortcut import SHORTCUT_KIND, load_shortcut
 from lit_sdo.sampling.denoisers import DenoiserAdapter, LatentUNetDenoiser, PixelUNetDenoiser, TransformerDenoiser
@@ -44,6 +47,8 @@ class DiffusionModel:
         image_size: side of the decoded image.
         channels: channels of the decoded image.
         encode_prompt: prompts -> text embeddings (B, L, D) for text-conditioned models, else None.
+        is_shortcut: a shortcut or flow-matching network, sampled by its own scheduler (``scheduler="shortcut"``);
+            its ``scheduler_config`` is empty.
     """
 
     name: str
@@ -53,10 +58,15 @@ class DiffusionModel:
     image_size: int
     channels: int
     encode_prompt: Callable[[list[str]], Tensor] | None = None
+    is_shortcut: bool = False
 
 
 def load_diffusion(name: str, *, guidance_scale: float = 1.0, device: str | torch.device = "cpu") -> DiffusionModel:
-    """Load ``name`` (``embedded:<name>``, a diffusers folder, or a cached hub id) ready for sampling."""
+    """Load ``name`` (``embedded:<name>``, a diffusers folder, a cached hub id or ``guided-diffusion:<arch>``)."""
+    if name.startswith(GUIDED_DIFFUSION_PREFIX):
+        model = load_guided_diffusion(name, guidance_scale)
+        model.denoiser.to(device).eval().requires_grad_(False)
+        return model
     folder = resolve_folder(name, "diffusion model")
     config_path = folder / "config.json"
     if (folder / "model_index.json").is_file():
@@ -78,7 +88,7 @@ def build_sampler(model: DiffusionModel, scheduler: str, num_steps: int) -> tupl
     """(denoiser, scheduler) for N-step sampling of ``model``: a diffusers scheduler by name on the model's
     own adapter, or, for a shortcut model, its few-step scheduler (``scheduler="shortcut"``) with an adapter
     paired to it (timesteps σ·1000, so t = 600 means σ = 0.6) and the loaded adapter's guidance scale."""
-    is_shortcut = model.scheduler_config.get("kind") == SHORTCUT_KIND
+    is_shortcut = model.is_shortcut
     if is_shortcut != (scheduler == "shortcut"):
         raise ValueError(f"generator {model.name} is {'a' if is_shortcut else 'not a'} shortcut model: use "
                          f"scheduler: {'shortcut' if is_shortcut else 'ddim (or dpm, euler, lcm, ...)'}")
@@ -97,8 +107,8 @@ def _load_shortcut(name: str, folder: Path, guidance_scale: float) -> DiffusionM
     denoiser, _ = build_shortcut_sampler(network, network.max_steps, guidance_scale=guidance_scale,
                                          flow_only=not network.step_conditioned)
     size = network.config["sample_size"]
-    return DiffusionModel(name, denoiser, {"kind": SHORTCUT_KIND}, network.num_classes, size,
-                          network.config["in_channels"])
+    return DiffusionModel(name, denoiser, {}, network.num_classes, size, network.config["in_channels"],
+                          is_shortcut=True)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

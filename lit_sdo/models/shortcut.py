@@ -24,6 +24,8 @@ from lit_sdo.io import read_tensors, write_json, write_tensors
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 SHORTCUT_KIND = "shortcut_dit"  # config.json "kind" of these networks (shortcut and flow-matching)
+CONFIG_KEYS = ("in_channels", "sample_size", "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio",
+               "num_classes", "max_steps", "step_conditioned")  # ShortcutDiT's constructor arguments, in order
 
 
 def sinusoidal_embedding(values: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
@@ -104,11 +106,9 @@ class ShortcutDiT(nn.Module):
             raise ValueError(f"max_steps={max_steps} must be a power of two (the step sizes are 1, 1/2, ..., 1/M)")
         if hidden_size % num_heads or hidden_size % 4:
             raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads} and by 4")
-        self.config: dict[str, Any] = {
-            "in_channels": in_channels, "sample_size": sample_size, "patch_size": patch_size,
-            "hidden_size": hidden_size, "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio,
-            "num_classes": num_classes, "max_steps": max_steps, "step_conditioned": step_conditioned,
-        }
+        self.config: dict[str, Any] = dict(zip(CONFIG_KEYS, (
+            in_channels, sample_size, patch_size, hidden_size, depth, num_heads, mlp_ratio, num_classes,
+            max_steps, step_conditioned), strict=True))
         self.in_channels, self.sample_size, self.patch_size = in_channels, sample_size, patch_size
         self.num_classes, self.max_steps, self.step_conditioned = num_classes, max_steps, step_conditioned
         self.null_class = num_classes
@@ -194,12 +194,11 @@ def load_shortcut(folder: str | Path) -> ShortcutDiT:
     config = json.loads(config_path.read_text())
     if config.get("kind") != SHORTCUT_KIND:
         raise ValueError(f"{config_path} describes kind={config.get('kind')!r}, not a {SHORTCUT_KIND} network")
-    init_keys = ShortcutDiT.__init__.__code__.co_varnames[1:ShortcutDiT.__init__.__code__.co_argcount]
     weights = read_tensors(folder / WEIGHTS_FILE)
     has_d = any(key.startswith("d_embedder.") for key in weights)
     if config.get("step_conditioned", True) and not has_d:
         raise ValueError(f"{folder} holds weights trained without step-size (d) conditioning but its config says "
                          "step_conditioned=true; set it to false and sample with flow_only=True")
-    network = ShortcutDiT(**{key: config[key] for key in init_keys if key in config})
+    network = ShortcutDiT(**{key: config[key] for key in CONFIG_KEYS if key in config})  # not "kind", extras
     network.load_state_dict(weights)
     return network.eval().requires_grad_(False)
