@@ -24,13 +24,13 @@ from lit_sdo.io import write_markdown_section  # noqa: E402
 
 def run_policy(policy: str, args: argparse.Namespace, out_dir: Path) -> dict:
     """One attack run through the CLI; returns its aggregate results."""
-    overrides = [f"--model.init_args.policy={'last_k' if policy.startswith('last_k') else policy}",
+    overrides = [f"--model.init_args.sampler.policy={'last_k' if policy.startswith('last_k') else policy}",
                  f"--model.init_args.output_dir={out_dir}", f"--data.init_args.per_class={args.per_class}",
                  f"--trainer.max_epochs={args.steps}", "--trainer.enable_progress_bar=false",
                  f"--model.init_args.eps={args.eps}",
                  f"--trainer.logger.init_args.save_dir={out_dir}"]
     if policy.startswith("last_k"):
-        overrides.append(f"--model.init_args.last_k={policy.split('=')[1] if '=' in policy else 1}")
+        overrides.append(f"--model.init_args.sampler.last_k={policy.split('=')[1] if '=' in policy else 1}")
     cli.main(["fit", "--config", str(ROOT / "configs/attack/digits.yaml"), *overrides])
     return json.loads((out_dir / "results.json").read_text())["aggregate"]
 

@@ -39,7 +39,7 @@ def run_attack(out: Path, folders: tuple[Path, Path], *extra: str) -> dict:
     command = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ROOT / "configs/attack/digits.yaml"),
                f"--model.init_args.sampler.generator={generator}",
                f"--model.init_args.objective.init_args.classifier={classifier}",
-               "--model.init_args.objective.init_args.transfer_classifier=null",
+               f"--model.init_args.objective.init_args.transfer_classifier={classifier}",  # 8×8, like the generator
                "--model.init_args.sampler.num_steps=3",
                "--model.init_args.objective.init_args.loss=ce", f"--model.init_args.output_dir={out}",
                "--trainer.max_epochs=2",
