@@ -97,6 +97,7 @@ def plain_diffusers_loop(unet: UNet2DModel, scheduler_name: str, x: Tensor, labe
     """The textbook diffusers loop, written out: the reference for bit-for-bit equality."""
     scheduler = build_scheduler(scheduler_name, NUM_STEPS)
     generator = torch.Generator().manual_seed(3)
+    x = x * getattr(scheduler, "init_noise_sigma", 1.0)  # unit noise -> the scheduler's x_T
     with torch.no_grad():
         for t in scheduler.timesteps:
             model_input = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
@@ -234,7 +235,7 @@ def test_sdo_gradient_is_nonzero_on_untrained_unet_and_clipping_warns() -> None:
         sample(denoiser, clipping, latent().requires_grad_(True), torch.tensor([0, 9]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sample(denoiser, build_scheduler("ddim", NUM_STEPS), latent(), torch.tensor([0, 9]))
+        sample(denoiser, build_scheduler("ddim", NUM_STEPS, base_config={}), latent(), torch.tensor([0, 9]))
 
 
 def test_start_step_runs_the_tail_of_the_schedule() -> None:
