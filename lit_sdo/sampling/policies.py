@@ -8,7 +8,7 @@ carries gradient back to x_T. The other policies are the baselines the paper com
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Literal
 
@@ -61,6 +61,15 @@ class GradientPolicy:
         if self.last_k < 1:
             raise ValueError(f"policy last_k={self.last_k} must be >= 1")
         object.__setattr__(self, "_generator", torch.Generator().manual_seed(self.seed))  # not a field: no eq/hash
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickle / YAML (hparams) state: the fields only; a restored policy restarts its stream from ``seed``."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "_generator", torch.Generator().manual_seed(self.seed))
 
     def plan(self, num_steps: int, generator: torch.Generator | None = None) -> list[CallMode]:
         """Return the call mode of each of ``num_steps`` steps, drawing random choices from ``generator``
