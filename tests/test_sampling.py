@@ -1,9 +1,11 @@
-"""The sampler and its gradient policies against exact references.
+"""The sampler and its gradient policies: forward values, policies, schedulers, adapters, errors.
 
-- forward: every policy's x₀ equals a plain diffusers loop, bit for bit, for every scheduler;
-- gradients: full == checkpoint == finite differences; last_k(K=N) == full; SDO == closed form on a
-  linear denoiser; SDO == full when the denoiser ignores its input; SDO's parameter gradient flows
-  only through step k's call.
+- forward: every policy gives the same x₀, bit for bit, for every scheduler, stochastic ones included, with
+  and without a generator (equality with diffusers' own pipelines: test_pipeline_reference.py);
+- policies: random k and K are uniform (chi-square with a fixed generator), seeded, and never touch the
+  global RNG; last_k(K=N) == full; SDO == closed form on a 3-channel linear denoiser;
+- schedulers: clip_sample stays off whatever the base config; no base_config warns.
+Gradient references (finite differences, an independent SDO loop, Eq. 20): test_sampling_gradients.py.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    DDPMScheduler,
     DiTTransformer2DModel,
     PixArtTransformer2DModel,
     UNet2DConditionModel,
@@ -24,11 +27,13 @@ from torch import Tensor, nn
 
 from lit_sdo.sampling import (
     SCHEDULERS,
+    CallMode,
     DenoiserAdapter,
     GradientPolicy,
     LatentUNetDenoiser,
     PixelUNetDenoiser,
     TransformerDenoiser,
+    as_policy,
     build_scheduler,
     sample,
     start_step_for,
@@ -65,78 +70,94 @@ class LinearDenoiser(DenoiserAdapter):
         return torch.einsum("oc,bchw->bohw", self.weight, x) + self.bias[step].view(1, -1, 1, 1)
 
 
-class InputBlindDenoiser(DenoiserAdapter):
-    """u(x, t) depends on t only: SDO's dropped Jacobians are all zero, so SDO == full."""
-
-    def __init__(self) -> None:
-        super().__init__(nn.Identity(), SHAPE)
-        self.scale = nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
-
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        return torch.sin(self.scale * t.double() / 100) * torch.ones_like(x)
+def latent(batch: int = 2, seed: int = 0, shape: tuple[int, ...] = SHAPE) -> Tensor:
+    return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def latent(batch: int = 2, seed: int = 0) -> Tensor:
-    return torch.randn(batch, *SHAPE, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+def make_scheduler(name: str, num_steps: int = NUM_STEPS):
+    """diffusers' default β schedule, on purpose (``base_config={}``: no warning)."""
+    return build_scheduler(name, num_steps, base_config={})
 
 
-def objective_weights() -> Tensor:
-    return torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+def objective_weights(shape: tuple[int, ...] = SHAPE) -> Tensor:
+    return torch.randn(2, *shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
 
 
 def grad_wrt_latent(denoiser: DenoiserAdapter, scheduler_name: str, policy: GradientPolicy | str,
                     x: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
     x_t = (latent() if x is None else x).clone().requires_grad_(True)
-    out = sample(denoiser, build_scheduler(scheduler_name, NUM_STEPS), x_t, cond, policy=policy,
+    out = sample(denoiser, make_scheduler(scheduler_name), x_t, cond, policy=policy,
                  generator=torch.Generator().manual_seed(3))
     (out.sample * objective_weights()).sum().backward()
     return x_t.grad
 
 
-def plain_diffusers_loop(unet: UNet2DModel, scheduler_name: str, x: Tensor, labels: Tensor) -> Tensor:
-    """The textbook diffusers loop, written out: the reference for bit-for-bit equality."""
-    scheduler = build_scheduler(scheduler_name, NUM_STEPS)
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for t in scheduler.timesteps:
-            model_input = scheduler.scale_model_input(x, t) if hasattr(scheduler, "scale_model_input") else x
-            t_batch = t.reshape(-1).expand(x.shape[0])
-            noise_pred = unet(model_input, t_batch, class_labels=labels).sample
-            x = scheduler.step(noise_pred, t, x, generator=generator).prev_sample
-    return x
+POLICIES = ["sdo", GradientPolicy("sdo", k=2), GradientPolicy("sdo", k="random"), "full", "checkpoint",
+            GradientPolicy("last_k", last_k=2), "random_truncation", GradientPolicy("random_truncation", seed=5)]
 
 
 @pytest.mark.parametrize("scheduler_name", list(SCHEDULERS))
-@pytest.mark.parametrize("policy", ["none", "sdo", GradientPolicy("sdo", k="random"), "full", "checkpoint",
-                                    GradientPolicy("last_k", last_k=2), "random_truncation"])
-def test_forward_equals_plain_diffusers_loop_bit_for_bit(scheduler_name: str, policy: GradientPolicy | str) -> None:
+@pytest.mark.parametrize("seeded", [False, True], ids=["global-rng", "generator"])
+def test_forward_is_the_same_for_every_policy(scheduler_name: str, seeded: bool) -> None:
+    """DDPM and LCM draw noise every step, from ``generator`` or else torch's global RNG: a policy that drew
+    its random k / K from either would change the samples (it did: max |Δ| 12.8 for DDPM)."""
     unet = tiny_unet()
     labels = torch.tensor([3, 7])
-    expected = plain_diffusers_loop(unet, scheduler_name, latent(), labels)
-    x_t = latent().requires_grad_(True)
-    out = sample(PixelUNetDenoiser(unet), build_scheduler(scheduler_name, NUM_STEPS), x_t, labels,
-                 policy=policy, generator=torch.Generator().manual_seed(3))
-    assert torch.equal(out.sample.detach(), expected)
+
+    def run(policy: GradientPolicy | str, policy_generator: torch.Generator | None = None) -> Tensor:
+        torch.manual_seed(5)
+        generator = torch.Generator().manual_seed(3) if seeded else None
+        out = sample(PixelUNetDenoiser(unet), make_scheduler(scheduler_name), latent().requires_grad_(True),
+                     labels, policy=policy, generator=generator, policy_generator=policy_generator)
+        return out.sample.detach()
+
+    reference = run("none")
+    for policy in POLICIES:
+        assert torch.equal(run(policy), reference), policy
+    for policy in POLICIES[2], POLICIES[-1]:
+        assert torch.equal(run(policy, torch.Generator().manual_seed(9)), reference), policy
 
 
-@pytest.mark.parametrize("scheduler_name", ["ddim", "dpm", "euler", "flow_euler"])
-def test_full_and_checkpoint_match_each_other_and_finite_differences(scheduler_name: str) -> None:
-    denoiser = PixelUNetDenoiser(tiny_unet(), guidance_scale=2.0, null_class=10)
-    cond = torch.tensor([1, 4])
-    full = grad_wrt_latent(denoiser, scheduler_name, "full", cond=cond)
-    ckpt = grad_wrt_latent(denoiser, scheduler_name, "checkpoint", cond=cond)
-    torch.testing.assert_close(ckpt, full, rtol=1e-10, atol=1e-12)
+def test_policy_draws_are_seeded_and_leave_the_global_rng_alone() -> None:
+    state = torch.get_rng_state()
+    draws = [GradientPolicy("sdo", k="random", seed=seed).plan(50).index(CallMode.GRAPH) for seed in (1, 1, 2)]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert draws[0] == draws[1] != draws[2]
+    policy = GradientPolicy("sdo", k="random")
+    assert len({policy.plan(50).index(CallMode.GRAPH) for _ in range(10)}) > 1  # one stream, not a restart
+    assert as_policy("random_truncation") is as_policy("random_truncation")  # a name keeps its stream too
+    with pytest.raises(ValueError, match="policy_generator is also the sampler's generator"):
+        shared = torch.Generator()
+        sample(PixelUNetDenoiser(tiny_unet()), make_scheduler("ddpm"), latent(), torch.tensor([0, 0]),
+               policy=policy, generator=shared, policy_generator=shared)
 
-    direction = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
-    h = 1e-3  # schedulers keep σ/ᾱ tables in float32: smaller steps drown in their rounding
 
-    def objective(x: Tensor) -> float:
-        with torch.no_grad():
-            out = sample(denoiser, build_scheduler(scheduler_name, NUM_STEPS), x, cond, policy="none")
-        return float((out.sample * objective_weights()).sum())
+def chi_square(counts: list[int]) -> float:
+    expected = sum(counts) / len(counts)
+    return sum((c - expected) ** 2 / expected for c in counts)
 
-    finite_difference = (objective(latent() + h * direction) - objective(latent() - h * direction)) / (2 * h)
-    assert float((full * direction).sum()) == pytest.approx(finite_difference, rel=1e-4)
+
+@pytest.mark.parametrize("name", ["sdo", "random_truncation"])
+def test_random_k_and_truncation_are_uniform_over_all_steps(name: str) -> None:
+    """k ∈ [0, N) for SDO, K ∈ [1, N] kept steps for random truncation: 1200 draws, N = 6, fixed generator.
+
+    χ² with 5 degrees of freedom exceeds 20.5 with probability 0.001 for a uniform draw; a draw that never
+    reaches the last value (k = N − 1) gives χ² ≈ 240.
+    """
+    policy = GradientPolicy(name, k="random")  # type: ignore[arg-type]
+    generator = torch.Generator().manual_seed(0)
+    counts = [0] * 6
+    for _ in range(1200):
+        modes = policy.plan(6, generator)
+        graph = [i for i, mode in enumerate(modes) if mode is CallMode.GRAPH]
+        if name == "sdo":
+            (k,) = graph
+            assert modes.count(CallMode.SKIP) == 5
+            counts[k] += 1
+        else:
+            assert graph == list(range(6 - len(graph), 6))  # the last K steps, the rest OFF
+            counts[len(graph) - 1] += 1
+    assert min(counts) > 0 and chi_square(counts) < 20.5, counts
 
 
 @pytest.mark.parametrize("scheduler_name", ["ddim", "ddpm", "dpm", "lcm"])
@@ -151,7 +172,7 @@ def test_last_k_over_all_steps_equals_full(scheduler_name: str) -> None:
 def test_last_k_short_of_all_steps_passes_no_gradient_to_x_T() -> None:
     denoiser = PixelUNetDenoiser(tiny_unet())
     x_t = latent().requires_grad_(True)
-    out = sample(denoiser, build_scheduler("ddim", NUM_STEPS), x_t, torch.tensor([0, 1]),
+    out = sample(denoiser, make_scheduler("ddim"), x_t, torch.tensor([0, 1]),
                  policy=GradientPolicy("last_k", last_k=1))
     assert out.graph_steps == [NUM_STEPS - 1]
     (grad,) = torch.autograd.grad(out.sample.sum(), x_t, allow_unused=True)
@@ -172,56 +193,52 @@ def ddim_coefficients(scheduler: DDIMScheduler) -> list[tuple[float, float]]:
     return coefficients
 
 
+def expected_bias_gradient(denoiser: LinearDenoiser, coefficients: list[tuple[float, float]], k: int,
+                           w: Tensor) -> Tensor:
+    """SDO's parameter gradient (Eq. 20): only step k's bias row, b_k Π_{i>k} a_i · Σ w per channel."""
+    a = torch.tensor([a_i for a_i, _ in coefficients], dtype=torch.float64)
+    expected = torch.zeros_like(denoiser.bias)
+    expected[k] = coefficients[k][1] * a[k + 1:].prod() * w.sum(dim=(0, 2, 3))
+    return expected
+
+
 @pytest.mark.parametrize("k", [0, 2])
 def test_sdo_gradient_equals_closed_form_on_linear_denoiser(k: int) -> None:
     """With x_{i+1} = a_i x_i + b_i u(x_i) and u = W x + bias, SDO keeps only step k's Jacobian:
-    dJ/dx_T = Π_{i≠k} a_i · (a_k w + b_k Wᵀ w)   (Eq. 19 for k = 0, the skip path elsewhere)."""
-    scheduler = build_scheduler("ddim", NUM_STEPS)
-    denoiser = LinearDenoiser(scheduler.timesteps, channels=1)
-    w = objective_weights()
+    dJ/dx_T = Π_{i≠k} a_i · (a_k w + b_k Wᵀ w)   (Eq. 19 for k = 0, the skip path elsewhere).
+    Three channels, so W ≠ Wᵀ: a transposed Jacobian fails."""
+    scheduler = make_scheduler("ddim")
+    denoiser = LinearDenoiser(scheduler.timesteps, channels=3)
+    w = objective_weights((3, 8, 8))
     coefficients = ddim_coefficients(scheduler)
     a = torch.tensor([a_i for a_i, _ in coefficients], dtype=torch.float64)
     a_k, b_k = coefficients[k]
 
-    x_t = latent().requires_grad_(True)
+    x_t = latent(shape=(3, 8, 8)).requires_grad_(True)
     out = sample(denoiser, scheduler, x_t, policy=GradientPolicy("sdo", k=k))
     (out.sample * w).sum().backward()
 
-    expected = a.prod() / a_k * (a_k * w + b_k * torch.einsum("oc,bohw->bchw", denoiser.weight, w))
+    expected = a.prod() / a_k * (a_k * w + b_k * torch.einsum("oc,bohw->bchw", denoiser.weight, w))  # Wᵀ w
     # The scheduler evaluates √ᾱ in float32, hence the tolerance.
     torch.testing.assert_close(x_t.grad, expected, rtol=1e-5, atol=1e-8)
-    # SDO's parameter gradient (Eq. 20): only step k's bias row, scaled by b_k Π_{i>k} a_i.
-    expected_bias = torch.zeros_like(denoiser.bias)
-    expected_bias[k] = b_k * a[k + 1 :].prod() * w.sum()
-    torch.testing.assert_close(denoiser.bias.grad, expected_bias, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(denoiser.bias.grad, expected_bias_gradient(denoiser, coefficients, k, w),
+                               rtol=1e-5, atol=1e-8)
 
 
-@pytest.mark.parametrize("scheduler_name", list(SCHEDULERS))
-def test_sdo_equals_full_when_denoiser_ignores_its_input(scheduler_name: str) -> None:
-    denoiser = InputBlindDenoiser()
-    sdo = grad_wrt_latent(denoiser, scheduler_name, "sdo")
-    full = grad_wrt_latent(denoiser, scheduler_name, "full")
-    assert sdo.abs().sum() > 0
-    torch.testing.assert_close(sdo, full, rtol=1e-12, atol=1e-12)
-
-
-def test_random_step_parameter_gradient_flows_only_through_step_k() -> None:
-    scheduler = build_scheduler("ddim", 6)
-    denoiser = LinearDenoiser(scheduler.timesteps, channels=1)
-    policy = GradientPolicy("sdo", k="random")
-    drawn = set()
-    for seed in range(8):
+def test_random_step_parameter_gradient_is_step_k_s_alone_unscaled() -> None:
+    """Random k gives exactly the fixed-k gradient of the drawn k (no 1/p or N factor)."""
+    scheduler = make_scheduler("ddim", 6)
+    denoiser = LinearDenoiser(scheduler.timesteps, channels=3)
+    w = objective_weights((3, 8, 8))
+    for seed in range(4):
         denoiser.zero_grad()
-        out = sample(denoiser, scheduler, latent(), policy=policy,
+        out = sample(denoiser, scheduler, latent(shape=(3, 8, 8)), policy=GradientPolicy("sdo", k="random"),
                      policy_generator=torch.Generator().manual_seed(seed))
         (k,) = out.graph_steps
-        drawn.add(k)
-        (out.sample * objective_weights()).sum().backward()
-        nonzero_rows = denoiser.bias.grad.abs().sum(dim=1).nonzero().flatten().tolist()
-        assert nonzero_rows == [k]
-        assert denoiser.weight.grad.abs().sum() > 0
-    assert len(drawn) > 1  # k really is random, and always inside [0, N)
-    assert all(0 <= k < 6 for k in drawn)
+        (out.sample * w).sum().backward()
+        torch.testing.assert_close(denoiser.bias.grad,
+                                   expected_bias_gradient(denoiser, ddim_coefficients(scheduler), k, w),
+                                   rtol=1e-5, atol=1e-8)
 
 
 def test_sdo_gradient_is_nonzero_on_untrained_unet_and_clipping_warns() -> None:
@@ -234,12 +251,12 @@ def test_sdo_gradient_is_nonzero_on_untrained_unet_and_clipping_warns() -> None:
         sample(denoiser, clipping, latent().requires_grad_(True), torch.tensor([0, 9]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        sample(denoiser, build_scheduler("ddim", NUM_STEPS), latent(), torch.tensor([0, 9]))
+        sample(denoiser, make_scheduler("ddim"), latent(), torch.tensor([0, 9]))
 
 
 def test_start_step_runs_the_tail_of_the_schedule() -> None:
     unet = tiny_unet()
-    scheduler = build_scheduler("ddim", 8)
+    scheduler = make_scheduler("ddim", 8)
     start = start_step_for(scheduler, 600)
     assert int(scheduler.timesteps[start]) <= 600 < int(scheduler.timesteps[start - 1])
     x = latent()
@@ -255,7 +272,7 @@ def test_start_step_runs_the_tail_of_the_schedule() -> None:
 
 
 def test_scheduler_is_not_mutated_and_serves_many_runs() -> None:
-    scheduler = build_scheduler("dpm", NUM_STEPS)
+    scheduler = make_scheduler("dpm")
     denoiser = PixelUNetDenoiser(tiny_unet())
     first = sample(denoiser, scheduler, latent(), torch.tensor([1, 2]), policy="none").sample
     second = sample(denoiser, scheduler, latent(), torch.tensor([1, 2]), policy="none").sample
@@ -265,7 +282,7 @@ def test_scheduler_is_not_mutated_and_serves_many_runs() -> None:
 
 def test_outer_no_grad_wins_over_the_policy() -> None:
     with torch.no_grad():
-        out = sample(PixelUNetDenoiser(tiny_unet()), build_scheduler("ddim", NUM_STEPS),
+        out = sample(PixelUNetDenoiser(tiny_unet()), make_scheduler("ddim"),
                      latent().requires_grad_(True), torch.tensor([0, 0]), policy="full")
     assert not out.sample.requires_grad
 
@@ -283,7 +300,7 @@ def test_outer_no_grad_wins_over_the_policy() -> None:
 def test_bad_input_gives_one_line_value_error(kwargs: dict, message: str) -> None:
     arguments = {"x": latent(), "policy": "sdo"} | kwargs
     with pytest.raises(ValueError, match=message):
-        sample(PixelUNetDenoiser(tiny_unet()), build_scheduler("ddim", NUM_STEPS), cond=torch.tensor([0, 0]),
+        sample(PixelUNetDenoiser(tiny_unet()), make_scheduler("ddim"), cond=torch.tensor([0, 0]),
                **arguments)
 
 
@@ -293,11 +310,45 @@ def test_scheduler_errors_name_the_argument() -> None:
     with pytest.raises(ValueError, match="not configured with timesteps"):
         sample(PixelUNetDenoiser(tiny_unet()), DDIMScheduler(clip_sample=False), latent())
     with pytest.raises(ValueError, match="timestep=-1 is outside the schedule"):
-        start_step_for(build_scheduler("ddim", 10), -1)
+        start_step_for(make_scheduler("ddim", 10), -1)
     with pytest.raises(ValueError, match="timestep=1500 is outside the schedule"):
-        start_step_for(build_scheduler("ddim", 10), 1500)
+        start_step_for(make_scheduler("ddim", 10), 1500)
     with pytest.raises(ValueError, match="k='first' must be"):
         GradientPolicy("sdo", k="first")  # type: ignore[arg-type]
+
+
+# scheduler_config.json of google/ddpm-ema-celebahq-256 (hub DDPM configs set clip_sample explicitly)
+HUB_DDPM_CONFIG = {"_class_name": "DDPMScheduler", "_diffusers_version": "0.1.1", "beta_end": 0.02,
+                   "beta_schedule": "linear", "beta_start": 0.0001, "clip_sample": True, "num_train_timesteps": 1000,
+                   "trained_betas": None}
+
+
+@pytest.mark.parametrize("route", ["hub json", "built in code", "saved with defaults listed"])
+@pytest.mark.parametrize("override", [{}, {"clip_sample": False}])
+def test_build_scheduler_turns_clipping_off_whatever_the_base_config(route: str, override: dict) -> None:
+    """diffusers' from_config restores the class default for keys listed in ``_use_default_values``: a config
+    taken from a scheduler built in code lists clip_sample there, and DDIM's default is clip_sample=True."""
+    if route == "hub json":
+        base = dict(HUB_DDPM_CONFIG)
+    elif route == "built in code":
+        base = dict(DDPMScheduler(beta_schedule="squaredcos_cap_v2").config)
+        assert "clip_sample" in base["_use_default_values"]
+    else:
+        base = dict(HUB_DDPM_CONFIG, beta_schedule="squaredcos_cap_v2", _use_default_values=["clip_sample"])
+    for name in ("ddim", "ddpm", "lcm"):
+        scheduler = build_scheduler(name, 30, base_config=base, **override)
+        assert scheduler.config["clip_sample"] is False, name
+        assert scheduler.config["beta_schedule"] == base["beta_schedule"]  # the model's choices are kept
+    assert build_scheduler("ddim", 30, base_config=base, clip_sample=True).config["clip_sample"] is True
+
+
+def test_build_scheduler_without_the_model_config_warns() -> None:
+    with pytest.warns(UserWarning, match="without base_config uses diffusers' default β schedule"):
+        scheduler = build_scheduler("ddim", 50)
+    assert scheduler.config["beta_schedule"] == "linear"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_scheduler("ddim", 50, base_config={})  # the defaults, on purpose
 
 
 def test_guidance_combines_conditional_and_null_predictions() -> None:
@@ -316,10 +367,10 @@ def test_guidance_combines_conditional_and_null_predictions() -> None:
 def test_dit_learned_sigma_output_is_split_to_epsilon() -> None:
     torch.manual_seed(0)
     dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
-                                num_layers=1, sample_size=8, patch_size=2, num_embeds_ada_norm=11)
+                                num_layers=1, sample_size=8, patch_size=2, num_embeds_ada_norm=11).eval()
     denoiser = TransformerDenoiser(dit, guidance_scale=1.5, null_class=10)
     x = torch.randn(2, 4, 8, 8, requires_grad=True)
-    out = sample(denoiser, build_scheduler("ddim", 3), x, torch.tensor([1, 2]), policy="sdo")
+    out = sample(denoiser, make_scheduler("ddim", 3), x, torch.tensor([1, 2]), policy="sdo")
     assert out.sample.shape == x.shape
     out.sample.sum().backward()
     assert x.grad.abs().sum() > 0
@@ -335,7 +386,7 @@ def test_pixart_text_conditioned_transformer_runs_with_guidance() -> None:
                                       caption_channels=12, use_additional_conditions=False)
     denoiser = TransformerDenoiser(pixart, guidance_scale=4.5, null_embedding=torch.zeros(1, 5, 12))
     x = torch.randn(2, 4, 8, 8, requires_grad=True)
-    out = sample(denoiser, build_scheduler("dpm", 3), x, torch.randn(2, 5, 12))
+    out = sample(denoiser, make_scheduler("dpm", 3), x, torch.randn(2, 5, 12))
     out.sample.sum().backward()
     assert out.sample.shape == x.shape and x.grad.abs().sum() > 0
 
@@ -352,7 +403,7 @@ def test_latent_unet_decodes_through_the_vae_with_gradient() -> None:
                         norm_num_groups=4, layers_per_block=1, sample_size=16)
     denoiser = LatentUNetDenoiser(unet, vae, guidance_scale=7.5, null_embedding=torch.zeros(1, 5, 12))
     x = torch.randn(1, 4, 8, 8, requires_grad=True)
-    out = sample(denoiser, build_scheduler("euler", 3), x, torch.randn(1, 5, 12), policy="sdo")
+    out = sample(denoiser, make_scheduler("euler", 3), x, torch.randn(1, 5, 12), policy="sdo")
     image = denoiser.decode(out.sample)
     assert image.shape == (1, 3, 16, 16)
     image.mean().backward()

@@ -12,7 +12,7 @@ condition and ``uncond + s * (cond - uncond)`` is returned.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -91,18 +91,56 @@ class PixelUNetDenoiser(ClassConditionalMixin, DenoiserAdapter):
         return self.network(x, t, class_labels=cond).sample
 
 
+GuidanceMode = Literal["auto", "cfg", "embedding"]
+GUIDANCE_MODES: tuple[str, ...] = ("auto", "cfg", "embedding")
+
+
+def guidance_embedding(w: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding (B, dim) of the guidance weights w (B,), for guidance-distilled UNets (LCM).
+
+    LCM distillation (Luo et al. 2023, arXiv 2310.04378) conditions the UNet on w through the sinusoidal
+    timestep embedding of VDM / "Attention is all you need" applied to 1000·w: half the channels are
+    sin(1000·w·f_j), half cos(1000·w·f_j), with frequencies f_j = 10000^(−j/(half−1)), j = 0..half−1;
+    an odd ``dim`` gets one zero channel. Computed in float32 (the caller casts).
+    """
+    half = dim // 2
+    log_rate = torch.log(torch.tensor(10000.0)) / max(half - 1, 1)
+    frequencies = torch.exp(torch.arange(half, dtype=torch.float32) * -log_rate)  # (half,)
+    angles = (w.float() * 1000.0)[:, None] * frequencies[None, :]  # (B, half)
+    embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)  # (B, 2·half)
+    return torch.nn.functional.pad(embedding, (0, dim - 2 * half))
+
+
 class LatentUNetDenoiser(DenoiserAdapter):
     """diffusers ``UNet2DConditionModel`` on VAE latents, conditioned on text embeddings (B, L, D).
 
-    ``null_embedding`` (1, L, D) is the embedding of the empty prompt, used for guidance.
+    ``null_embedding`` (1, L, D) is the embedding of the empty prompt, used for classifier-free guidance.
+    A guidance-distilled UNet (LCM: ``config.time_cond_proj_dim`` set) is instead told the guidance scale
+    through ``timestep_cond`` = :func:`guidance_embedding` of w = ``guidance_scale`` − 1, in one call per
+    step and without a null prompt, as diffusers' LCM and Stable Diffusion pipelines do for such UNets.
+    ``guidance``: ``"auto"`` picks the embedding exactly when the UNet has ``time_cond_proj_dim``;
+    ``"cfg"`` / ``"embedding"`` force one.
     """
 
     def __init__(self, unet: nn.Module, vae: nn.Module, guidance_scale: float = 1.0,
-                 null_embedding: Tensor | None = None, latent_size: int | None = None) -> None:
+                 null_embedding: Tensor | None = None, latent_size: int | None = None,
+                 guidance: GuidanceMode = "auto") -> None:
         cfg = unet.config
         size = latent_size or (cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0])
         super().__init__(unet, (cfg.in_channels, size, size), guidance_scale, vae=vae)
         self.register_buffer("null_embedding", null_embedding, persistent=False)
+        self.embedding_dim: int | None = getattr(cfg, "time_cond_proj_dim", None)
+        if guidance not in GUIDANCE_MODES:
+            raise ValueError(f"guidance={guidance!r} is unknown; allowed values: {', '.join(GUIDANCE_MODES)}")
+        if guidance == "embedding" and self.embedding_dim is None:
+            raise ValueError("guidance='embedding' needs a guidance-distilled UNet (config.time_cond_proj_dim set, "
+                             "e.g. LCM); this UNet has time_cond_proj_dim=None: use guidance='cfg'")
+        self.embedded_guidance = guidance == "embedding" or (guidance == "auto" and self.embedding_dim is not None)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        if self.embedded_guidance:  # w reaches the UNet through timestep_cond: no null-prompt half
+            return self._call_network(x, t, cond)
+        return super().forward(x, t, cond)
 
     def null_condition(self, cond: Tensor) -> Tensor:
         if self.null_embedding is None:
@@ -112,7 +150,11 @@ class LatentUNetDenoiser(DenoiserAdapter):
     def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         if cond is None:
             raise ValueError("a text-conditioned UNet needs cond = text embeddings (B, L, D)")
-        return self.network(x, t, encoder_hidden_states=cond).sample
+        timestep_cond = None
+        if self.embedded_guidance:
+            w = torch.full((x.shape[0],), self.guidance_scale - 1.0)  # (B,)
+            timestep_cond = guidance_embedding(w, self.embedding_dim).to(device=x.device, dtype=x.dtype)
+        return self.network(x, t, encoder_hidden_states=cond, timestep_cond=timestep_cond).sample
 
 
 class TransformerDenoiser(ClassConditionalMixin, DenoiserAdapter):

@@ -7,7 +7,8 @@ carries gradient back to x_T. The other policies are the baselines the paper com
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Literal
 
@@ -41,11 +42,16 @@ class GradientPolicy:
             its graph; ``"random"`` draws it uniformly from [0, N) on every call (paper Fig. 5, with
             the upper end excluded so every call yields a gradient step).
         last_k: for ``last_k``, how many final steps keep their graph.
+        seed: seeds the policy's own generator, which draws the random k / K whenever ``plan`` is
+            given no generator. The draws never touch torch's global RNG, which stochastic schedulers
+            (DDPM, LCM) use for their noise when sampling without a generator: otherwise a random
+            policy would change the forward samples.
     """
 
     name: PolicyName = "sdo"
     k: int | Literal["random"] = 0
     last_k: int = 1
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.name not in POLICY_NAMES:
@@ -54,9 +60,20 @@ class GradientPolicy:
             raise ValueError(f"policy k={self.k!r} must be a step index >= 0 or 'random'")
         if self.last_k < 1:
             raise ValueError(f"policy last_k={self.last_k} must be >= 1")
+        object.__setattr__(self, "_generator", torch.Generator().manual_seed(self.seed))  # not a field: no eq/hash
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickle / YAML (hparams) state: the fields only; a restored policy restarts its stream from ``seed``."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        for key, value in state.items():
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "_generator", torch.Generator().manual_seed(self.seed))
 
     def plan(self, num_steps: int, generator: torch.Generator | None = None) -> list[CallMode]:
-        """Return the call mode of each of ``num_steps`` steps, drawing random choices from ``generator``."""
+        """Return the call mode of each of ``num_steps`` steps, drawing random choices from ``generator``
+        (the policy's own seeded generator when None)."""
         if num_steps < 1:
             raise ValueError(f"num_steps={num_steps} must be >= 1")
         if self.name == "none":
@@ -78,12 +95,20 @@ class GradientPolicy:
             kept = self._draw(num_steps, generator) + 1
         return [CallMode.OFF] * (num_steps - kept) + [CallMode.GRAPH] * kept
 
-    @staticmethod
-    def _draw(num_steps: int, generator: torch.Generator | None) -> int:
-        """Uniform integer in [0, num_steps)."""
-        return int(torch.randint(num_steps, (1,), generator=generator).item())
+    def _draw(self, num_steps: int, generator: torch.Generator | None) -> int:
+        """Uniform integer in [0, num_steps), from ``generator`` or else the policy's own (never the global RNG)."""
+        own: torch.Generator = self._generator  # type: ignore[attr-defined]
+        return int(torch.randint(num_steps, (1,), generator=own if generator is None else generator).item())
 
 
 def as_policy(policy: GradientPolicy | str) -> GradientPolicy:
-    """Accept a policy object or a bare name (``"sdo"`` means SDO at the first step)."""
-    return policy if isinstance(policy, GradientPolicy) else GradientPolicy(name=policy)  # type: ignore[arg-type]
+    """Accept a policy object or a bare name (``"sdo"`` means SDO at the first step).
+
+    A name always gives the same policy object, so a random policy named by a string keeps drawing
+    from one generator across calls instead of restarting it (same K every call)."""
+    return policy if isinstance(policy, GradientPolicy) else _policy_named(policy)
+
+
+@functools.cache
+def _policy_named(name: str) -> GradientPolicy:
+    return GradientPolicy(name=name)  # type: ignore[arg-type]

@@ -39,25 +39,47 @@ def build_scheduler(name: str, num_steps: int, base_config: dict[str, Any] | Non
                     **overrides: Any) -> SchedulerMixin:
     """A diffusers scheduler by short name, with ``num_steps`` timesteps set.
 
+    Keys of ``base_config`` listed under its ``_use_default_values`` (a config taken from a scheduler built
+    in code, e.g. ``dict(DDPMScheduler().config)``) were the source class's defaults, not the model's choice:
+    they are dropped, as diffusers' ``from_config`` drops them, so the new class keeps its own defaults. The
+    keys this function sets (``clip_sample``/``thresholding`` False) and ``overrides`` always win; diffusers
+    would silently restore the class default (DDIM: ``clip_sample=True``) for a key listed there.
+
     Args:
         name: one of ``SCHEDULERS`` (ddim, ddpm, dpm, euler, lcm, flow_euler).
         num_steps: number of sampling steps N.
-        base_config: a loaded model's scheduler config (its β schedule, prediction type...).
+        base_config: the loaded model's scheduler config (its β schedule, prediction type...), e.g.
+            ``DiffusionModel.scheduler_config``. None warns: the scheduler then has diffusers' default β
+            schedule (linear, 1000 steps), which silently mismatches a model trained with another
+            (lit_sdo's digits DDPM uses ``squaredcos_cap_v2``). Pass ``{}`` to use the defaults on purpose.
         overrides: config keys to set, e.g. ``prediction_type="v_prediction"``.
     """
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler name={name!r} is unknown; allowed values: {', '.join(SCHEDULERS)}")
     if num_steps < 1:
         raise ValueError(f"num_steps={num_steps} must be >= 1")
+    if base_config is None:
+        warnings.warn(
+            f"build_scheduler({name!r}, {num_steps}) without base_config uses diffusers' default β schedule "
+            "(linear, 1000 steps), not the model's: pass base_config=model.scheduler_config, or base_config={} "
+            "to use the defaults on purpose",
+            stacklevel=2,
+        )
     cls = SCHEDULERS[name]
     accepted = inspect.signature(cls.__init__).parameters
-    config = dict(base_config or {}) | overrides
+    config = _explicit_keys(base_config or {}) | overrides
     for key in _GRADIENT_KILLERS:
         if key in accepted and key not in overrides:
             config[key] = False
     scheduler = cls.from_config(config)
     scheduler.set_timesteps(num_steps)
     return scheduler
+
+
+def _explicit_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the keys it lists under ``_use_default_values`` (and without that list itself)."""
+    defaults = set(config.get("_use_default_values", ()))
+    return {key: value for key, value in config.items() if key not in defaults and key != "_use_default_values"}
 
 
 def warn_if_clipping(scheduler: SchedulerMixin) -> None:
