@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from lit_sdo.images import to_unit_range
-from lit_sdo.models import build_sampler, load_classifier, load_diffusion
+from lit_sdo.models import build_sampler, load_diffusion
 from lit_sdo.objectives import ClassifierObjective
 from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample
 
@@ -33,17 +33,18 @@ def main() -> None:
     generator = load_diffusion(args.generator)
     is_shortcut = generator.is_shortcut  # flow matching: Eq. 18's identity skip
     denoiser, scheduler = build_sampler(generator, "shortcut" if is_shortcut else "ddim", args.steps)
-    classifier = load_classifier("embedded:digits-resnet")
+    objective = ClassifierObjective("embedded:digits-resnet", loss="margin")
+    classifier = objective.classifier
     labels = torch.arange(args.samples) % 10
+    batch = {"label": labels}
     x_t = noise_for_seeds(range(args.samples), denoiser.sample_shape)
-    objective = ClassifierObjective("margin")
 
     def images(x: torch.Tensor, policy: GradientPolicy | str) -> torch.Tensor:
         return to_unit_range(denoiser.decode(sample(denoiser, scheduler, x, labels, policy=policy).sample))
 
     def gradient(policy: GradientPolicy | str) -> torch.Tensor:
         x = x_t.clone().requires_grad_(True)
-        return torch.autograd.grad(objective(classifier(images(x, policy)), labels).sum(), x)[0]
+        return torch.autograd.grad(objective(images(x, policy), batch).sum(), x)[0]
 
     exact = gradient("full")
     print(f"{args.generator}, {args.steps} steps, {args.samples} samples")

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import cli  # noqa: E402
 from lit_sdo.io import write_markdown_section  # noqa: E402
+from lit_sdo.tasks.xhat_baseline import xhat_guided_images  # noqa: E402
 
 TASK_METRICS = {  # the task metric first; then what else the task reports
     "edit": ["loss", "clip_score", "ssim_to_reference", "label_agreement"],
@@ -48,9 +49,9 @@ def data_overrides(task: str, samples: int) -> list[str]:
 def common_overrides(args: argparse.Namespace, task: str) -> list[str]:
     out = data_overrides(task, args.samples)
     if args.num_steps is not None and task != "style":  # style runs the shortcut model's own 8 steps
-        out.append(f"--model.init_args.num_steps={args.num_steps}")
+        out.append(f"--model.init_args.sampler.num_steps={args.num_steps}")
     if args.generator is not None:
-        out.append(f"--model.init_args.generator={args.generator}")
+        out.append(f"--model.init_args.sampler.generator={args.generator}")
     return out
 
 
@@ -68,7 +69,7 @@ def optimisation_steps(task: str, args: argparse.Namespace) -> int:
 def run_policy(task: str, policy: str, args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     """One latent-optimisation run through the CLI; returns its aggregate results."""
     cli.main(["fit", "--config", str(config_path(task)), *common_overrides(args, task),
-              f"--model.init_args.policy={policy}", f"--model.init_args.output_dir={out_dir}",
+              f"--model.init_args.sampler.policy={policy}", f"--model.init_args.output_dir={out_dir}",
               f"--trainer.max_epochs={optimisation_steps(task, args)}", "--trainer.enable_progress_bar=false",
               "--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
               f"--trainer.logger.init_args.save_dir={out_dir}"])
@@ -96,14 +97,14 @@ def step_memory(module: Any, batch: dict[str, Any], policy: str) -> float:
         torch.cuda.reset_peak_memory_stats()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         if policy == "xhat":  # the largest per-step graph: one model call and the loss of its x̂₀
-            module.guide_per_step(batch, scale=0.0)
+            xhat_guided_images(module, batch, scale=0.0)
         else:
-            images = module.generate(x_start + delta, cond, policy)
-            module.loss_and_success(images, batch)[0].sum().backward()
+            images = module.sampler.generate(x_start + delta, cond, policy)
+            module.objective(images, batch).sum().backward()
     if x_start.is_cuda:
         return torch.cuda.max_memory_allocated() / 2**20
     if policy == "xhat":
-        saved //= len(module.scheduler.timesteps) - module.start_step  # per sampling step (each frees its graph)
+        saved //= module.sampler.steps_run  # per sampling step (each frees its graph)
     return saved / 2**20
 
 
@@ -113,14 +114,18 @@ def run_xhat(task: str, scale: float, module: Any, datamodule: Any) -> dict[str,
     count, seconds = 0, 0.0
     for batch in datamodule.train_dataloader():
         started = time.perf_counter()
-        guided = module.guide_per_step(batch, scale)
+        guided = xhat_guided_images(module, batch, scale)
         seconds += time.perf_counter() - started
         with torch.no_grad():
             x_start, cond = module.start_latent(batch), module.condition(batch)
-            original = module.generate(x_start, cond, "none")
-            for name, images in (("original", original), ("guided", guided)):
-                for key, value in module.score_images(images, batch).items():
-                    sums[f"{key}_{name}_mean"] = sums.get(f"{key}_{name}_mean", 0.0) + float(value.float().sum())
+            original = module.sampler.generate(x_start, cond, policy="none")
+            for name, images in (("original", original), ("optimized", guided)):
+                measured = module.objective.measure(images, batch)
+                for measure in module.measures:
+                    measured |= measure(images, batch)
+                for key, value in measured.items():
+                    if value.dim() == 1:  # per-sample numbers (not feature rows)
+                        sums[f"{key}_{name}_mean"] = sums.get(f"{key}_{name}_mean", 0.0) + float(value.float().sum())
         count += len(batch["index"])
     return {k: v / count for k, v in sums.items()} | {"seconds_per_run": seconds, "num_samples": count}
 
@@ -155,14 +160,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for policy in args.policies:
                 r = run_policy(task, policy, args, Path(tmp) / policy)
-                cells = [f"{fmt(r.get(f'{k}_original_mean'))} → {fmt(r.get(f'{k}_guided_mean'))}" for k in keys]
+                cells = [f"{fmt(r.get(f'{k}_original_mean'))} → {fmt(r.get(f'{k}_optimized_mean'))}" for k in keys]
                 sec = r["seconds_per_step"]
                 steps = optimisation_steps(task, args)
                 lines.append(f"| {policy} | " + " | ".join(cells) + f" | {sec:.3f} | {steps} | "
                              f"{sec * steps:.1f} | {step_memory(module, batch, policy):.2f} |")
         for scale in args.xhat_scales:
             r = run_xhat(task, scale, module, datamodule)
-            cells = [f"{fmt(r.get(f'{k}_original_mean'))} → {fmt(r.get(f'{k}_guided_mean'))}" for k in keys]
+            cells = [f"{fmt(r.get(f'{k}_original_mean'))} → {fmt(r.get(f'{k}_optimized_mean'))}" for k in keys]
             lines.append(f"| x̂₀ guidance ρ={scale} | " + " | ".join(cells) + f" | – | 1 pass | "
                          f"{r['seconds_per_run']:.1f} | {step_memory(module, batch, 'xhat'):.2f} |")
         table = "\n".join(lines)
