@@ -62,7 +62,8 @@ SKIMAGE_PREFIX = "skimage:"
 def skimage_photos(names: str, num_samples: int | None, image_size: int | None, channels: int) -> Tensor:
     """Photographs bundled with scikit-image (no download), centre-cropped to squares, in [-1, 1].
 
-    ``names`` is ``lfw_subset`` (200 grey 25×25 faces) or comma-separated ``skimage.data`` images
+    ``names`` is ``lfw_subset`` (200 grey 25×25 images: 100 faces, then 100 non-faces) or comma-separated
+    ``skimage.data`` images
     (``astronaut``, ``chelsea``, ``coffee``, ``camera``, ...). A photo is resized to ``image_size``
     (no warning: photographs never come at the generator's size); None needs them all the same size.
     """

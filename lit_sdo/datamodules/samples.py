@@ -119,7 +119,8 @@ class ReferenceImageDataModule(SampleSetDataModule):
 
     Sources: ``digits`` (the first ``num_samples`` images of the digits test split, seed 0, with their
     labels, so label preservation can be scored), photographs that scikit-image ships offline
-    (``skimage:lfw_subset`` for its 200 small faces, ``skimage:astronaut,chelsea,coffee`` for named ones;
+    (``skimage:lfw_subset``: 100 small faces, then 100 non-faces; ``skimage:astronaut,chelsea,coffee`` for
+    named ones;
     label -1), or a folder of image files (label -1).
 
     Args:
