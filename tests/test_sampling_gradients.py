@@ -19,6 +19,7 @@ import pytest
 import torch
 from conftest import make_tiny_unet
 from diffusers import UNet2DConditionModel
+from test_sampling import ddim_coefficients
 from torch import Tensor, nn
 
 from lit_sdo.sampling import (
@@ -128,19 +129,6 @@ def test_sdo_from_an_intermediate_latent_equals_the_reference(name: str) -> None
     expected_x0 = sdo_reference(guided_pixel_fn(unet), name, x_s, k=1, start_step=1)
     torch.testing.assert_close(gradients(out.sample, [x_s])[0], gradients(expected_x0, [x_s])[0],
                                rtol=1e-9, atol=1e-12)
-
-
-def ddim_coefficients(scheduler) -> list[tuple[float, float]]:
-    """(a_i, b_i) of x_{i+1} = a_i x_i + b_i ε for DDIM with η = 0 (Song et al., Eq. 12)."""
-    coefficients = []
-    stride = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
-    for t in scheduler.timesteps.tolist():
-        alpha = float(scheduler.alphas_cumprod[t])
-        prev = t - stride
-        alpha_prev = float(scheduler.alphas_cumprod[prev]) if prev >= 0 else float(scheduler.final_alpha_cumprod)
-        coefficients.append(((alpha_prev / alpha) ** 0.5,
-                             (1 - alpha_prev) ** 0.5 - (alpha_prev * (1 - alpha) / alpha) ** 0.5))
-    return coefficients
 
 
 @pytest.mark.parametrize("k", [1, 3])

@@ -64,7 +64,9 @@ def sample(
     - ``start_step > 0``: the latent at ``scheduler.timesteps[start_step]`` in the scheduler's own space
       (``trajectory[start_step]`` of an earlier run, ``scheduler.add_noise``, or DDIM inversion); not rescaled.
 
-    So ``sample(..., x=out.trajectory[i], start_step=i)`` continues a run ``out`` from step i, for every i.
+    So ``sample(..., x=out.trajectory[i], start_step=i)`` continues a run ``out`` from step i, for every i,
+    bit for bit with single-step solvers (DDIM, DDPM, Euler, LCM, flow); a multistep solver (DPM) restarts
+    its history there (first order at step i), as it would in diffusers' img2img.
 
     Forward values never depend on ``policy``: the policy draws from ``policy_generator`` (or its own
     seeded generator), never from ``generator`` or torch's global RNG.
