@@ -1,5 +1,5 @@
 """Per-step guidance through the x̂₀ estimate (FreeDoM, Yu et al. 2023; DPS, Chung et al. 2023): the baseline
-that SDO is compared against in the guided-generation benchmark (issue 7).
+that SDO is compared against in the guided-generation benchmark.
 
 One sampling pass, no optimisation loop and no backprop through the chain: at every step the loss of the
 one-step estimate x̂₀(x_t) is differentiated w.r.t. x_t through ONE model call, and the solver's next
@@ -38,6 +38,9 @@ def xhat_guided_sample(denoiser: DenoiserAdapter, scheduler: SchedulerMixin, x: 
     if scale < 0:
         raise ValueError(f"scale={scale} must be >= 0 (the guidance step ρ)")
     scheduler = fresh_scheduler(scheduler)
+    if float(getattr(scheduler, "init_noise_sigma", 1.0)) != 1.0:
+        raise ValueError(f"x̂₀ guidance runs on variance-preserving schedulers (ddim, ddpm, dpm, lcm) and the shortcut "
+                         f"sampler; {type(scheduler).__name__} scales its latents by σ")
     flow_time = getattr(scheduler, "time_of", None)  # shortcut/flow scheduler: x̂₀ = x_t + (1 − t)·v
     levels = None if flow_time is not None else alpha_levels(scheduler)
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
