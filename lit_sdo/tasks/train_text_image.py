@@ -137,11 +137,12 @@ def write_manifest(folder: Path, command: str, results: dict) -> None:
     write_json(folder / "MANIFEST", {"files": files, "training_command": command} | results)
 
 
-def train_guidance_models(out: str = "data/models", epochs: int = 60, seed: int = 0) -> None:
+def train_guidance_models(out: str = "runs/models", epochs: int = 60, seed: int = 0) -> None:
     """Train digits-lit and digits-thickness on the digits' training split and export them with a MANIFEST.
 
     Args:
-        out: the folder that receives ``digits-lit/`` and ``digits-thickness/`` (the shipped zoo is data/models).
+        out: the folder that receives ``digits-lit/`` and ``digits-thickness/``; ``data/models`` replaces the
+            shipped ones (the default writes under runs/ and leaves them alone).
         epochs: training epochs of each model.
         seed: seed of the initialisation and of the batch order.
     """
