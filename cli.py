@@ -30,7 +30,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_sdo.config_errors import one_line
+from lit_sdo.config_errors import flatten, one_line
 from lit_sdo.log_folders import LogFolderGuard
 
 # Errors lit_sdo raises for bad input (missing weights, bad values, unwritable paths): shown as one line.
@@ -148,11 +148,15 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
             args=args,
             run=run,
         )
+    except ArgumentError as err:  # after parsing: the hyper-parameters of --ckpt_path's checkpoint
+        raise ConfigError(f"the checkpoint's model arguments do not parse: {one_line(str(err))}") from err
     except ValueError as err:
         root = root_user_error(err)
-        if root is None or root is err:
-            raise
-        raise root from None
+        if root is not None and root is not err:
+            raise root from None
+        if "Does not validate" in str(err):  # instantiation failed for another reason (e.g. an unknown argument)
+            raise ConfigError(one_line(str(err))) from err
+        raise
 
 
 def job_function(command: str) -> Callable[..., Any]:
@@ -204,11 +208,11 @@ def main(args: list[str] | None = None) -> None:
         if os.environ.get("LIT_SDO_DEBUG") or args is not None:
             raise
         if isinstance(err, ConfigError):  # the mistake, then where the options are listed
-            print(f"lit-sdo: error: {err}", file=sys.stderr)
+            print(f"lit-sdo: error: {flatten(str(err))}", file=sys.stderr)
             command = " ".join(filter(None, ("lit-sdo", err.command)))
             print(f"  ({command} --help lists the options; LIT_SDO_DEBUG=1 shows the traceback)", file=sys.stderr)
         else:
-            print(f"lit-sdo: error: {err}  (LIT_SDO_DEBUG=1 shows the traceback)", file=sys.stderr)
+            print(f"lit-sdo: error: {flatten(str(err))}  (LIT_SDO_DEBUG=1 shows the traceback)", file=sys.stderr)
         sys.exit(2)
     finally:
         # Plain multi-process CPU runs sometimes abort at exit unless the group is torn down.

@@ -95,7 +95,7 @@ def describe(key: str, class_path: str | None, text: str, given: str | None = No
     missing = MISSING_FILE.match(text)
     if missing:
         return f"{key or 'config'} file not found: {missing.group(1)!r} does not exist"
-    return where + type_name(text)
+    return where + text
 
 
 def unknown_option(given: str, options: Sequence[str]) -> str:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 import cli
 
@@ -114,6 +115,19 @@ def test_failed_start_in_a_new_log_folder_leaves_no_folder(tmp_path: Path, monke
                   f"--model.init_args.output_dir={blocker / 'out'}")
     assert_one_line(run_cli(args, monkeypatch, capsys), "cannot create output folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # new/logs/attack_digits/version_0 removed
+
+
+def test_checkpoint_of_another_model_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Lightning merges the checkpoint's hyper-parameters into the model's arguments before instantiating."""
+    import torch
+
+    config = yaml.safe_load(Path(CONFIG).read_text())
+    ckpt = tmp_path / "other.ckpt"
+    torch.save({"hyper_parameters": {"_class_path": config["model"]["class_path"], "epss": 0.2}}, ckpt)
+    before = earlier_run(tmp_path)
+    err = run_cli(attack(tmp_path, f"--ckpt_path={ckpt}"), monkeypatch, capsys)
+    assert_one_line(err, "unexpected keyword argument 'epss'")
+    assert {p: p.read_bytes() for p in before} == before
 
 
 @pytest.mark.parametrize(("args", "words"), [
