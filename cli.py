@@ -133,8 +133,9 @@ class LitSdoCLI(LightningCLI):
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """The CLI object; ``run=False`` only parses and instantiates (config tests)."""
-    parser_kwargs: dict[str, Any] = {**STRICT_PARSER, "description": "lit-sdo: SDO on Lightning. Also: "
-                                     + ", ".join(f"lit-sdo {job} --help" for job in JOBS)}
+    description = (f"Commands: {', '.join(LIGHTNING_COMMANDS)} (a Trainer call driven by --config YAML files) and "
+                   f"{', '.join(JOBS)} (jobs: lit-sdo JOB --help).")
+    parser_kwargs: dict[str, Any] = {**STRICT_PARSER, "prog": "lit-sdo", "description": description}
     parser_kwargs |= {command: dict(STRICT_PARSER) for command in LIGHTNING_COMMANDS}
     try:
         return LitSdoCLI(
@@ -187,9 +188,11 @@ def run_job(command: str, argv: Sequence[str]) -> Any:
 def dispatch(args: list[str] | None) -> None:
     """A job by its name, anything else to LightningCLI (``args=None``: LightningCLI reads ``sys.argv``)."""
     argv = sys.argv[1:] if args is None else args
-    if argv and argv[0] in JOBS:
+    if not argv:
+        raise ConfigError(f"no command given; the commands are: {', '.join(COMMANDS)}")
+    if argv[0] in JOBS:
         run_job(argv[0], argv[1:])
-    elif argv and not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
+    elif not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
         raise ConfigError(f"unknown command {argv[0]!r}; the commands are: {', '.join(COMMANDS)}")
     else:
         build_cli(args)

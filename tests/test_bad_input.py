@@ -131,6 +131,7 @@ def test_checkpoint_of_another_model_is_one_line(tmp_path: Path, monkeypatch, ca
 
 
 @pytest.mark.parametrize(("args", "words"), [
+    ([], ["no command given", "fit, validate, test, predict, lora-grid, train-text-image"]),
     (["fitt", "--config", CONFIG], ["unknown command 'fitt'", "fit, validate, test, predict, lora-grid"]),
     (["lora-grid", "--seed=1"], ["unknown option --seed ", "did you mean --seeds"]),
     (["lora-grid", "--lora=runs/a"], ["lora: expected a list"]),
