@@ -1,21 +1,59 @@
-"""``lit-sdo``: the LightningCLI entry point (fit / validate / test / predict driven by YAML configs).
+"""``lit-sdo``: the one entry point (``python cli.py ...`` is the same command).
 
-Thin on purpose: any LightningModule / LightningDataModule is selected with ``class_path`` in a config
-file (subclass mode), so a new task costs a YAML file, not a change here.
+- ``fit`` / ``validate`` / ``test`` / ``predict``: LightningCLI driven by YAML configs. Any
+  LightningModule / LightningDataModule is selected with ``class_path`` (subclass mode), so a new
+  task costs a YAML file, not a change here.
+- the jobs that are not a Trainer call (``lora-grid``, ``train-text-image``, ``export-diffusion``):
+  plain functions whose signature and docstring become the options (jsonargparse), with ``--config``.
+
+LightningCLI's own subcommands are the Trainer's methods (each gets the trainer, model and data
+options), so the jobs are dispatched here by their name instead of being forced into it.
+
+Bad input (a config mistake, a missing model, an unwritable folder) is ``lit-sdo: error: <one line>``
+(parse errors add one hint line) with exit code 2; LIT_SDO_DEBUG=1 shows the traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import inspect
 import os
 import sys
-import warnings
+from argparse import ArgumentError
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch.distributed as dist
-from lightning.pytorch import LightningModule
-from lightning.pytorch.cli import LightningCLI
+from jsonargparse import ActionConfigFile, ArgumentParser
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
+
+from lit_sdo.config_errors import flatten, one_line
+from lit_sdo.log_folders import LogFolderGuard
 
 # Errors lit_sdo raises for bad input (missing weights, bad values, unwritable paths): shown as one line.
 USER_ERRORS = (ValueError, OSError)
+# The jobs that are not a Trainer call: command -> "module:function" (imported only when it runs).
+JOBS = {
+    "lora-grid": "lit_sdo.lora:sample_lora_grid",
+    "train-text-image": "lit_sdo.tasks.train_text_image:train_guidance_models",
+    "export-diffusion": "lit_sdo.tasks.train_diffusion:export_checkpoint",
+}
+LIGHTNING_COMMANDS = tuple(LightningCLI.subcommands())
+COMMANDS = (*LIGHTNING_COMMANDS, *JOBS)
+# No usage dump before an error (its one line is the message) and no silent abbreviations
+# (--trainer.max_epoch must not become --trainer.max_epochs).
+STRICT_PARSER = {"exit_on_error": False, "allow_abbrev": False}
+
+
+class ConfigError(ValueError):
+    """A mistake in the command line or a config file, in one line (``command`` names the ``--help`` to read)."""
+
+    def __init__(self, message: str, command: str | None = None) -> None:
+        super().__init__(message)
+        self.command = command
 
 
 def root_user_error(err: BaseException) -> BaseException | None:
@@ -28,31 +66,77 @@ def root_user_error(err: BaseException) -> BaseException | None:
 
 
 class LitSdoCLI(LightningCLI):
-    """LightningCLI that says when ``--ckpt_path`` replaces model arguments given on the command line.
+    """LightningCLI with one-line parse errors, a checked log folder, and a word when ``--ckpt_path`` wins.
 
     Lightning resumes with the checkpoint's model hyper-parameters (so a resumed run is the same run);
-    an argument changed for the resume would otherwise be dropped without a word.
+    an argument changed for the resume would otherwise be dropped without a word. The arguments are
+    read right after parsing (:meth:`parse_arguments`) and again before instantiation, when Lightning
+    has merged the checkpoint's: both are public hooks.
     """
 
-    def _parse_ckpt_path(self) -> None:
-        before = self._model_arguments()
-        super()._parse_ckpt_path()
-        after = self._model_arguments()
-        changed = [f"{key}: {before[key]!r} given, {after[key]!r} in the checkpoint" for key in before
-                   if key in after and before[key] != after[key]]
-        if changed:
-            warnings.warn("resuming from --ckpt_path uses the checkpoint's model arguments, not those given here ("
-                          + "; ".join(changed) + "); start a new run to change them", stacklevel=2)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.log_folders = LogFolderGuard()
+        try:
+            super().__init__(*args, **kwargs)
+        except Exception:
+            trainer = getattr(self, "trainer", None)
+            if trainer is None or trainer.is_global_zero:
+                with contextlib.suppress(OSError):  # never hide the error that stopped the run
+                    self.log_folders.remove_failed_start(trainer)
+            raise
 
-    def _model_arguments(self) -> dict:
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+            command = argv[0] if argv and argv[0] in LIGHTNING_COMMANDS else None
+            raise ConfigError(one_line(str(err), argv, self.option_names(command)), command) from err
+        self.given_model_arguments = self.model_arguments()
+
+    def before_instantiate_classes(self) -> None:
+        after = self.model_arguments()
+        changed = [f"{key}: {value!r} given, {after[key]!r} in the checkpoint"
+                   for key, value in self.given_model_arguments.items() if key in after and value != after[key]]
+        if changed:
+            rank_zero_warn("resuming from --ckpt_path uses the checkpoint's model arguments, not those given here ("
+                           + "; ".join(changed) + "); start a new run to change them")
+
+    def model_arguments(self) -> dict:
         subcommand = self.config.get("subcommand")
-        model = self.config.get(f"{subcommand}.model") if subcommand else None
+        model = self.config.get(f"{subcommand}.model") if subcommand else self.config.get("model")
         init_args = getattr(model, "init_args", None)
         return init_args.as_dict() if init_args is not None else {}
+
+    def option_names(self, command: str | None) -> list[str]:
+        """The options a misspelt one is compared with: the Trainer's, the command's and the CLI's own."""
+        names = ["--config", "--seed_everything", "--model", "--data", "--optimizer", "--lr_scheduler",
+                 "--print_config", "--trainer"]
+        names += [f"--trainer.{p}" for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
+        if command is not None:
+            skip = self.subcommands()[command] | {"self"}
+            names += [f"--{p}" for p in inspect.signature(getattr(Trainer, command)).parameters if p not in skip]
+        return names
+
+    def before_fit(self) -> None:
+        self.log_folders.prepare(self.trainer)
+
+    def before_validate(self) -> None:
+        self.log_folders.prepare(self.trainer)
+
+    def before_test(self) -> None:
+        self.log_folders.prepare(self.trainer)
+
+    def before_predict(self) -> None:
+        self.log_folders.prepare(self.trainer)
 
 
 def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """The CLI object; ``run=False`` only parses and instantiates (config tests)."""
+    description = (f"Commands: {', '.join(LIGHTNING_COMMANDS)} (a Trainer call driven by --config YAML files) and "
+                   f"{', '.join(JOBS)} (jobs: lit-sdo JOB --help).")
+    parser_kwargs: dict[str, Any] = {**STRICT_PARSER, "prog": "lit-sdo", "description": description}
+    parser_kwargs |= {command: dict(STRICT_PARSER) for command in LIGHTNING_COMMANDS}
     try:
         return LitSdoCLI(
             LightningModule,
@@ -61,28 +145,77 @@ def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
             subclass_mode_data=True,
             # A second run in the same folder must not stop on "config.yaml to NOT exist".
             save_config_kwargs={"overwrite": True},
+            parser_kwargs=parser_kwargs,
             args=args,
             run=run,
         )
+    except ArgumentError as err:  # after parsing: the hyper-parameters of --ckpt_path's checkpoint
+        raise ConfigError(f"the checkpoint's model arguments do not parse: {one_line(str(err))}") from err
     except ValueError as err:
         root = root_user_error(err)
-        if root is None or root is err:
-            raise
-        raise root from None
+        if root is not None and root is not err:
+            raise root from None
+        if "Does not validate" in str(err):  # instantiation failed for another reason (e.g. an unknown argument)
+            raise ConfigError(one_line(str(err))) from err
+        raise
+
+
+def job_function(command: str) -> Callable[..., Any]:
+    module, _, name = JOBS[command].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def first_paragraph(function: Callable[..., Any]) -> str:
+    return (inspect.getdoc(function) or "").split("\n\n", 1)[0]
+
+
+def run_job(command: str, argv: Sequence[str]) -> Any:
+    """Parse ``argv`` against the job's signature (and ``--config``) and call it; a Path result is printed."""
+    function = job_function(command)
+    parser = ArgumentParser(prog=f"lit-sdo {command}", description=first_paragraph(function), **STRICT_PARSER)
+    parser.add_argument("-c", "--config", action=ActionConfigFile, help="a YAML file with the options below")
+    names = parser.add_function_arguments(function, as_group=False)
+    try:
+        config = parser.parse_args(list(argv))
+    except ArgumentError as err:
+        raise ConfigError(one_line(str(err), argv, [f"--{n}" for n in names]), command) from err
+    result = function(**{name: config[name] for name in names})
+    if isinstance(result, os.PathLike):
+        print(f"[lit_sdo] wrote {result}")  # noqa: T201 - the job's one line of output
+    return result
+
+
+def dispatch(args: list[str] | None) -> None:
+    """A job by its name, anything else to LightningCLI (``args=None``: LightningCLI reads ``sys.argv``)."""
+    argv = sys.argv[1:] if args is None else args
+    if not argv:
+        raise ConfigError(f"no command given; the commands are: {', '.join(COMMANDS)}")
+    if argv[0] in JOBS:
+        run_job(argv[0], argv[1:])
+    elif not argv[0].startswith("-") and argv[0] not in LIGHTNING_COMMANDS:
+        raise ConfigError(f"unknown command {argv[0]!r}; the commands are: {', '.join(COMMANDS)}")
+    else:
+        build_cli(args)
 
 
 def main(args: list[str] | None = None) -> None:
-    """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (tests and benchmarks call it in-process).
+    """Run the CLI; ``args`` replaces ``sys.argv[1:]`` (tests and benchmarks call it in-process, and then
+    get the exception instead of the exit).
 
     Bad input surfaces as ``lit-sdo: error: <one line>`` and exit code 2; set LIT_SDO_DEBUG=1 for the
     full traceback.
     """
     try:
-        build_cli(args)
+        dispatch(args)
     except USER_ERRORS as err:
         if os.environ.get("LIT_SDO_DEBUG") or args is not None:
             raise
-        print(f"lit-sdo: error: {err}  (LIT_SDO_DEBUG=1 shows the traceback)", file=sys.stderr)
+        if isinstance(err, ConfigError):  # the mistake, then where the options are listed
+            print(f"lit-sdo: error: {flatten(str(err))}", file=sys.stderr)
+            command = " ".join(filter(None, ("lit-sdo", err.command)))
+            print(f"  ({command} --help lists the options; LIT_SDO_DEBUG=1 shows the traceback)", file=sys.stderr)
+        else:
+            print(f"lit-sdo: error: {flatten(str(err))}  (LIT_SDO_DEBUG=1 shows the traceback)", file=sys.stderr)
         sys.exit(2)
     finally:
         # Plain multi-process CPU runs sometimes abort at exit unless the group is torn down.

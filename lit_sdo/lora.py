@@ -8,13 +8,12 @@ Injection goes through ``peft`` (``inject_adapter_in_model``), so the trained we
 Applying LoRAs does not need peft: each LoRA is a weight delta ΔW = (α / r)·B·A per target layer, and
 the paper's interpolation θ_old + α·θ_A + β·θ_B (Sec. 5.3, Fig. 13) is ``merge_loras(net, [(A, α), (B, β)])``.
 
-    python -m lit_sdo.lora --generator embedded:digits-ddpm --lora runs/a/lora:1.0 --lora runs/b/lora:0.5 \
-        --out grid.png
+    lit-sdo lora-grid --generator embedded:digits-ddpm --lora+=runs/a/lora:1.0 --lora+=runs/b/lora:0.5 \
+        --out runs/grid.png
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -174,43 +173,41 @@ def parse_lora_argument(text: str) -> tuple[str, float]:
         return text, 1.0
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    """Sample a grid of fixed seeds from a generator with LoRAs merged at chosen scales."""
+def sample_lora_grid(generator: str = "embedded:digits-ddpm", lora: Sequence[str] = (),
+                     classes: Sequence[int] | None = None, prompts: Sequence[str] = ("a painting of a cat",),
+                     guidance_scale: float = 1.0, seeds: Sequence[int] = tuple(range(8)), num_steps: int = 50,
+                     scheduler: str = "ddim", out: str = "runs/lora_grid.png") -> Path:
+    """Sample a grid of fixed seeds with LoRAs merged at chosen scales: θ_old + α·θ_A + β·θ_B (paper Fig. 13).
+
+    Args:
+        generator: the diffusion model the LoRAs were trained on (``embedded:<name>``, a folder or a hub id).
+        lora: LoRA folders written by fit, each ``FOLDER[:SCALE]`` (scale 1 when omitted); several are mixed.
+        classes: class labels, one row each (class-conditional models; default: every class).
+        prompts: prompts, one row each (text models).
+        guidance_scale: classifier-free guidance scale (7.5 for Stable Diffusion).
+        seeds: the noise seeds, one column each.
+        num_steps: sampling steps.
+        scheduler: ddim, dpm, euler, ... (shortcut for shortcut models).
+        out: the PNG to write.
+    """
     from lit_sdo.images import image_grid, save_png, to_unit_range
     from lit_sdo.models import build_sampler, load_diffusion
     from lit_sdo.sampling import noise_for_seeds, sample
 
-    parser = argparse.ArgumentParser(description="Apply (and mix) LoRAs and sample a grid: θ_old + α·θ_A + β·θ_B")
-    parser.add_argument("--generator", default="embedded:digits-ddpm")
-    parser.add_argument("--lora", action="append", default=[], metavar="FOLDER[:SCALE]",
-                        help="a LoRA folder written by fit, with its scale (repeat to mix)")
-    parser.add_argument("--classes", type=int, nargs="*", default=None, help="class labels (class-conditional)")
-    parser.add_argument("--prompts", nargs="*", default=["a painting of a cat"], help="prompts (text models)")
-    parser.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (7.5 for SD)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=list(range(8)))
-    parser.add_argument("--num-steps", type=int, default=50, help="sampling steps")
-    parser.add_argument("--scheduler", default="ddim", help="ddim, dpm, euler, ... (shortcut for shortcut models)")
-    parser.add_argument("--out", default="lora_grid.png")
-    args = parser.parse_args(argv)
-
-    model = load_diffusion(args.generator, guidance_scale=args.guidance_scale)
-    model.denoiser.network = merge_loras(model.denoiser.network, [parse_lora_argument(t) for t in args.lora])
+    model = load_diffusion(generator, guidance_scale=guidance_scale)
+    model.denoiser.network = merge_loras(model.denoiser.network, [parse_lora_argument(t) for t in lora])
     if model.encode_prompt is not None:  # text model: one row per prompt
-        rows = args.prompts
-        cond = model.encode_prompt([p for p in rows for _ in args.seeds])  # (B, L, D)
+        rows: list = list(prompts)
+        cond = model.encode_prompt([p for p in rows for _ in seeds])  # (B, L, D)
     else:
-        rows = args.classes if args.classes is not None else list(range(model.num_classes or 1))
-        cond = torch.tensor([c for c in rows for _ in args.seeds]) if model.num_classes else None
-    seeds = [s for _ in rows for s in args.seeds]
-    denoiser, scheduler = build_sampler(model, args.scheduler, args.num_steps)
+        rows = list(classes) if classes is not None else list(range(model.num_classes or 1))
+        cond = torch.tensor([c for c in rows for _ in seeds]) if model.num_classes else None
+    row_seeds = [s for _ in rows for s in seeds]
+    denoiser, noise_scheduler = build_sampler(model, scheduler, num_steps)
     with torch.no_grad():
-        x = noise_for_seeds(seeds, denoiser.sample_shape)
-        out = sample(denoiser, scheduler, x, cond, policy="none")
-        images = to_unit_range(denoiser.decode(out.sample))
-    path = save_png(args.out, image_grid(images, nrow=len(args.seeds)), scale=4)
-    print(f"[lit_sdo] wrote {path} ({len(rows)} rows × {len(args.seeds)} seeds; LoRAs: {args.lora or 'none'})")
+        x = noise_for_seeds(row_seeds, denoiser.sample_shape)
+        sampled = sample(denoiser, noise_scheduler, x, cond, policy="none")
+        images = to_unit_range(denoiser.decode(sampled.sample))
+    path = save_png(out, image_grid(images, nrow=len(seeds)), scale=4)
+    print(f"[lit_sdo] wrote {path} ({len(rows)} rows × {len(seeds)} seeds; LoRAs: {list(lora) or 'none'})")  # noqa: T201
     return path
-
-
-if __name__ == "__main__":
-    main()

@@ -107,15 +107,16 @@ def test_a_lora_of_another_model_is_refused(tmp_path: Path) -> None:
 def test_lora_command_samples_a_grid_with_mixed_loras(tmp_path: Path) -> None:
     from diffusers import DDPMScheduler
 
-    from lit_sdo.lora import main
+    import cli
     from lit_sdo.tasks.train_diffusion import export_diffusion
 
     scheduler = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", clip_sample=False)
     folder = export_diffusion(make_attention_unet(), scheduler, tmp_path / "ddpm", num_classes=2)
     save_lora(trained_lora(make_attention_unet(), seed=6), tmp_path / "a")
     save_lora(trained_lora(make_attention_unet(), seed=7), tmp_path / "b")
-    path = main(["--generator", str(folder), "--lora", f"{tmp_path / 'a'}:0.5", "--lora", f"{tmp_path / 'b'}:1",
-                 "--seeds", "0", "1", "--num-steps", "2", "--out", str(tmp_path / "grid.png")])
+    cli.main(["lora-grid", "--generator", str(folder), f"--lora+={tmp_path / 'a'}:0.5", f"--lora+={tmp_path / 'b'}:1",
+              "--seeds=[0, 1]", "--num_steps=2", f"--out={tmp_path / 'grid.png'}"])
+    path = tmp_path / "grid.png"
     assert path.is_file()
     from lit_sdo.datamodules import read_image_file
     from lit_sdo.images import image_grid, to_unit_range

@@ -302,10 +302,10 @@ def test_text_model_with_guidance_trains_its_unet_lora_on_a_prompt_file(tmp_path
     assert reward.seen and all(sorted(texts) == ["a b", "b a"] for texts in reward.seen)  # each image's own prompt
     saved = read_tensors(tmp_path / "out" / "lora" / "pytorch_lora_weights.safetensors")
     assert all(key.startswith("unet.") for key in saved)
-    from lit_sdo.lora import main as lora_command  # the trained LoRA applies with a scale to sample a grid
+    from lit_sdo.lora import sample_lora_grid  # the trained LoRA applies with a scale to sample a grid
 
-    grid = lora_command(["--generator", str(folder), "--lora", f"{tmp_path / 'out' / 'lora'}:0.5", "--prompts", "a b",
-                         "--seeds", "0", "--num-steps", "2", "--guidance-scale", "2", "--out", str(tmp_path / "g.png")])
+    grid = sample_lora_grid(str(folder), [f"{tmp_path / 'out' / 'lora'}:0.5"], prompts=["a b"], seeds=[0],
+                            num_steps=2, guidance_scale=2, out=str(tmp_path / "g.png"))
     assert grid.is_file()
 
 

@@ -1,7 +1,8 @@
 """Name resolution: ``embedded:<name>``, a local folder, or a Hugging Face hub id found in the local cache.
 
 Nothing is ever downloaded: hub ids are looked up with ``local_files_only=True``. Every failure is one
-line that names the model, says it is not available locally and how to provide it.
+line that names the model and says how to provide it: a name that cannot be a hub id (``/x``, ``./x``,
+``a/b/c``, ``folder:x``) is a path, so a missing one is "folder not found", never a download hint.
 """
 
 from __future__ import annotations
@@ -43,9 +44,33 @@ def resolve_folder(name: str, what: str = "model") -> Path:
     path = Path(name).expanduser()
     if path.is_dir():
         return path
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name:
-        raise FileNotFoundError(f"{what} folder {name!r} does not exist; pass an existing folder or a hub id")
-    return _cached_snapshot(name, what)
+    if path.is_file():
+        raise FileNotFoundError(f"{what} {name!r} is a file, not a folder: pass the folder that holds it")
+    if not is_hub_id(name):
+        raise missing_folder(name, what)
+    try:
+        return _cached_snapshot(name, what)
+    except FileNotFoundError:
+        if path.parent != Path(".") and path.parent.is_dir():  # 'runs/x' next to an existing runs/: a path
+            raise missing_folder(name, what) from None
+        raise
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` can be a Hugging Face repository id (``name`` or ``org/name``); otherwise it is a path."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def missing_folder(name: str, what: str) -> FileNotFoundError:
+    """The one-line error for a path-like name with no folder behind it (never a download hint: it is no hub id)."""
+    return FileNotFoundError(f"{what} folder not found: {name!r} does not exist; pass an existing folder, "
+                             f"{EMBEDDED_PREFIX}<name> or a hub id such as org/name")
 
 
 def _cached_snapshot(repo_id: str, what: str) -> Path:

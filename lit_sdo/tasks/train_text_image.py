@@ -7,16 +7,14 @@
   (:mod:`lit_sdo.metrics`) and cut at the training split's terciles.
 - ``digits-thickness``: the aesthetic stand-in, a CNN regressing the measured stroke width (0–10 score).
 
-    .venv/bin/python -m lit_sdo.tasks.train_text_image --out data/models
+    lit-sdo train-text-image --out data/models
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import itertools
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -139,14 +137,16 @@ def write_manifest(folder: Path, command: str, results: dict) -> None:
     write_json(folder / "MANIFEST", {"files": files, "training_command": command} | results)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="data/models")
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    command = ".venv/bin/python -m lit_sdo.tasks.train_text_image " + " ".join(argv if argv is not None
-                                                                               else sys.argv[1:])
+def train_guidance_models(out: str = "runs/models", epochs: int = 60, seed: int = 0) -> None:
+    """Train digits-lit and digits-thickness on the digits' training split and export them with a MANIFEST.
+
+    Args:
+        out: the folder that receives ``digits-lit/`` and ``digits-thickness/``; ``data/models`` replaces the
+            shipped ones (the default writes under runs/ and leaves them alone).
+        epochs: training epochs of each model.
+        seed: seed of the initialisation and of the batch order.
+    """
+    command = f"lit-sdo train-text-image --out {out} --epochs {epochs} --seed {seed}"
     torch.set_num_threads(1)
     data = DigitsDataModule(image_size=16, seed=0)
     train_images, train_labels = data.split_tensors("train")
@@ -155,26 +155,23 @@ def main(argv: list[str] | None = None) -> None:
     values = measure(train01)
     cuts = {k: [float(v.quantile(1 / 3)), float(v.quantile(2 / 3))] for k, v in values.items()}
 
-    lit, seconds = train_lit(train01, train_labels, cuts, args.epochs, args.seed)
+    lit, seconds = train_lit(train01, train_labels, cuts, epochs, seed)
     results = evaluate_lit(lit, test01, test_labels, cuts)
     print(json.dumps({"digits-lit": results, "seconds": round(seconds, 1)}))
-    folder = export_text_image(lit, Path(args.out) / "digits-lit", {"attribute_cuts": cuts})
+    folder = export_text_image(lit, Path(out) / "digits-lit", {"attribute_cuts": cuts})
     write_manifest(folder, command, {"test_split": results, "train_seconds": round(seconds, 1),
                                      "data": "sklearn digits, 16×16, DigitsDataModule(seed=0) train split"})
 
-    thickness, seconds = train_thickness(train01, args.epochs, args.seed)
+    thickness, seconds = train_thickness(train01, epochs, seed)
     with torch.no_grad():
         predicted = thickness(test01)
     truth = thickness.score_of_width(metrics.stroke_thickness(test01))
     mae = float((predicted - truth).abs().mean())
     corr = float(torch.corrcoef(torch.stack([predicted, truth]))[0, 1])
     print(json.dumps({"digits-thickness": {"test_mae_score": mae, "test_pearson": corr}, "seconds": round(seconds, 1)}))
-    folder = export_thickness_predictor(thickness, Path(args.out) / "digits-thickness", 16,
+    folder = export_thickness_predictor(thickness, Path(out) / "digits-thickness", 16,
                                         {"what": "stroke-width regressor (an aesthetic stand-in, not an aesthetic "
                                                  "model): score = 10·(width − 2 px)/(4.5 px − 2 px)"})
     write_manifest(folder, command, {"test_split": {"mae_score": mae, "pearson": corr},
                                      "train_seconds": round(seconds, 1)})
 
-
-if __name__ == "__main__":
-    main()
