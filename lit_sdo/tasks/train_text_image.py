@@ -141,7 +141,8 @@ def write_manifest(folder: Path, command: str, results: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="data/models")
+    parser.add_argument("--out", default="runs/text_image",
+                        help="parent of digits-lit/ and digits-thickness/ (the shipped ones: data/models)")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
