@@ -115,10 +115,10 @@ RESUMABLE_JOBS = [
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "job"), RESUMABLE_JOBS)
 def test_killed_run_resumes_to_the_same_results_as_an_uninterrupted_one(
-        name: str, job: tuple[str, list[str]], tmp_path: Path, attack_run: tuple[Path, str]) -> None:
+        name: str, job: tuple[str, list[str]], tmp_path: Path, request: pytest.FixtureRequest) -> None:
     epochs = f"--trainer.max_epochs={MAX_EPOCHS}"
     if name == "attack":
-        straight = attack_run[0]
+        straight = request.getfixturevalue("attack_run")[0]
     else:
         straight = tmp_path / "straight"
         run_in_process(job_args(job, straight, epochs, *QUIET))
@@ -203,8 +203,9 @@ DDP_JOBS = {
                      ["--trainer.accumulate_grad_batches=1"]),
 }
 TWO_RANKS = ["--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.accelerator=cpu"]
-DDP_HANGS = ("setup() checks the output folder on rank 0 only, and the default folder comes from trainer.log_dir, "
-             "a collective: rank 0 waits for a broadcast the other rank never joins")
+DDP_HANGS = ("the output folder is resolved on rank 0 only (setup's check, and again when results are written) and "
+             "the default one comes from trainer.log_dir, a collective: rank 0 waits for a broadcast the other rank "
+             "never joins, and fails once that rank has left")
 
 # Each rank runs every job in turn, in one process (imports paid once per rank): the processes are started
 # as torchrun would start them, so Lightning's launcher does not start them again. Lightning's own
@@ -248,8 +249,9 @@ def cpu_ticks(pids: list[int]) -> int:
     return total
 
 
-def run_two_ranks(jobs: list[tuple[str, list[str]]], cwd: Path, stall_s: float = 30, timeout: float = 900) -> str:
-    """Run ``jobs`` on two ranks; kill both once neither used any CPU for ``stall_s`` (a hang). Returns the logs."""
+def run_two_ranks(jobs: list[tuple[str, list[str]]], cwd: Path, window_s: float = 30, timeout: float = 900) -> str:
+    """Run ``jobs`` on two ranks; kill both once they used under 1 % of a core over ``window_s`` (a hang: ranks
+    blocked in a collective only wake for keep-alives, about one tick in 5 s). Returns the ranks' logs."""
     report = cwd / "report"
     report.mkdir(parents=True)
     env = ENV | {"LIT_SDO_ROOT": str(ROOT), "MASTER_ADDR": "127.0.0.1", "WORLD_SIZE": "2", "NODE_RANK": "0"}
@@ -261,17 +263,18 @@ def run_two_ranks(jobs: list[tuple[str, list[str]]], cwd: Path, stall_s: float =
             processes.append(subprocess.Popen([sys.executable, "-c", RANK_DRIVER, *argv], cwd=cwd, stdout=sink,
                                               stderr=subprocess.STDOUT,
                                               env=env | {"RANK": str(rank), "LOCAL_RANK": str(rank)}))
-    started = last_progress = time.monotonic()
-    ticks = -1
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    history: list[tuple[float, int]] = []  # (time, CPU ticks of both ranks)
     try:
         while any(p.poll() is None for p in processes):
             time.sleep(1)
-            now, current = time.monotonic(), cpu_ticks([p.pid for p in processes if p.poll() is None])
-            if current != ticks:
-                ticks, last_progress = current, now
-            if now - last_progress > stall_s or now - started > timeout:
-                (report / "stalled").write_text(f"no CPU used for {now - last_progress:.0f} s after "
-                                                f"{now - started:.0f} s")
+            now = time.monotonic()
+            history.append((now, cpu_ticks([p.pid for p in processes])))
+            old = [ticks for t, ticks in history if t <= now - window_s]
+            idle = bool(old) and history[-1][1] - old[-1] < 0.01 * window_s * ticks_per_s
+            if idle or now - history[0][0] > timeout:
+                (report / "stalled").write_text(f"under 1 % CPU for {window_s:.0f} s after "
+                                                f"{now - history[0][0]:.0f} s")
                 break
     finally:
         for p in processes:
@@ -319,7 +322,7 @@ def assert_records_close(two: Any, one: Any, tol: float, where: str = "") -> Non
         assert two == one, where
 
 
-DDP_TOLERANCE = 1e-4  # float32 rounding of other batch compositions (5 samples per rank instead of 10)
+DDP_TOLERANCE = 1e-5  # float32 rounding of other batch sizes per rank; measured: 5e-7 relative, 2.2e-6 on δ
 
 
 @pytest.mark.slow
