@@ -7,7 +7,8 @@ For each task (configs/<task>/digits.yaml, the same inputs for every method):
   (:func:`lit_sdo.sampling.xhat_guidance.xhat_guided_sample`), for each guidance step ρ given.
 Memory per optimisation step: CUDA ``max_memory_allocated`` on a GPU; on CPU the bytes autograd saves for
 backward during one step (the part the methods differ in; counted with ``saved_tensors_hooks``).
-The table goes to the "## Guided generation (issue 7)" section of benchmarks/RESULTS.md.
+The table goes to the "## Guided generation (issue 7)" section of ``--results`` (default
+runs/guided_policies.md; ``--results benchmarks/RESULTS.md`` updates the shipped table).
 
     python benchmarks/guided_policies.py [--tasks edit style aesthetic] [--samples 10] [--opt-steps N]
 """
@@ -145,7 +146,8 @@ def main() -> None:
     parser.add_argument("--policies", nargs="+", default=["sdo", "full"])
     parser.add_argument("--generator", default=None, help="another diffusion model (default: the config's)")
     parser.add_argument("--xhat-scales", nargs="*", type=float, default=[0.05, 0.2], help="ρ values for x̂₀ guidance")
-    parser.add_argument("--results", default=str(ROOT / "benchmarks/RESULTS.md"))
+    parser.add_argument("--results", default=str(ROOT / "runs/guided_policies.md"),
+                        help="markdown file whose section is replaced (the shipped one: benchmarks/RESULTS.md)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 

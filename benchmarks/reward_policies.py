@@ -4,7 +4,8 @@ Runs the CLI job (configs/reward/digits.yaml) once per policy for the same numbe
 reads each history.json and prints the reward reached (eval reward on 16 fixed seeds, and the training
 reward averaged over the last 5 steps), training wall-clock, and peak memory per step; then the time
 SDO needs to reach AlignProp-uniform's final eval reward (paper Sec. 5.3: about 50 %; target ≤ 60 %).
-The table goes to benchmarks/RESULTS.md.
+The table goes to ``--results`` (default runs/reward_policies.md; ``--results benchmarks/RESULTS.md`` updates
+the shipped table).
 
     OMP_NUM_THREADS=1 python benchmarks/reward_policies.py [--steps 40] [--policies sdo random_truncation last_k=1]
 """
@@ -78,7 +79,8 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs/reward/digits.yaml"),
                         help="the reward config (its reward is used as is)")
     parser.add_argument("--override", nargs="*", default=[], help="more CLI overrides, e.g. for tiny models")
-    parser.add_argument("--results", default=str(ROOT / "benchmarks/RESULTS.md"))
+    parser.add_argument("--results", default=str(ROOT / "runs/reward_policies.md"),
+                        help="markdown file whose section is replaced (the shipped one: benchmarks/RESULTS.md)")
     args = parser.parse_args()
 
     rows = {}

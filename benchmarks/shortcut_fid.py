@@ -10,10 +10,12 @@ with the shipped ResNet's penultimate features against the test split of DigitsD
 ``--gradient-cost`` also times one gradient d(sum of x₀)/d x_T through 1-, 2- and 4-step shortcut
 sampling under the ``sdo`` and ``full`` policies (with few steps, SDO's one graph step is most of the chain).
 
-Writes ``--out`` (JSON), the section "## Shortcut models (issue 6)" of ``benchmarks/RESULTS.md`` (replaced
-if present, else appended) and the plot ``docs/shortcut_fid.png``.
+Writes ``--out`` (JSON), the section "## Shortcut models (issue 6)" of ``--results`` (replaced if present,
+else appended) and the plot ``--plot``, by default all under runs/ (git-ignored); the shipped table and
+figure are refreshed only when asked for:
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.shortcut_fid --gradient-cost
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.shortcut_fid --gradient-cost \
+        --results benchmarks/RESULTS.md --plot docs/shortcut_fid.png
 """
 
 from __future__ import annotations
@@ -160,8 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--gradient-cost", action="store_true", help="also time SDO/full gradients at 1, 2, 4 steps")
     parser.add_argument("--out", default="runs/shortcut_fid.json")
-    parser.add_argument("--results", default="benchmarks/RESULTS.md")
-    parser.add_argument("--plot", default="docs/shortcut_fid.png")
+    parser.add_argument("--results", default="runs/shortcut_fid.md",
+                        help="markdown file whose section is replaced (the shipped one: benchmarks/RESULTS.md)")
+    parser.add_argument("--plot", default="runs/shortcut_fid.png", help="the shipped one: docs/shortcut_fid.png")
     parser.add_argument("--render-only", action="store_true",
                         help="re-write the RESULTS.md section and the plot from --out without measuring again")
     args = parser.parse_args(argv)
