@@ -110,6 +110,8 @@ class LatentResultsWriter(L.Callback):
             for key, value in report.summary.items():
                 if isinstance(value, (int, float)):
                     experiment.add_scalar(f"result/{key}", value, trainer.current_epoch)
+            if "success_rate" in report.summary and trainer.state.fn == "fit":  # the curve ends at the final scoring
+                experiment.add_scalar("train/success_rate", report.summary["success_rate"], trainer.global_step)
         rank_zero_info(f"[lit_sdo] {report.headline}; results in {folder / 'results.json'}; TensorBoard: "
                        f"tensorboard --logdir {folder.parent}")
 

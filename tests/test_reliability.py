@@ -35,13 +35,11 @@ MAX_EPOCHS = 6  # optimisation steps of the kill / resume runs
 QUIET = ["--trainer.enable_progress_bar=false"]
 
 # Size-reducing overrides of each shipped config (samples, sampling steps); output paths are added per test.
-ATTACK = ("configs/attack/digits.yaml", ["--data.init_args.per_class=1", "--model.init_args.num_steps=4"])
-STYLE = ("configs/style/digits.yaml", ["--data.init_args.per_class=1", "--model.init_args.num_steps=4"])
-REWARD = ("configs/reward/digits.yaml", ["--model.init_args.num_steps=4", "--data.init_args.samples_per_step=2",
+ATTACK = ("configs/attack/digits.yaml", ["--data.init_args.per_class=1", "--model.init_args.sampler.num_steps=4"])
+STYLE = ("configs/style/digits.yaml", ["--data.init_args.per_class=1", "--model.init_args.sampler.num_steps=4"])
+REWARD = ("configs/reward/digits.yaml", ["--model.init_args.sampler.num_steps=4", "--data.init_args.samples_per_step=2",
                                          "--data.init_args.batch_size=1", "--model.init_args.grid_samples=2",
                                          "--model.init_args.grid_every_n_steps=2"])
-NOT_RESUMABLE = ("latent jobs return no optimizer, so global_step stays 0 and ModelCheckpoint writes last.ckpt "
-                 "once, at the end: a killed run leaves nothing to resume from")
 
 
 def job_args(job: tuple[str, list[str]], out: Path, *extra: str) -> list[str]:
@@ -106,8 +104,8 @@ def attack_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 RESUMABLE_JOBS = [
-    pytest.param("attack", ATTACK, marks=pytest.mark.xfail(strict=True, reason=NOT_RESUMABLE)),
-    pytest.param("style", STYLE, marks=pytest.mark.xfail(strict=True, reason=NOT_RESUMABLE)),
+    pytest.param("attack", ATTACK),
+    pytest.param("style", STYLE),
     pytest.param("reward", REWARD),
 ]
 
@@ -136,8 +134,6 @@ def test_killed_run_resumes_to_the_same_results_as_an_uninterrupted_one(
         assert torch.equal(resumed["tensors"][key], value), f"{key} differs after kill + resume"
 
 
-@pytest.mark.xfail(strict=True, reason="delta.safetensors 'succeeded' counts samples the classifier got wrong before "
-                                       "the attack; results.json 'success' does not")
 def test_delta_file_and_results_json_agree_per_sample(attack_run: tuple[Path, str]) -> None:
     out, _ = attack_run
     samples = json.loads((out / "results.json").read_text())["samples"]
@@ -156,8 +152,6 @@ def last_scalars(log_dir: Path) -> dict[str, float]:
     return {tag: accumulator.Scalars(tag)[-1].value for tag in accumulator.Tags()["scalars"]}
 
 
-@pytest.mark.xfail(strict=True, reason="train/success_rate (progress bar, TensorBoard) is the raw rate over all "
-                                       "samples; the printed rate is over clean-correct samples")
 def test_logged_success_rate_is_the_printed_one(attack_run: tuple[Path, str]) -> None:
     out, printed = attack_run
     aggregate = json.loads((out / "results.json").read_text())["aggregate"]
@@ -172,8 +166,6 @@ def test_logged_success_rate_is_the_printed_one(attack_run: tuple[Path, str]) ->
         assert value == pytest.approx(aggregate["success_rate"], abs=1e-6), f"{tag} = {value} is not the printed rate"
 
 
-@pytest.mark.xfail(strict=True, reason="a checkpoint of the same sample count but other (label, seed) pairs is "
-                                       "accepted without a word")
 def test_resume_with_another_sample_set_is_refused_in_one_line(tmp_path: Path) -> None:
     run_in_process(job_args(ATTACK, tmp_path, "--trainer.max_epochs=1", *QUIET))
     (ckpt,) = tmp_path.glob("attack_digits/version_0/checkpoints/last.ckpt")

@@ -23,15 +23,18 @@ from test_reliability import ENV, QUIET, ROOT, outputs, run_in_process
 
 DDP_EPOCHS = "--trainer.max_epochs=2"
 FEW_LABELS = ["--data.init_args.num_classes=2", "--data.init_args.per_class=2"]  # 4 (label, seed) pairs
-REWARD_SIZE = ["--model.init_args.num_steps=4", "--data.init_args.samples_per_step=4", "--data.init_args.batch_size=2",
-               "--model.init_args.grid_samples=2", "--model.init_args.grid_every_n_steps=1"]
+REWARD_SIZE = ["--model.init_args.sampler.num_steps=4", "--data.init_args.samples_per_step=4",
+               "--data.init_args.batch_size=2", "--model.init_args.grid_samples=2",
+               "--model.init_args.grid_every_n_steps=1"]
 # name: (config, size-reducing overrides, extra overrides on one device, extra overrides on two ranks).
 # Reward steps are samples_per_step = batch_size × accumulate_grad_batches × devices, as the configs say.
 DDP_JOBS = {
-    "attack": ("configs/attack/digits.yaml", ["--data.init_args.per_class=1", "--model.init_args.num_steps=4"], [], []),
-    "edit": ("configs/edit/digits.yaml", ["--data.init_args.num_samples=4", "--model.init_args.num_steps=4"], [], []),
-    "style": ("configs/style/digits.yaml", [*FEW_LABELS, "--model.init_args.num_steps=4"], [], []),
-    "aesthetic": ("configs/aesthetic/digits.yaml", [*FEW_LABELS, "--model.init_args.num_steps=10"], [], []),
+    "attack": ("configs/attack/digits.yaml", ["--data.init_args.per_class=1", "--model.init_args.sampler.num_steps=4"],
+               [], []),
+    "edit": ("configs/edit/digits.yaml", ["--data.init_args.num_samples=4", "--model.init_args.sampler.num_steps=4"],
+             [], []),
+    "style": ("configs/style/digits.yaml", [*FEW_LABELS, "--model.init_args.sampler.num_steps=4"], [], []),
+    "aesthetic": ("configs/aesthetic/digits.yaml", [*FEW_LABELS, "--model.init_args.sampler.num_steps=10"], [], []),
     "reward": ("configs/reward/digits.yaml", REWARD_SIZE, ["--trainer.accumulate_grad_batches=2"],
                ["--trainer.accumulate_grad_batches=1"]),
     "reward_class": ("configs/reward/digits_class.yaml", REWARD_SIZE, ["--trainer.accumulate_grad_batches=2"],
@@ -161,8 +164,7 @@ DDP_TOLERANCE = 1e-5  # float32 rounding of other batch sizes per rank; measured
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=DDP_HANGS))
-                                  for name in DDP_JOBS])
+@pytest.mark.parametrize("name", list(DDP_JOBS))
 def test_shipped_config_on_two_ddp_ranks_equals_one_device(name: str, ddp_runs: dict[str, Any]) -> None:
     root = ddp_runs["root"]
     report = root / "two" / "report"
