@@ -100,6 +100,7 @@ def fine_euler_reference(model: nn.Module, levels: list[float], steps: int, x: T
     return gradients(model, fine, "full", x, cond, wrt_cond=True)
 
 
+@pytest.mark.slow  # ~15 s: a 100-step full-backprop reference
 def test_adjoint_gradient_tends_to_the_exact_one_as_solver_steps_grow() -> None:
     torch.manual_seed(0)
     model = ShiftConditionedDenoiser(make_tiny_unet(num_class_embeds=None).double())
@@ -109,13 +110,12 @@ def test_adjoint_gradient_tends_to_the_exact_one_as_solver_steps_grow() -> None:
     coarse = build_scheduler("euler", 1)
     coarse.set_timesteps(sigmas=levels)
     x, cond = latent(1), latent(1, seed=5)
-    exact = fine_euler_reference(model, levels, 400, x, cond)
+    exact = fine_euler_reference(model, levels, 100, x, cond)  # 0.99991 cosine to a 400-step one
     cos = {(solver, m): cosine(gradients(model, coarse, GradientPolicy("adjoint", solver=solver, substeps=m), x,
                                          cond, wrt_cond=True), exact)
-           for solver, m in [("euler", 1), ("euler", 4), ("rk4", 1), ("rk4", 4)]}
-    assert cos[("euler", 1)] < cos[("euler", 4)] < cos[("rk4", 4)]
-    assert cos[("rk4", 1)] < cos[("rk4", 4)]
-    assert cos[("rk4", 4)] >= 0.999, cos
+           for solver, m in [("euler", 1), ("euler", 2), ("rk4", 1), ("rk4", 2)]}
+    assert cos[("euler", 1)] < cos[("euler", 2)] < cos[("rk4", 1)] < cos[("rk4", 2)]
+    assert cos[("rk4", 2)] >= 0.999, cos
 
 
 def test_adjoint_saved_memory_is_flat_in_the_number_of_steps() -> None:
