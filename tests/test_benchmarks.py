@@ -66,7 +66,7 @@ def test_cosine_and_targets() -> None:
 
 def test_bad_arguments() -> None:
     with pytest.raises(SystemExit):
-        gradient_cost.parse_args(["--policies", "sdo,adjoint"])
+        gradient_cost.parse_args(["--policies", "sdo,adjoin"])
     with pytest.raises(SystemExit):
         gradient_cost.parse_args(["--model", "sd3"])
     with pytest.raises(ValueError, match="allowed values"):
