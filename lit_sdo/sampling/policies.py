@@ -47,7 +47,8 @@ class GradientPolicy:
             EDICT's invertible coupled sampler, reconstructed step by step in backward
             (:mod:`lit_sdo.sampling.edict`). These two are their own samplers: their forward is the ODE /
             EDICT chain, which equals the scheduler's chain only approximately (adjoint with ``euler`` and
-            ``substeps=1`` on DDIM: up to rounding).
+            ``substeps=1`` on DDIM, Euler or flow-matching Euler: up to rounding; on DDPM, DPM-Solver or
+            LCM, ``adjoint`` integrates the deterministic probability-flow ODE of the same noise schedule).
         k: for ``sdo``, the index (0-based, among the steps actually run) of the model call that keeps
             its graph; ``"random"`` draws it uniformly from [0, N) on every call (paper Fig. 5, with
             the upper end excluded so every call yields a gradient step).
