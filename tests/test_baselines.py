@@ -118,6 +118,17 @@ def test_adjoint_gradient_tends_to_the_exact_one_as_solver_steps_grow() -> None:
     assert cos[("rk4", 2)] >= 0.999, cos
 
 
+@pytest.mark.parametrize(("scheduler_name", "start_step"), [("ddim", 2), ("euler", 1), ("flow_euler", 1)])
+def test_adjoint_equals_full_when_the_denoiser_ignores_its_input(scheduler_name: str, start_step: int) -> None:
+    """ε(t) only: x₀ is affine in the start latent, every solver is exact, and so is the adjoint's gradient."""
+    model = InputBlindDenoiser(make_tiny_unet().double()).requires_grad_(False)
+    scheduler = build_scheduler(scheduler_name, 5)
+    labels = torch.tensor([0, 0])
+    full = gradients(model, scheduler, "full", latent(), labels, start_step=start_step)
+    adjoint = gradients(model, scheduler, "adjoint-solver=midpoint", latent(), labels, start_step=start_step)
+    torch.testing.assert_close(adjoint, full, rtol=1e-6, atol=1e-9)
+
+
 def test_adjoint_saved_memory_is_flat_in_the_number_of_steps() -> None:
     model, labels = denoiser(trainable=True), torch.tensor([0, 1])
 

@@ -38,7 +38,10 @@ class _FlowField(nn.Module):
         self.denoiser, self.flow, self.cond = denoiser, flow, cond
 
     def forward(self, sigma: Tensor, y: Tensor) -> Tensor:
-        return self.flow.velocity(self.denoiser, y, sigma, self.cond)
+        velocity = self.flow.velocity(self.denoiser, y, sigma, self.cond)
+        if torch.is_grad_enabled() and y.requires_grad and not velocity.requires_grad:
+            velocity = velocity + 0 * y  # a model that ignores y: torchdiffeq's vector-Jacobian product needs a graph
+        return velocity
 
 
 def _grid_constructor(levels: Tensor) -> Callable[[object, Tensor, Tensor], Tensor]:
