@@ -66,8 +66,37 @@ def test_cosine_and_targets() -> None:
 
 def test_bad_arguments() -> None:
     with pytest.raises(SystemExit):
-        gradient_cost.parse_args(["--policies", "sdo,adjoint"])
+        gradient_cost.parse_args(["--policies", "sdo,adjoin"])
     with pytest.raises(SystemExit):
         gradient_cost.parse_args(["--model", "sd3"])
     with pytest.raises(ValueError, match="allowed values"):
         gradient_cost.build_setup("sd3", "cpu", 1, "all")
+
+
+def test_baseline_report_lines(tmp_path: Path) -> None:
+    from benchmarks import baseline_report
+
+    fake = [{"policy": p, "steps": n, "seconds": s * n, "peak_mem_bytes": m * (n if p == "full" else 1),
+             "grad_cosine": c}
+            for p, s, m, c in [("none", 1.0, 1, None), ("sdo", 1.05, 10, 0.3), ("full", 3.0, 50, 1.0),
+                               ("adjoint", 12.0, 15, 0.99), ("doodl", 19.0, 18, 0.999), ("last_k=1", 1.0, 9, 0.0),
+                               ("sdo-tail=2", 1.5, 12, 0.6), ("sdo-tail=8", 2.5, 30, 0.93)]
+            for n in (10, 50)]
+    ratios = baseline_report.paper_ratio_lines(fake, "ddpm-256")
+    assert "| 10 | adjoint/sdo | 11.43× | 11.56× | 1.50× | 1.53× |" in ratios
+    targets = baseline_report.baseline_targets(fake)
+    # last_k=1 is cheaper but gives x_T no gradient (cosine 0): the next is sdo-tail=2
+    assert targets[0] == ("PASS  sdo the cheapest policy with an x_T gradient at N=10 (next: sdo-tail=2): "
+                          "next costs 1.43x sdo")
+    assert targets[-2].startswith("PASS  adjoint peak memory") and targets[-1].startswith("PASS  doodl")
+    assert baseline_report.tail_frontier_lines(fake)[0].startswith("N=10: smallest sdo tail with cosine >= 0.9: m = 8")
+    path = baseline_report.plot_frontier(fake, tmp_path / "frontier.png", "fake")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_policy_strings_are_benchmark_labels() -> None:
+    args = gradient_cost.parse_args(["--policies", "sdo,adjoint,doodl,sdo-tail=4,adjoint-solver=rk4"])
+    assert args.policies == ["none", "sdo", "adjoint", "doodl", "sdo-tail=4", "adjoint-solver=rk4"]
+    assert gradient_cost.policy_for("sdo-tail=4").tail == 4
+    with pytest.raises(SystemExit):
+        gradient_cost.parse_args(["--policies", "adjoint-solver=heun"])

@@ -288,7 +288,7 @@ def test_outer_no_grad_wins_over_the_policy() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"policy": "adjoint"}, "policy name='adjoint' is unknown"),
+        ({"policy": "adjoin"}, "policy name='adjoin' is unknown"),
         ({"policy": GradientPolicy("sdo", k=4)}, r"k=4 is outside \[0, 4\)"),
         ({"policy": GradientPolicy("last_k", last_k=5)}, "last_k=5 exceeds"),
         ({"start_step": 4}, r"start_step=4 is outside \[0, 4\)"),

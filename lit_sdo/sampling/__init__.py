@@ -11,7 +11,7 @@ from lit_sdo.sampling.denoisers import (
 )
 from lit_sdo.sampling.loop import SampleOutput, sample
 from lit_sdo.sampling.noise import noise_for_seeds
-from lit_sdo.sampling.policies import POLICY_NAMES, CallMode, GradientPolicy, as_policy
+from lit_sdo.sampling.policies import POLICY_NAMES, CallMode, GradientPolicy, as_policy, parse_policy
 from lit_sdo.sampling.schedulers import SCHEDULERS, build_scheduler, fresh_scheduler, start_step_for
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "build_scheduler",
     "fresh_scheduler",
     "noise_for_seeds",
+    "parse_policy",
     "sample",
     "start_step_for",
 ]

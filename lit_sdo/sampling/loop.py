@@ -15,9 +15,10 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from lit_sdo.sampling.baselines import sample_baseline
 from lit_sdo.sampling.denoisers import DenoiserAdapter
 from lit_sdo.sampling.noise import scale_initial_noise
-from lit_sdo.sampling.policies import CallMode, GradientPolicy, as_policy
+from lit_sdo.sampling.policies import BASELINE_NAMES, CallMode, GradientPolicy, as_policy
 from lit_sdo.sampling.schedulers import fresh_scheduler, warn_if_clipping
 
 Generators = torch.Generator | list[torch.Generator] | None  # diffusers' convention: one, or one per sample
@@ -96,6 +97,10 @@ def sample(
         check(x)
     timesteps = scheduler.timesteps[start_step:]
     modes = policy.plan(len(timesteps), policy_generator)
+    if policy.name in BASELINE_NAMES:  # AdjointDPM / DOODL run their own sampler with their own backward
+        if return_trajectory:
+            raise ValueError(f"return_trajectory is not available for policy {policy.name!r} (it keeps no trajectory)")
+        return SampleOutput(sample_baseline(denoiser, scheduler, x, cond, policy, start_step), None, modes)
     grad_allowed = torch.is_grad_enabled()  # an outer no_grad (validation) wins over the policy
     if grad_allowed and policy.name != "none":
         warn_if_clipping(scheduler)

@@ -8,14 +8,18 @@ carries gradient back to x_T. The other policies are the baselines the paper com
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Literal
 
 import torch
 
-PolicyName = Literal["none", "sdo", "full", "checkpoint", "last_k", "random_truncation"]
-POLICY_NAMES: tuple[str, ...] = ("none", "sdo", "full", "checkpoint", "last_k", "random_truncation")
+PolicyName = Literal["none", "sdo", "full", "checkpoint", "last_k", "random_truncation", "adjoint", "doodl"]
+POLICY_NAMES: tuple[str, ...] = ("none", "sdo", "full", "checkpoint", "last_k", "random_truncation", "adjoint",
+                                 "doodl")
+# The paper's baselines replace the scheduler's step loop by their own sampler (lit_sdo.sampling.baselines).
+BASELINE_NAMES: tuple[str, ...] = ("adjoint", "doodl")
 
 
 class CallMode(Enum):
@@ -25,6 +29,7 @@ class CallMode(Enum):
     SKIP = "skip"  # model call under no_grad, scheduler arithmetic keeps its graph (SDO's sg(u))
     GRAPH = "graph"  # model call and step keep their graph
     CHECKPOINT = "checkpoint"  # model call recomputed in backward (torch.utils.checkpoint)
+    RECOMPUTE = "recompute"  # no graph; the baseline's own backward re-runs the call (adjoint ODE, EDICT)
 
 
 @dataclass(frozen=True)
@@ -38,10 +43,29 @@ class GradientPolicy:
             steps only, earlier steps detached (DRaFT-K; ``last_k=1`` is AlignProp-1 / DRaFT-1);
             ``random_truncation`` like ``last_k`` with K drawn uniformly from [1, N] per call
             (AlignProp-uniform).
+            ``adjoint`` AdjointDPM (Pan et al., ICLR 2024): the probability-flow ODE forward, the adjoint
+            ODE backward (:mod:`lit_sdo.sampling.adjoint`); ``doodl`` DOODL (Wallace et al., ICCV 2023):
+            EDICT's invertible coupled sampler, reconstructed step by step in backward
+            (:mod:`lit_sdo.sampling.edict`). These two are their own samplers: their forward is the ODE /
+            EDICT chain, which equals the scheduler's chain only approximately (adjoint with ``euler`` and
+            ``substeps=1`` on DDIM, Euler or flow-matching Euler: up to rounding; on DDPM, DPM-Solver or
+            LCM, ``adjoint`` integrates the deterministic probability-flow ODE of the same noise schedule).
         k: for ``sdo``, the index (0-based, among the steps actually run) of the model call that keeps
             its graph; ``"random"`` draws it uniformly from [0, N) on every call (paper Fig. 5, with
             the upper end excluded so every call yields a gradient step).
         last_k: for ``last_k``, how many final steps keep their graph.
+        tail: for ``sdo``, how many final model calls also keep their graph (SDO with an exact tail):
+            the plan keeps step ``k`` AND the last ``tail`` calls; every other call keeps only the skip
+            path sg(u). ``tail = N`` is ``full``; ``tail = 0`` is plain SDO.
+        solver: for ``adjoint`` (AdjointDPM), the torchdiffeq method of the forward and adjoint ODE solves;
+            ``euler`` as in the official code (its scheduler's default solver).
+        substeps: for ``adjoint``, fixed-grid solver steps per sampling step (1: the official code's grid,
+            the scheduler's own levels; more steps make the adjoint's gradient exact).
+        rtol: for ``adjoint`` with an adaptive solver (dopri5, ...), the relative tolerance.
+        atol: for ``adjoint`` with an adaptive solver, the absolute tolerance.
+        mixing: for ``doodl``, EDICT's mixing coefficient p (0.93 in EDICT, Sec. 4, and DOODL).
+        leapfrog: for ``doodl``, alternate which EDICT sequence is updated first on odd steps (EDICT's
+            reference pipeline default).
         seed: seeds the policy's own generator, which draws the random k / K whenever ``plan`` is
             given no generator. The draws never touch torch's global RNG, which stochastic schedulers
             (DDPM, LCM) use for their noise when sampling without a generator: otherwise a random
@@ -51,6 +75,13 @@ class GradientPolicy:
     name: PolicyName = "sdo"
     k: int | Literal["random"] = 0
     last_k: int = 1
+    tail: int = 0
+    solver: str = "euler"
+    substeps: int = 1
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    mixing: float = 0.93
+    leapfrog: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -60,6 +91,7 @@ class GradientPolicy:
             raise ValueError(f"policy k={self.k!r} must be a step index >= 0 or 'random'")
         if self.last_k < 1:
             raise ValueError(f"policy last_k={self.last_k} must be >= 1")
+        self._check_options()
         object.__setattr__(self, "_generator", torch.Generator().manual_seed(self.seed))  # not a field: no eq/hash
 
     def __getstate__(self) -> dict[str, object]:
@@ -70,6 +102,34 @@ class GradientPolicy:
         for key, value in state.items():
             object.__setattr__(self, key, value)
         object.__setattr__(self, "_generator", torch.Generator().manual_seed(self.seed))
+
+    def _check_options(self) -> None:
+        """One-line errors for the options of SDO's tail and the paper's baselines."""
+        from lit_sdo.sampling.adjoint import ADJOINT_SOLVERS
+
+        if not isinstance(self.tail, int) or self.tail < 0:
+            raise ValueError(f"policy tail={self.tail!r} must be an integer >= 0")
+        if self.tail and self.name != "sdo":
+            raise ValueError(f"policy tail={self.tail} applies to 'sdo' only, not {self.name!r}")
+        if self.solver not in ADJOINT_SOLVERS:
+            raise ValueError(f"policy solver={self.solver!r} is unknown; allowed values: {', '.join(ADJOINT_SOLVERS)}")
+        if not isinstance(self.substeps, int) or self.substeps < 1:
+            raise ValueError(f"policy substeps={self.substeps!r} must be an integer >= 1")
+        if not (self.rtol > 0 and self.atol > 0):
+            raise ValueError(f"policy rtol={self.rtol}, atol={self.atol} must both be > 0")
+        if not 0 < self.mixing <= 1:
+            raise ValueError(f"policy mixing={self.mixing} must be in (0, 1] (EDICT's p; 0.93 by default)")
+
+    @property
+    def label(self) -> str:
+        """The string form :func:`parse_policy` reads back: the name, then the options that differ from the defaults."""
+        parts = [f"last_k={self.last_k}" if self.name == "last_k" else self.name]
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name == "name" or value == field.default or (field.name == "last_k" and self.name == "last_k"):
+                continue
+            parts.append("random" if field.name == "k" and value == "random" else f"{field.name}={value}")
+        return "-".join(parts)
 
     def plan(self, num_steps: int, generator: torch.Generator | None = None) -> list[CallMode]:
         """Return the call mode of each of ``num_steps`` steps, drawing random choices from ``generator``
@@ -82,11 +142,16 @@ class GradientPolicy:
             return [CallMode.GRAPH] * num_steps
         if self.name == "checkpoint":
             return [CallMode.CHECKPOINT] * num_steps
+        if self.name in BASELINE_NAMES:
+            return [CallMode.RECOMPUTE] * num_steps
         if self.name == "sdo":
             k = self._draw(num_steps, generator) if self.k == "random" else self.k
             if not 0 <= k < num_steps:
                 raise ValueError(f"policy k={k} is outside [0, {num_steps}) for a {num_steps}-step run")
-            return [CallMode.GRAPH if i == k else CallMode.SKIP for i in range(num_steps)]
+            if self.tail > num_steps:
+                raise ValueError(f"policy tail={self.tail} exceeds the run's {num_steps} steps")
+            kept = {k} | set(range(num_steps - self.tail, num_steps))
+            return [CallMode.GRAPH if i in kept else CallMode.SKIP for i in range(num_steps)]
         if self.name == "last_k":
             if self.last_k > num_steps:
                 raise ValueError(f"policy last_k={self.last_k} exceeds the run's {num_steps} steps")
@@ -102,13 +167,57 @@ class GradientPolicy:
 
 
 def as_policy(policy: GradientPolicy | str) -> GradientPolicy:
-    """Accept a policy object or a bare name (``"sdo"`` means SDO at the first step).
+    """Accept a policy object or its string form (see :func:`parse_policy`; ``"sdo"`` is SDO at step 0).
 
-    A name always gives the same policy object, so a random policy named by a string keeps drawing
+    A string always gives the same policy object, so a random policy named by a string keeps drawing
     from one generator across calls instead of restarting it (same K every call)."""
     return policy if isinstance(policy, GradientPolicy) else _policy_named(policy)
 
 
 @functools.cache
-def _policy_named(name: str) -> GradientPolicy:
-    return GradientPolicy(name=name)  # type: ignore[arg-type]
+def _policy_named(text: str) -> GradientPolicy:
+    return parse_policy(text)
+
+
+# Options a policy string may set, with the type each value is read as.
+_OPTION_TYPES: dict[str, type] = {"k": int, "last_k": int, "tail": int, "solver": str, "substeps": int,
+                                  "rtol": float, "atol": float, "mixing": float, "leapfrog": bool, "seed": int}
+
+
+def parse_policy(text: str) -> GradientPolicy:
+    """A policy from its string form, for configs and benchmark lists.
+
+    ``name`` then ``-option=value`` pairs, e.g. ``sdo``, ``sdo-random`` (k drawn per call), ``sdo-k=3``,
+    ``sdo-tail=4``, ``last_k=2`` (the name's own option), ``adjoint-solver=rk4-substeps=4``,
+    ``doodl-mixing=0.9``. :attr:`GradientPolicy.label` writes this form back.
+    """
+    head, *options = re.split(r"-(?=[a-z_]+(?:=|$))", text.strip())
+    name, _, own = head.partition("=")
+    fields: dict[str, object] = {}
+    if own:
+        options.insert(0, f"{name}={own}")
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep and key == "random":
+            key, value = "k", "random"
+        elif not sep or key not in _OPTION_TYPES:
+            raise ValueError(f"policy {text!r}: option {option!r} is unknown; allowed: random, "
+                             + ", ".join(f"{k}=..." for k in _OPTION_TYPES))
+        fields[key] = _read_option(text, key, value)
+    return GradientPolicy(name=name, **fields)  # type: ignore[arg-type]
+
+
+def _read_option(text: str, key: str, value: str) -> object:
+    """One option's value as its field's type; one-line error naming the policy string otherwise."""
+    if key == "k" and value == "random":
+        return value
+    kind = _OPTION_TYPES[key]
+    if kind is bool:
+        if value.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"policy {text!r}: {key}={value!r} must be true or false")
+        return value.lower() in ("true", "1")
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"policy {text!r}: {key}={value!r} must be a{'n' if kind is int else ''} "
+                         f"{kind.__name__}") from None
