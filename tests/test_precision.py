@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from diffusers import UNet2DModel
+from diffusers import DDIMScheduler, UNet2DModel
 from torch import Tensor, nn
 
 from lit_sdo.sampling import PixelUNetDenoiser, build_scheduler, sample
@@ -84,6 +84,22 @@ def test_bf16_sampling_stays_within_tolerance_of_fp32(precision: Precision) -> N
     assert mixed.dtype == torch.float32  # the latents stay float32
     error = relative_error(mixed, reference)
     assert 0 < error < X0_TOLERANCE, error  # 0 would mean the bf16 path never ran
+
+
+@pytest.mark.parametrize("precision", [BF16, BF16_COPY], ids=["autocast", "copy"])
+def test_scheduler_arithmetic_sees_fp32_model_outputs(precision: Precision, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[torch.dtype] = []
+    step = DDIMScheduler.step
+
+    def recording_step(self: DDIMScheduler, model_output: Tensor, *args: object, **kwargs: object) -> object:
+        seen.append(model_output.dtype)
+        return step(self, model_output, *args, **kwargs)
+
+    monkeypatch.setattr(DDIMScheduler, "step", recording_step)
+    out = sample(PixelUNetDenoiser(tiny_unet()), build_scheduler("ddim", NUM_STEPS), latent(), LABELS,
+                 policy="none", precision=precision, return_trajectory=True)
+    assert seen == [torch.float32] * NUM_STEPS
+    assert {x.dtype for x in out.trajectory} == {torch.float32}
 
 
 class DtypeRecorder:
