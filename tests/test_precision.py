@@ -11,6 +11,9 @@ bf16 runs with ``allow_emulated=True`` so these tests pass on CPUs without bf16 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
@@ -19,6 +22,9 @@ from torch import Tensor, nn
 from lit_sdo.sampling import PixelUNetDenoiser, build_scheduler, sample
 from lit_sdo.sampling import precision as precision_module
 from lit_sdo.sampling.precision import Precision, check_supported, no_grad_denoiser
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import gradient_cost  # noqa: E402
 
 NUM_STEPS = 6
 BF16 = Precision("bf16", allow_emulated=True)
@@ -182,3 +188,21 @@ def test_unsupported_precision_is_a_one_line_error(monkeypatch: pytest.MonkeyPat
 def test_unknown_precision_names_the_value(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Precision(**kwargs)
+
+
+# ---------------------------------------------------------------- benchmarks/gradient_cost.py's labels
+def test_benchmark_labels_carry_the_precision() -> None:
+    policy, precision = gradient_cost.parse_label("sdo-random@bf16+copy+cl")
+    assert policy.k == "random" and precision == Precision("bf16", cast="copy", channels_last=True)
+    assert gradient_cost.parse_label("none") == (gradient_cost.POLICIES["none"], None)
+    for bad, message in [("sdo@int8", "precision suffix 'int8'"), ("sdo@bf16+fast", "flags from copy"),
+                         ("adjoint@bf16", "policy 'adjoint'")]:
+        with pytest.raises(ValueError, match=message):
+            gradient_cost.parse_label(bad)
+    with pytest.raises(SystemExit):
+        gradient_cost.parse_args(["--policies", "sdo@bf17"])
+    setup = gradient_cost.build_setup("small-unet", "cpu", 1, "latent")
+    reference = gradient_cost.fp32_sdo_gradients(setup, 3, ["none", "sdo@bf16+emulated"])["sdo"]
+    mixed = gradient_cost.label_gradient(setup, 3, "sdo@bf16+emulated")
+    assert not torch.equal(mixed, reference)
+    assert gradient_cost.cosine(mixed, reference) > 0.99
