@@ -9,8 +9,8 @@ For each policy and N it measures, through the library's public :func:`lit_sdo.s
   freed blocks; the child fixes malloc's mmap threshold so freed tensors leave RSS;
 - ``ratio_to_sampling``: ``seconds`` over plain sampling's (policy ``none``) in the same run;
 - ``grad_cosine``: cosine between the policy's gradient w.r.t. x_T and the exact one, i.e. ``full``
-  backprop computed separately in float64 (``checkpoint`` if ``full`` runs out of memory; ``--exact
-  float32`` for networks whose float64 copy does not fit, ``--exact skip`` to leave it out: then None);
+  backprop computed separately in float64 (``checkpoint`` if ``full`` runs out of memory; ``--exact-dtype
+  float32`` for networks whose float64 copy does not fit, ``--no-exact`` to leave it out: then None);
 - ``grad_cosine_to_fp32_sdo``: for SDO run at a lower precision (``sdo@bf16``), the cosine to the same
   SDO policy's float32 gradient (same k); None for other policies.
 
@@ -342,10 +342,11 @@ def fresh_process_pool() -> ProcessPoolExecutor:
 # ---------------------------------------------------------------- the benchmark
 def run_benchmark(model: str, device: str, steps: Sequence[int], labels: Sequence[str], repeats: int,
                   batch: int, wrt: str, threads: int, log: Callable[[str], None] = print,
-                  exact: str = "float64") -> list[dict[str, Any]]:
+                  exact: bool = True, exact_dtype: str = "float64") -> list[dict[str, Any]]:
     """Measure every (policy, N) case; returns one record per case (``RECORD_KEYS`` + model, device).
 
-    ``exact``: dtype of the exact reference gradient (``float64``, ``float32``) or ``skip``.
+    ``exact=False`` skips the exact reference gradient (``grad_cosine`` None), ``exact_dtype`` is its
+    dtype (``float64``; ``float32`` where a float64 copy of the network does not fit).
     """
     setup = build_setup(model, device, batch, wrt)
     dev = setup.x_T.device
@@ -360,7 +361,7 @@ def run_benchmark(model: str, device: str, steps: Sequence[int], labels: Sequenc
             log(f"warm-up {label}: {warmup[label]:.1f} s (includes torch.compile where asked)")
         for n in steps:
             started = time.perf_counter()
-            reference = None if exact == "skip" else exact_gradient(setup, n, getattr(torch, exact))
+            reference = exact_gradient(setup, n, getattr(torch, exact_dtype)) if exact else None
             fp32_sdo = fp32_sdo_gradients(setup, n, labels)
             _release_memory(dev)
             seconds: dict[str, list[float]] = {label: [] for label in labels}
@@ -514,9 +515,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--policies", default=",".join(POLICIES),
                         help=f"comma-separated; from {', '.join(POLICIES)}, each optionally with a precision of its "
                              "no-grad calls: @dtype[+copy][+cl][+compile][+emulated], e.g. sdo@bf16, none@bf16")
-    parser.add_argument("--exact", choices=("float64", "float32", "skip"), default="float64",
-                        help="dtype of the exact full-backprop reference gradient, or skip it (grad_cosine is then "
-                             "empty): float64 copies the network (sd15-unet: use float32 or skip)")
+    parser.add_argument("--exact", action=argparse.BooleanOptionalAction, default=True,
+                        help="compute the exact full-backprop gradient for grad_cosine (--no-exact: skip it)")
+    parser.add_argument("--exact-dtype", choices=("float64", "float32"), default="float64",
+                        help="dtype of the exact gradient; float64 copies the network (sd15-unet on CPU: float32)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs per case (median), after one warm-up per policy at the first N")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: 2 small-unet, else 1)")
@@ -554,11 +556,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     log(f"gradient cost: model={args.model} device={args.device} batch={args.batch} wrt={args.wrt} "
         f"threads={args.threads} repeats={args.repeats} steps={args.steps}")
-    if args.exact != "float64":
-        log(f"exact reference: {args.exact} (--exact)" + ("; grad_cosine is not measured" if args.exact == "skip"
-                                                           else ""))
+    if not args.exact or args.exact_dtype != "float64":
+        log("exact reference: " + (f"{args.exact_dtype} full backprop" if args.exact
+                                   else "skipped (--no-exact); grad_cosine is not measured"))
     records = run_benchmark(args.model, args.device, args.steps, args.policies, args.repeats, args.batch,
-                            args.wrt, args.threads, log, exact=args.exact)
+                            args.wrt, args.threads, log, exact=args.exact, exact_dtype=args.exact_dtype)
     print(markdown_table(records))
     print()
     print("\n".join(check_targets(records) + check_precision_targets(records)))
