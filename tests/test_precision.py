@@ -206,3 +206,11 @@ def test_benchmark_labels_carry_the_precision() -> None:
     mixed = gradient_cost.label_gradient(setup, 3, "sdo@bf16+emulated")
     assert not torch.equal(mixed, reference)
     assert gradient_cost.cosine(mixed, reference) > 0.99
+
+
+def test_weight_copy_follows_replaced_weights() -> None:
+    unet = tiny_unet()
+    denoiser = PixelUNetDenoiser(unet)
+    run(denoiser, "none", BF16_COPY)
+    unet.conv_in.weight.data = unet.conv_in.weight.data * 1.5  # a new tensor (as .to(device) makes), version 0
+    assert relative_error(run(denoiser, "none", BF16_COPY), run(denoiser)) < X0_TOLERANCE

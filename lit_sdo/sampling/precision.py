@@ -167,13 +167,14 @@ class _WeightCopy:
     """``denoiser`` run on a low-precision copy of its floating parameters and buffers.
 
     The copy is rebuilt when any source tensor changed in place since it was made (optimizer
-    steps bump the version counters), so a copy never lags the float32 weights it stands for.
+    steps bump the version counters) or was replaced (``.to(device)``), so a copy never lags the
+    float32 weights it stands for.
     """
 
     def __init__(self, denoiser: nn.Module, dtype: torch.dtype, compile_call: bool = False) -> None:
         self.denoiser, self.dtype = denoiser, dtype
         self._run = torch.compile(self._functional, dynamic=False) if compile_call else self._functional
-        self._versions: tuple[int, ...] | None = None
+        self._versions: tuple[tuple[int, int], ...] | None = None
         self._weights: dict[str, Tensor] = {}
 
     def _sources(self) -> dict[str, Tensor]:
@@ -183,7 +184,7 @@ class _WeightCopy:
 
     def weights(self) -> dict[str, Tensor]:
         sources = self._sources()
-        versions = tuple(t._version for t in sources.values())
+        versions = tuple((t._version, t.data_ptr()) for t in sources.values())  # in-place steps, moves
         if versions != self._versions:
             with torch.no_grad():
                 self._weights = {name: t.detach().to(self.dtype) for name, t in sources.items()}
