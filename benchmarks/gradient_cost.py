@@ -9,7 +9,13 @@ For each policy and N it measures, through the library's public :func:`lit_sdo.s
   freed blocks; the child fixes malloc's mmap threshold so freed tensors leave RSS;
 - ``ratio_to_sampling``: ``seconds`` over plain sampling's (policy ``none``) in the same run;
 - ``grad_cosine``: cosine between the policy's gradient w.r.t. x_T and the exact one, i.e. ``full``
-  backprop computed separately in float64 (``checkpoint`` if ``full`` runs out of memory).
+  backprop computed separately in float64 (``checkpoint`` if ``full`` runs out of memory; ``--exact-dtype
+  float32`` for networks whose float64 copy does not fit, ``--no-exact`` to leave it out: then None);
+- ``grad_cosine_to_fp32_sdo``: for SDO run at a lower precision (``sdo@bf16``), the cosine to the same
+  SDO policy's float32 gradient (same k); None for other policies.
+
+A policy label may carry the precision of its no-grad model calls after ``@`` (see
+:func:`parse_label`): ``sdo@bf16``, ``none@bf16``, ``sdo@bf16+copy``, ``sdo@fp32+cl+compile``, ...
 
 The loss is the squared distance of x₀ (the VAE's decoded image for ``sd15``) to a fixed random target.
 By default (``--wrt all``) the gradient is taken w.r.t. x_T AND the network's parameters, so every policy
@@ -62,6 +68,7 @@ from lit_sdo.sampling import (  # noqa: E402
     build_scheduler,
     sample,
 )
+from lit_sdo.sampling.precision import PRECISION_NAMES, Precision  # noqa: E402
 
 # Policy labels as they appear in --policies, the table and the JSON ``policy`` key.
 POLICIES: dict[str, GradientPolicy] = {
@@ -80,7 +87,10 @@ def policy_for(label: str) -> GradientPolicy:
     """The policy a label names: a preset above, else its string form."""
     return POLICIES[label] if label in POLICIES else as_policy(label)
 DEFAULT_STEPS = (10, 25, 50, 100)
-RECORD_KEYS = ("policy", "steps", "seconds", "peak_mem_bytes", "ratio_to_sampling", "grad_cosine")
+RECORD_KEYS = ("policy", "steps", "seconds", "peak_mem_bytes", "ratio_to_sampling", "grad_cosine",
+               "grad_cosine_to_fp32_sdo", "warmup_seconds")
+PRECISION_FLAGS = {"copy": "cast='copy'", "cl": "channels_last", "compile": "torch.compile",
+                   "emulated": "allow_emulated (bf16 on a CPU without bf16 kernels)"}
 SEED = 0
 
 # The DDPM β schedule of most pixel models and DiT, and Stable Diffusion's "scaled_linear" one.
@@ -211,7 +221,33 @@ def _output_shape(denoiser: DenoiserAdapter) -> tuple[int, ...]:
     return (denoiser.vae.config.out_channels, *(factor * side for side in denoiser.sample_shape[1:]))
 
 
-def one_gradient(setup: Setup, steps: int, policy: GradientPolicy, policy_seed: int = 0) -> Tensor | None:
+def parse_label(label: str) -> tuple[GradientPolicy, Precision | None]:
+    """``policy[@dtype[+copy][+cl][+compile][+emulated]]`` -> (policy, precision of the no-grad calls).
+
+    ``dtype`` is one of fp32, bf16, fp16; ``copy`` a low-precision weight copy instead of autocast,
+    ``cl`` channels_last inputs, ``compile`` torch.compile, ``emulated`` allow_emulated.
+    """
+    base, _, suffix = label.partition("@")
+    policy = policy_for(base)  # a preset or any policy string; one-line error for an unknown one
+    if not suffix:
+        return policy, None
+    dtype, *flags = suffix.split("+")
+    if dtype not in PRECISION_NAMES or not set(flags) <= set(PRECISION_FLAGS):
+        raise ValueError(f"precision suffix {suffix!r} (in {label!r}) is not dtype[+flag...] with dtype from "
+                         f"{', '.join(PRECISION_NAMES)} and flags from {', '.join(PRECISION_FLAGS)}")
+    return policy, Precision(dtype=dtype, cast="copy" if "copy" in flags else "autocast",  # type: ignore[arg-type]
+                                     channels_last="cl" in flags, compile="compile" in flags,
+                                     allow_emulated="emulated" in flags)
+
+
+def label_gradient(setup: Setup, steps: int, label: str, policy_seed: int = 0) -> Tensor | None:
+    """:func:`one_gradient` of a policy label, precision suffix included."""
+    policy, precision = parse_label(label)
+    return one_gradient(setup, steps, policy, policy_seed, precision=precision)
+
+
+def one_gradient(setup: Setup, steps: int, policy: GradientPolicy, policy_seed: int = 0,
+                 precision: Precision | None = None) -> Tensor | None:
     """Sample with ``policy`` and return d loss / d x_T (zeros where no gradient reaches x_T).
 
     Returns None for ``none`` (plain sampling under no_grad). Parameter gradients, when the network is
@@ -220,11 +256,12 @@ def one_gradient(setup: Setup, steps: int, policy: GradientPolicy, policy_seed: 
     scheduler = build_scheduler("ddim", steps, setup.scheduler_config)
     if policy.name == "none":
         with torch.no_grad():
-            setup.denoiser.decode(sample(setup.denoiser, scheduler, setup.x_T, setup.cond, policy=policy).sample)
+            setup.denoiser.decode(sample(setup.denoiser, scheduler, setup.x_T, setup.cond, policy=policy,
+                                         precision=precision).sample)
         return None
     x_T = setup.x_T.detach().requires_grad_()
     out = sample(setup.denoiser, scheduler, x_T, setup.cond, policy=policy,
-                 policy_generator=torch.Generator().manual_seed(policy_seed))
+                 policy_generator=torch.Generator().manual_seed(policy_seed), precision=precision)
     loss = (setup.denoiser.decode(out.sample) - setup.target).square().mean()
     params = [p for p in setup.denoiser.parameters() if p.requires_grad]
     if not loss.requires_grad:  # truncation with a frozen network: nothing reaches x_T or any weight
@@ -233,19 +270,29 @@ def one_gradient(setup: Setup, steps: int, policy: GradientPolicy, policy_seed: 
     return torch.zeros_like(x_T) if grads[0] is None else grads[0]
 
 
-def exact_gradient(setup: Setup, steps: int) -> Tensor:
-    """The exact d loss / d x_T: ``full`` backprop in float64 (``checkpoint`` if ``full`` does not fit)."""
-    exact = copy.deepcopy(setup)
-    exact.denoiser = exact.denoiser.double().requires_grad_(False)
-    exact.x_T, exact.target = setup.x_T.double(), setup.target.double()
-    exact.cond = setup.cond.double() if setup.cond is not None and setup.cond.is_floating_point() else setup.cond
+def exact_gradient(setup: Setup, steps: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """The exact d loss / d x_T: ``full`` backprop in ``dtype`` (``checkpoint`` if ``full`` does not fit)."""
+    exact = copy.copy(setup)  # float64: a converted deep copy; float32: the network itself, frozen for the call
+    trainable = [p for p in setup.denoiser.parameters() if p.requires_grad]
+    exact.denoiser = copy.deepcopy(setup.denoiser).to(dtype) if dtype != setup.x_T.dtype else setup.denoiser
+    exact.denoiser.requires_grad_(False)
+    exact.x_T, exact.target = setup.x_T.to(dtype), setup.target.to(dtype)
+    exact.cond = setup.cond.to(dtype) if setup.cond is not None and setup.cond.is_floating_point() else setup.cond
+    try:
+        return _exact_full_or_checkpoint(exact, steps).to(setup.x_T.dtype)
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
+def _exact_full_or_checkpoint(exact: Setup, steps: int) -> Tensor:
     try:
         grad = one_gradient(exact, steps, POLICIES["full"])
     except torch.OutOfMemoryError:
-        _release_memory(setup.x_T.device)
+        _release_memory(exact.x_T.device)
         grad = one_gradient(exact, steps, POLICIES["checkpoint"])
     assert grad is not None
-    return grad.to(setup.x_T.dtype)
+    return grad
 
 
 def cosine(a: Tensor, b: Tensor) -> float:
@@ -274,7 +321,7 @@ def timed_gradient(setup: Setup, steps: int, label: str, policy_seed: int) -> tu
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
     start = time.perf_counter()
-    grad = one_gradient(setup, steps, policy_for(label), policy_seed)
+    grad = label_gradient(setup, steps, label, policy_seed)
     _sync(device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) - baseline if device.type == "cuda" else None
@@ -304,7 +351,7 @@ def peak_rss_worker(model: str, steps: int, label: str, batch: int, wrt: str, th
     gc.collect()
     baseline = _status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
-    one_gradient(setup, steps, policy_for(label))
+    label_gradient(setup, steps, label)
     return (_status_kib("VmHWM") - baseline) * 1024
 
 
@@ -328,21 +375,27 @@ def fresh_process_pool() -> ProcessPoolExecutor:
 # ---------------------------------------------------------------- the benchmark
 def run_benchmark(model: str, device: str, steps: Sequence[int], labels: Sequence[str], repeats: int,
                   batch: int, wrt: str, threads: int, log: Callable[[str], None] = print,
-                  exact: bool = True) -> list[dict[str, Any]]:
+                  exact: bool = True, exact_dtype: str = "float64") -> list[dict[str, Any]]:
     """Measure every (policy, N) case; returns one record per case (``RECORD_KEYS`` + model, device).
 
-    ``exact=False`` skips the float64 reference gradient (``grad_cosine`` None): for the big models on a CPU.
+    ``exact=False`` skips the exact reference gradient (``grad_cosine`` None), ``exact_dtype`` is its
+    dtype (``float64``; ``float32`` where a float64 copy of the network does not fit).
     """
     setup = build_setup(model, device, batch, wrt)
     dev = setup.x_T.device
     records = []
     pool = fresh_process_pool() if dev.type == "cpu" else None
     try:
-        for label in labels:  # warm-up at the first N: lazy kernels, thread pools, allocator caches
-            one_gradient(setup, steps[0], policy_for(label))
+        warmup: dict[str, float] = {}
+        for label in labels:  # warm-up at the first N: lazy kernels, thread pools, allocator caches, compile
+            start = time.perf_counter()
+            label_gradient(setup, steps[0], label)
+            warmup[label] = time.perf_counter() - start
+            log(f"warm-up {label}: {warmup[label]:.1f} s (includes torch.compile where asked)")
         for n in steps:
             started = time.perf_counter()
-            reference = exact_gradient(setup, n) if exact else None
+            reference = exact_gradient(setup, n, getattr(torch, exact_dtype)) if exact else None
+            fp32_sdo = fp32_sdo_gradients(setup, n, labels)
             _release_memory(dev)
             seconds: dict[str, list[float]] = {label: [] for label in labels}
             peaks: dict[str, int | None] = {}
@@ -368,17 +421,33 @@ def run_benchmark(model: str, device: str, steps: Sequence[int], labels: Sequenc
             for label in labels:
                 sec = statistics.median(seconds[label]) if seconds[label] else None
                 grad = grads.get(label)
+                sdo_ref = fp32_sdo.get(label.partition("@")[0]) if "@" in label else None
                 records.append({
                     "policy": label, "steps": n, "seconds": sec, "peak_mem_bytes": peaks.get(label),
                     "ratio_to_sampling": sec / base if sec is not None and base else None,
                     "grad_cosine": cosine(grad, reference) if grad is not None and reference is not None else None,
-                    "model": model, "device": str(dev),
+                    "grad_cosine_to_fp32_sdo": cosine(grad, sdo_ref) if grad is not None and sdo_ref is not None
+                    else None,
+                    "warmup_seconds": warmup.get(label), "model": model, "device": str(dev),
                 })
             log(f"N={n}: {time.perf_counter() - started:.1f} s ({timed - started:.1f} s exact gradient + timing)")
     finally:
         if pool is not None:
             pool.shutdown()
     return records
+
+
+def fp32_sdo_gradients(setup: Setup, steps: int, labels: Sequence[str]) -> dict[str, Tensor]:
+    """The float32 gradient of each SDO base policy that some label runs at another precision
+    (policy seed 0, as the compared first repeat), keyed by the base label (``sdo``, ``sdo-random``)."""
+    bases = {label.partition("@")[0] for label in labels if "@" in label}
+    refs = {}
+    for base in sorted(bases):
+        if policy_for(base).name == "sdo":
+            grad = one_gradient(setup, steps, policy_for(base), policy_seed=0)
+            assert grad is not None
+            refs[base] = grad
+    return refs
 
 
 # ---------------------------------------------------------------- reporting
@@ -391,7 +460,8 @@ def _get(records: list[dict[str, Any]], policy: str, steps: int, key: str) -> fl
 
 def markdown_table(records: list[dict[str, Any]]) -> str:
     """One row per case, N grouped."""
-    lines = ["| policy | N | seconds | × sampling | peak mem (MiB) | grad cosine |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| policy | N | seconds | × sampling | peak mem (MiB) | grad cosine | cosine to fp32 SDO |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
 
     def fmt(value: float | None, spec: str) -> str:
         return "—" if value is None else format(value, spec)
@@ -399,7 +469,8 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     for rec in records:
         mem = None if rec["peak_mem_bytes"] is None else rec["peak_mem_bytes"] / 2**20
         lines.append(f"| {rec['policy']} | {rec['steps']} | {fmt(rec['seconds'], '.3f')} | "
-                     f"{fmt(rec['ratio_to_sampling'], '.2f')} | {fmt(mem, '.1f')} | {fmt(rec['grad_cosine'], '.4f')} |")
+                     f"{fmt(rec['ratio_to_sampling'], '.2f')} | {fmt(mem, '.1f')} | {fmt(rec['grad_cosine'], '.4f')} | "
+                     f"{fmt(rec.get('grad_cosine_to_fp32_sdo'), '.4f')} |")
     return "\n".join(lines)
 
 
@@ -434,6 +505,24 @@ def check_targets(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def check_precision_targets(records: list[dict[str, Any]]) -> list[str]:
+    """PASS/FAIL line per SDO label with a precision suffix: time at N=50 <= 0.75x float32 plain
+    sampling (``none``) and cosine >= 0.99 to the float32 SDO gradient."""
+    lines = []
+    for rec in records:
+        if rec["steps"] != 50 or not rec["policy"].startswith("sdo") or "@" not in rec["policy"]:
+            continue
+        base, cos = _get(records, "none", 50, "seconds"), rec["grad_cosine_to_fp32_sdo"]
+        if rec["seconds"] is None or not base or cos is None:
+            lines.append(f"SKIP  {rec['policy']} at N=50: case not run")
+            continue
+        ratio = rec["seconds"] / base
+        status = "PASS" if ratio <= 0.75 and cos >= 0.99 else "FAIL"
+        lines.append(f"{status}  {rec['policy']} at N=50 <= 0.75x fp32 plain sampling with cosine >= 0.99 to "
+                     f"fp32 SDO: {ratio:.3f}x, cosine {cos:.4f}")
+    return lines
+
+
 def _slope(points: list[tuple[float, float]]) -> float:
     mx = sum(x for x, _ in points) / len(points)
     my = sum(y for _, y in points) / len(points)
@@ -458,7 +547,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)), help="comma-separated N values")
     parser.add_argument("--policies", default=",".join(POLICIES),
                         help=f"comma-separated; presets {', '.join(POLICIES)} or any policy string "
-                             "(adjoint, doodl, sdo-tail=4, adjoint-solver=rk4-substeps=2, doodl-mixing=0.9)")
+                             "(adjoint, doodl, sdo-tail=4, adjoint-solver=rk4-substeps=2, doodl-mixing=0.9), each "
+                             "optionally with a precision of its no-grad calls: @dtype[+copy][+cl][+compile]"
+                             "[+emulated], e.g. sdo@bf16, none@bf16")
+    parser.add_argument("--exact-dtype", choices=("float64", "float32"), default="float64",
+                        help="dtype of the exact gradient; float64 copies the network (sd15-unet on CPU: float32)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs per case (median), after one warm-up per policy at the first N")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default: 2 small-unet, else 1)")
@@ -485,9 +578,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.policies = [p for p in args.policies.split(",") if p]
     for label in args.policies:
         try:
-            policy_for(label)
-        except ValueError as error:
-            parser.error(f"--policies {label}: {error}")
+            parse_label(label)
+        except ValueError as err:
+            parser.error(f"--policies: {err}")
     # plain sampling is the time reference; it is always measured (first, so the table reads top-down)
     args.policies = ["none"] + [p for p in args.policies if p != "none"]
     if args.repeats < 1:
@@ -502,11 +595,14 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     log(f"gradient cost: model={args.model} device={args.device} batch={args.batch} wrt={args.wrt} "
         f"threads={args.threads} repeats={args.repeats} steps={args.steps}")
+    if not args.exact or args.exact_dtype != "float64":
+        log("exact reference: " + (f"{args.exact_dtype} full backprop" if args.exact
+                                   else "skipped (--no-exact); grad_cosine is not measured"))
     records = run_benchmark(args.model, args.device, args.steps, args.policies, args.repeats, args.batch,
-                            args.wrt, args.threads, log, exact=args.exact)
+                            args.wrt, args.threads, log, exact=args.exact, exact_dtype=args.exact_dtype)
     print(markdown_table(records))
     print()
-    print("\n".join(check_targets(records) + baseline_targets(records)))
+    print("\n".join(check_targets(records) + baseline_targets(records) + check_precision_targets(records)))
     if any(label in args.policies for label in ("adjoint", "doodl")):
         print("\n" + "\n".join(paper_ratio_lines(records, args.model)))
     print("\n".join(tail_frontier_lines(records)))

@@ -8,6 +8,7 @@ under SDO: x_{t-1} = a_t·x_t + b_t·sg(u(x_t)) still depends on x_t, so gradien
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ from lit_sdo.sampling.baselines import sample_baseline
 from lit_sdo.sampling.denoisers import DenoiserAdapter
 from lit_sdo.sampling.noise import scale_initial_noise
 from lit_sdo.sampling.policies import BASELINE_NAMES, CallMode, GradientPolicy, as_policy
+from lit_sdo.sampling.precision import Precision, no_grad_denoiser
 from lit_sdo.sampling.schedulers import fresh_scheduler, warn_if_clipping
 
 Generators = torch.Generator | list[torch.Generator] | None  # diffusers' convention: one, or one per sample
@@ -54,6 +56,7 @@ def sample(
     generator: Generators = None,
     policy_generator: torch.Generator | None = None,
     return_trajectory: bool = False,
+    precision: Precision | str | None = None,
 ) -> SampleOutput:
     """Run the sampler from ``x`` to x₀.
 
@@ -84,6 +87,9 @@ def sample(
         policy_generator: randomness of the policy (SDO's random k, random truncation); must not be
             ``generator``, or the policy's draws would shift the scheduler's noise.
         return_trajectory: also return every intermediate latent (``trajectory[0]`` is ``x`` as given).
+        precision: how the no-grad (SKIP/OFF) model calls run, e.g. ``"bf16"`` or a
+            :class:`~lit_sdo.sampling.precision.Precision`; graph-keeping calls and the scheduler
+            arithmetic stay as they are. None (default) is the plain float32 call.
     """
     policy = as_policy(policy)
     scheduler = fresh_scheduler(scheduler)
@@ -107,12 +113,13 @@ def sample(
     if start_step > 0 and hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start_step)
 
+    fast = no_grad_denoiser(denoiser, precision, x.device)  # the denoiser itself for float32
     trajectory = [x] if return_trajectory else None
     if start_step == 0:
         x = scale_initial_noise(scheduler, x)
     for t, mode in zip(timesteps, modes, strict=True):
         with torch.set_grad_enabled(grad_allowed and mode is not CallMode.OFF):
-            x = _denoise_step(denoiser, scheduler, x, t, cond, mode, generator)
+            x = _denoise_step(denoiser, scheduler, x, t, cond, mode, generator, fast)
         if trajectory is not None:
             trajectory.append(x)
     return SampleOutput(sample=x, trajectory=trajectory, modes=modes)
@@ -125,15 +132,20 @@ def _as_list(generator: Generators) -> list[torch.Generator]:
 
 
 def _denoise_step(denoiser: DenoiserAdapter, scheduler: SchedulerMixin, x: Tensor, t: Tensor,
-                  cond: Tensor | None, mode: CallMode, generator: Generators) -> Tensor:
-    """One solver step x_t -> x_{t-1}; only the model call's graph depends on ``mode``."""
+                  cond: Tensor | None, mode: CallMode, generator: Generators,
+                  fast: Callable[..., Tensor] | None = None) -> Tensor:
+    """One solver step x_t -> x_{t-1}; only the model call's graph depends on ``mode``.
+
+    ``fast`` runs the no-grad (SKIP/OFF) calls, e.g. in bfloat16 (:mod:`lit_sdo.sampling.precision`).
+    """
+    fast = fast if fast is not None else denoiser
     scale = getattr(scheduler, "scale_model_input", None)  # Euler-type schedulers scale x_t; others lack it
     model_input = scale(x, t) if scale is not None else x
     if mode is CallMode.SKIP:
         with torch.no_grad():
-            model_output = denoiser(model_input, t, cond)  # sg(u_θ(x_t, t)), Eq. 18
+            model_output = fast(model_input, t, cond)  # sg(u_θ(x_t, t)), Eq. 18
     elif mode is CallMode.CHECKPOINT and torch.is_grad_enabled():
         model_output = checkpoint(denoiser, model_input, t, cond, use_reentrant=False)
     else:
-        model_output = denoiser(model_input, t, cond)
+        model_output = (fast if mode is CallMode.OFF else denoiser)(model_input, t, cond)
     return scheduler.step(model_output, t, x, generator=generator, return_dict=False)[0]
