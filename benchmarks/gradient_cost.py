@@ -68,6 +68,7 @@ from lit_sdo.sampling import (  # noqa: E402
     build_scheduler,
     sample,
 )
+from lit_sdo.sampling.policies import BASELINE_NAMES  # noqa: E402
 from lit_sdo.sampling.precision import PRECISION_NAMES, Precision  # noqa: E402
 
 # Policy labels as they appear in --policies, the table and the JSON ``policy`` key.
@@ -231,6 +232,9 @@ def parse_label(label: str) -> tuple[GradientPolicy, Precision | None]:
     policy = policy_for(base)  # a preset or any policy string; one-line error for an unknown one
     if not suffix:
         return policy, None
+    if policy.name in BASELINE_NAMES:
+        raise ValueError(f"policy {base!r} (in {label!r}) runs its own solver: a precision suffix applies to the "
+                         "sampler's policies (none, sdo, full, checkpoint, last_k, random_truncation)")
     dtype, *flags = suffix.split("+")
     if dtype not in PRECISION_NAMES or not set(flags) <= set(PRECISION_FLAGS):
         raise ValueError(f"precision suffix {suffix!r} (in {label!r}) is not dtype[+flag...] with dtype from "
