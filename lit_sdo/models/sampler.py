@@ -8,6 +8,7 @@ which guidance and which gradient policy — and the one place that turns a late
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from torch import Tensor, nn
 
 from lit_sdo.images import to_unit_range
 from lit_sdo.models.diffusion import DiffusionModel, build_sampler, load_diffusion
-from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample, start_step_for
+from lit_sdo.sampling import GradientPolicy, Precision, noise_for_seeds, parse_policy, sample, start_step_for
 
 
 @dataclass
@@ -31,9 +32,18 @@ class SamplerSpec:
             shortcut / flow-matching model's own N-step sampler.
         num_steps: sampling steps N.
         guidance_scale: classifier-free guidance scale (1 = none).
-        policy: gradient policy: ``sdo`` | ``full`` | ``checkpoint`` | ``last_k`` | ``random_truncation`` | ``none``.
+        policy: gradient policy: ``sdo`` | ``full`` | ``checkpoint`` | ``last_k`` | ``random_truncation`` |
+            ``adjoint`` (AdjointDPM) | ``doodl`` (DOODL) | ``none``, or its string form with options
+            (``sdo-tail=4``, ``adjoint-solver=rk4-substeps=2``, ``doodl-mixing=0.9``; see
+            :func:`lit_sdo.sampling.parse_policy`).
         k: SDO's graph step (0 = the first step run: the paper's Fig. 4), or ``random`` (Fig. 5).
         last_k: K of the ``last_k`` policy.
+        tail: for ``sdo``, how many final model calls also keep their graph (SDO with an exact tail).
+        precision: dtype of the no-grad model calls of an optimisation step (``fp32``, ``bf16``, ``fp16``); the
+            graph-keeping call, the scheduler arithmetic and every evaluation stay float32.
+        precision_cast: ``autocast`` (no second copy of the weights) or ``copy`` (a low-precision weight copy).
+        channels_last: run the no-grad calls on NHWC inputs.
+        compile: ``torch.compile`` the no-grad call (the first call pays the compilation).
         start_timestep: start from the latent at this timestep (e.g. 600 of 1000) instead of x_T.
         seed: seed of the sampler's own noise (stochastic schedulers: DDPM, LCM), fixed so every
             optimisation step sees the same sampler.
@@ -47,9 +57,28 @@ class SamplerSpec:
     policy: str = "sdo"
     k: int | Literal["random"] = 0
     last_k: int = 1
+    tail: int = 0
     start_timestep: int | None = None
     seed: int = 0
     policy_seed: int = 0
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision_cast: Literal["autocast", "copy"] = "autocast"
+    channels_last: bool = False
+    compile: bool = False
+
+    def gradient_policy(self) -> GradientPolicy:
+        """The policy string with ``k`` / ``last_k`` / ``tail`` applied where they differ from their defaults."""
+        policy = parse_policy(self.policy)
+        options = {name: getattr(self, name) for name in ("k", "last_k", "tail")
+                   if getattr(self, name) != getattr(SamplerSpec, name)}
+        return dataclasses.replace(policy, **options) if options else policy
+
+    def no_grad_precision(self) -> Precision | None:
+        """How the no-grad calls of an optimisation step run; None is the plain float32 call."""
+        if (self.precision, self.channels_last, self.compile) == ("fp32", False, False):
+            return None
+        return Precision(dtype=self.precision, cast=self.precision_cast, channels_last=self.channels_last,
+                         compile=self.compile)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,7 +105,8 @@ class Sampler(nn.Module):
                                                                     guidance_scale=spec.guidance_scale)
         denoiser, self.scheduler = build_sampler(self.model, spec.scheduler, spec.num_steps)
         self.denoiser = denoiser.requires_grad_(False)
-        self.policy = GradientPolicy(name=spec.policy, k=spec.k, last_k=spec.last_k)  # type: ignore[arg-type]
+        self.policy = spec.gradient_policy()
+        self.precision = spec.no_grad_precision()
         self.start_step = 0 if spec.start_timestep is None else self._start_step(spec.start_timestep)
 
     def _start_step(self, timestep: int) -> int:
@@ -106,10 +136,12 @@ class Sampler(nn.Module):
     def generate(self, x: Tensor, cond: Tensor | None, policy: GradientPolicy | str | None = None,
                  start_step: int | None = None, policy_generator: torch.Generator | None = None) -> Tensor:
         """Latent at the start step -> image in [0, 1], through the sampler and the decoder (gradient where
-        the policy keeps it; ``policy`` None is the spec's)."""
+        the policy keeps it). ``policy`` None is the spec's, with the spec's precision for its no-grad calls;
+        an explicit policy (evaluation: ``"none"``) runs in the module's own dtype."""
         out = sample(self.denoiser, self.scheduler, x, cond, policy=self.policy if policy is None else policy,
                      start_step=self.start_step if start_step is None else start_step,
-                     generator=self.noise_generator(), policy_generator=policy_generator)
+                     generator=self.noise_generator(), policy_generator=policy_generator,
+                     precision=self.precision if policy is None else None)
         return to_unit_range(self.denoiser.decode(out.sample).to(x.dtype))  # autocast may decode in bf16
 
     def trajectory(self, x: Tensor, cond: Tensor | None) -> list[Tensor]:

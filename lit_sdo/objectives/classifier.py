@@ -124,7 +124,7 @@ class ClassifierObjective(Objective):
         summary, samples = metrics.attack_report(records, self.targeted, self.classifier.name)
         headline = (f"attack success rate {summary['success_rate']:.2%} ({summary['num_success']}/"
                     f"{summary['num_clean_correct']} clean-correct samples)")
-        if "success_still_labelled_y_by_transfer" in summary:
+        if summary.get("num_success") and "success_still_labelled_y_by_transfer" in summary:
             headline += (f"; {summary['success_still_labelled_y_by_transfer']:.1%} of the successes still labelled "
                          f"y by {self.transfer.name}")
         return Report(summary, samples, headline)

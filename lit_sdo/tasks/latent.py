@@ -29,6 +29,7 @@ from lit_sdo.models.sampler import Sampler, SamplerSpec
 from lit_sdo.objectives import Batch, Measure, Objective
 from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer, merge_across_ranks
 from lit_sdo.sampling.inversion import invert_ddim
+from lit_sdo.sampling.precision import check_supported
 from lit_sdo.tasks.latent_step import optimisation_step, score_current
 
 
@@ -41,9 +42,9 @@ def describe(module: torch.nn.Module) -> dict[str, Any]:
 def warn_if_no_graph_to_the_latent(sampler: Sampler) -> None:
     """Truncated policies (DRaFT-K with K < the steps run, AlignProp's random truncation) give δ a zero
     gradient: say so once, instead of a run that silently never moves."""
-    spec, steps_run = sampler.spec, sampler.steps_run
-    if spec.policy == "random_truncation" or (spec.policy == "last_k" and spec.last_k < steps_run):
-        warnings.warn(f"policy {spec.policy} keeps no graph back to the start latent (K < {steps_run} steps): δ gets "
+    policy, steps_run = sampler.policy, sampler.steps_run
+    if policy.name == "random_truncation" or (policy.name == "last_k" and policy.last_k < steps_run):
+        warnings.warn(f"policy {policy.name} keeps no graph back to the start latent (K < {steps_run} steps): δ gets "
                       "a zero gradient and stays where it starts; use sdo, full or checkpoint to optimise a latent",
                       stacklevel=3)
 
@@ -99,6 +100,8 @@ class LatentOptimizationModule(L.LightningModule):
         """Allocate δ and the per-sample state once the number of samples is known (before a restore)."""
         if self.delta is not None:
             return
+        if self.sampler.precision is not None:  # a precision the device lacks: one line before any work
+            check_supported(self.sampler.precision, self.device)
         datamodule = self.trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "num_samples"):
             raise ValueError("this task needs a sample-set data module, e.g. lit_sdo.datamodules.LabelSeedDataModule")
