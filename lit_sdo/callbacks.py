@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 from torch import Tensor
 
 from lit_sdo.images import image_grid, mark_rows, save_png
@@ -23,6 +23,12 @@ from lit_sdo.objectives import Report
 
 RESULT_FILES = ("results.json", "delta.safetensors", "grid.png")
 INTEGER_KEYS = ("label", "seed")  # record keys rounded back to integers after gathering (and every *pred*/target*)
+
+
+@rank_zero_only
+def announce(message: str) -> None:
+    """A job's user-facing line (its result and where the files are), on stdout, once under DDP."""
+    print(f"[lit_sdo] {message}", flush=True)
 
 
 def output_folder(trainer: L.Trainer, module: L.LightningModule) -> Path:
@@ -112,7 +118,7 @@ class LatentResultsWriter(L.Callback):
                     experiment.add_scalar(f"result/{key}", value, trainer.current_epoch)
             if "success_rate" in report.summary and trainer.state.fn == "fit":  # the curve ends at the final scoring
                 experiment.add_scalar("train/success_rate", report.summary["success_rate"], trainer.global_step)
-        rank_zero_info(f"[lit_sdo] {report.headline}; results in {folder / 'results.json'}; TensorBoard: "
+        announce(f"{report.headline}; results in {folder / 'results.json'}; TensorBoard: "
                        f"tensorboard --logdir {folder.parent}")
 
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 
+from lit_sdo.callbacks import announce, output_folder
 from lit_sdo.images import image_grid, save_png
 from lit_sdo.io import writable_folder, write_json
 from lit_sdo.lora import DEFAULT_TARGETS, inject_lora, lora_parameters, save_lora
@@ -98,7 +97,7 @@ class RewardFinetuneModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         """Validate the data against the model and the trainer, cast the frozen base, embed the prompts."""
-        out = self.output_dir()  # on every rank: trainer.log_dir is a collective under DDP
+        out = output_folder(self.trainer, self)  # on every rank: trainer.log_dir is a collective under DDP
         if self.trainer.is_global_zero:
             writable_folder(out)  # a bad output path stops the run before any work
         datamodule = self.trainer.datamodule
@@ -248,11 +247,8 @@ class RewardFinetuneModule(L.LightningModule):
         return value
 
     # ----- results and checkpoints ----------------------------------------------------------------
-    def output_dir(self) -> Path:
-        return Path(self.hparams.output_dir or self.trainer.log_dir or ".")
-
     def on_train_end(self) -> None:
-        out = self.output_dir()  # on every rank: trainer.log_dir is a collective under DDP
+        out = output_folder(self.trainer, self)  # on every rank: trainer.log_dir is a collective under DDP
         if not self.trainer.is_global_zero:
             return
         save_lora(self.denoiser.network, out / "lora", metadata={"generator": self.sampler.spec.generator,
@@ -263,7 +259,7 @@ class RewardFinetuneModule(L.LightningModule):
             k: v for k, v in self.hparams.items() if k != "sampler"}, "steps": self.history})
         last = self.history[-1] if self.history else {}
         steps = sum("reward" in row for row in self.history)
-        rank_zero_info(f"[lit_sdo] reward fine-tuning: {steps} steps, reward {last.get('reward', float('nan')):.4f}"
+        announce(f"reward fine-tuning: {steps} steps, reward {last.get('reward', float('nan')):.4f}"
               f", eval reward {last.get('eval_reward', float('nan')):.4f}, {self.train_seconds:.1f} s; LoRA in "
               f"{out / 'lora'}")
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lit_sdo.callbacks import announce
 from lit_sdo.images import image_grid, save_png
 from lit_sdo.models.sampler import Sampler, SamplerSpec
 
@@ -66,7 +66,7 @@ class SampleGridModule(L.LightningModule):
     def on_predict_end(self) -> None:
         grid = image_grid(torch.cat(self._rows), nrow=self.hparams.samples_per_class)
         path = save_png(self.hparams.output, grid, scale=self.hparams.scale)
-        rank_zero_info(f"wrote {path}")
+        announce(f"wrote {path}")
 
     def configure_optimizers(self) -> Any:
         return None
