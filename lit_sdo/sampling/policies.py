@@ -11,13 +11,12 @@ import functools
 import re
 from dataclasses import dataclass, fields
 from enum import Enum
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 PolicyName = Literal["none", "sdo", "full", "checkpoint", "last_k", "random_truncation", "adjoint", "doodl"]
-POLICY_NAMES: tuple[str, ...] = ("none", "sdo", "full", "checkpoint", "last_k", "random_truncation", "adjoint",
-                                 "doodl")
+POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)  # the one list, read off the type
 # The paper's baselines replace the scheduler's step loop by their own sampler (lit_sdo.sampling.baselines).
 BASELINE_NAMES: tuple[str, ...] = ("adjoint", "doodl")
 
