@@ -183,7 +183,7 @@ def test_test_subcommand_evaluates_saved_delta(tmp_path) -> None:
         ({"eps": 0.0}, {}, r"eps=0.0 must be > 0"),
         ({}, {"classes": [0, 5]}, r"class labels 0..5 are out of range for generator tiny-ddpm with 3 classes"),
         ({"targeted": True, "target": 7}, {}, r"target=7 is out of range"),
-        ({"policy": "adjoint"}, {}, r"policy name='adjoint' is unknown"),
+        ({"policy": "adjoin"}, {}, r"policy name='adjoin' is unknown"),
         ({"grid_samples": 0}, {}, r"grid_samples=0 must be >= 1"),
     ],
 )
