@@ -19,7 +19,7 @@ import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs/attack/digits.yaml")
-TINY = ["--data.init_args.per_class=1", "--trainer.max_epochs=1", "--model.init_args.num_steps=2",
+TINY = ["--data.init_args.per_class=1", "--trainer.max_epochs=1", "--model.init_args.sampler.num_steps=2",
         "--trainer.enable_progress_bar=false"]
 HINT = "--help lists the options"
 
@@ -63,10 +63,11 @@ CASES = {  # id -> (arguments after the config and the tiny overrides, words the
     "misspelt option": (["--model.init_args.epss=0.2"], ["model.init_args.epss", "did you mean eps"]),
     "bad value": (["--model.init_args.eps=abc"], ["model.init_args.eps", "expected a float", "'abc'"]),
     "abbreviated option": (["--trainer.max_epoch=2"], ["unknown option --trainer.max_epoch ", "max_epochs"]),
-    "bad choice": (["--model.init_args.loss=xx"], ["model.init_args.loss", "one of 'margin', 'ce'", "'xx'"]),
-    "prefixed missing folder": (["--model.init_args.generator=folder:/nonexistent"],
+    "bad choice": (["--model.init_args.objective.init_args.loss=xx"],
+                   ["objective.init_args.loss", "one of 'margin', 'ce'", "'xx'"]),
+    "prefixed missing folder": (["--model.init_args.sampler.generator=folder:/nonexistent"],
                                 ["folder not found", "'folder:/nonexistent'"]),
-    "missing folder": (["--model.init_args.generator={tmp}/nowhere"], ["folder not found", "/nowhere"]),
+    "missing folder": (["--model.init_args.sampler.generator={tmp}/nowhere"], ["folder not found", "/nowhere"]),
     "unwritable log folder": (["--trainer.logger.init_args.save_dir=/proc/x"],
                               ["log folder /proc/x", "save_dir"]),
 }

@@ -139,5 +139,5 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                                   if name in KNOWN else name for name, _, _ in COMMANDS])
 def test_command_with_default_paths_changes_no_tracked_file(name: str, report: dict[str, Any]) -> None:
     assert name in report, f"{name} did not run: {report['_log']}"
-    assert report[name]["error"] is None, f"{name} failed: {report[name]['error']}"
+    assert report[name]["error"] is None, f"{name} failed: {report[name]['error']}\n{report['_log'][-1500:]}"
     assert report[name]["changed"] == [], f"{name} changed tracked files: {report[name]['changed']}"
