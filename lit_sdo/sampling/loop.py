@@ -106,7 +106,8 @@ def sample(
     if policy.name in BASELINE_NAMES:  # AdjointDPM / DOODL run their own sampler with their own backward
         if return_trajectory:
             raise ValueError(f"return_trajectory is not available for policy {policy.name!r} (it keeps no trajectory)")
-        return SampleOutput(sample_baseline(denoiser, scheduler, x, cond, policy, start_step), None, modes)
+        x_start = scale_initial_noise(scheduler, x) if start_step == 0 else x  # the same contract as below
+        return SampleOutput(sample_baseline(denoiser, scheduler, x_start, cond, policy, start_step), None, modes)
     grad_allowed = torch.is_grad_enabled()  # an outer no_grad (validation) wins over the policy
     if grad_allowed and policy.name != "none":
         warn_if_clipping(scheduler)
