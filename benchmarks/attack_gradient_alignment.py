@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> None:
 
     def gradient(policy: GradientPolicy | str) -> torch.Tensor:
         x = x_t.clone().requires_grad_(True)
-        return torch.autograd.grad(objective(classifier(images(x, policy)), labels).sum(), x)[0]
+        loss = objective(classifier(images(x, policy)), labels).sum()
+        if not loss.requires_grad:  # last_k detaches every step before the last K: no path back to x_T
+            return torch.zeros_like(x_t)
+        return torch.autograd.grad(loss, x)[0]
 
     with torch.no_grad():
         clean_correct = classifier(images(x_t, "none")).argmax(1) == labels
