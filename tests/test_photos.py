@@ -77,3 +77,16 @@ def test_default_classes_are_not_separable_by_mean_colour() -> None:
     colour = LogisticRegression(max_iter=2000).fit(train.mean((2, 3)).numpy(), y_train.numpy())
     accuracy = float((colour.predict(test.mean((2, 3)).numpy()) == y_test.numpy()).mean())
     assert 0.1 < accuracy < 0.5, accuracy  # above chance (colour says something) but far from separable
+
+
+def test_attack_on_a_class_the_photo_generator_was_not_trained_for_is_one_line() -> None:
+    from lit_sdo.datamodules import LabelSeedDataModule
+    from lit_sdo.tasks.attack import AttackModule
+
+    module = AttackModule(generator="embedded:photos-ddpm", classifier="embedded:photos-resnet",
+                          transfer_classifier=None, num_steps=2)
+    module.check_data(LabelSeedDataModule(num_classes=10, per_class=1))  # the trained classes pass
+    with pytest.raises(ValueError, match=r"class labels 0\.\.11 are out of range for generator "
+                                         r"embedded:photos-ddpm with 10 classes") as info:
+        module.check_data(LabelSeedDataModule(num_classes=12, per_class=1))
+    assert "\n" not in str(info.value)
