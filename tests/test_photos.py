@@ -90,3 +90,35 @@ def test_attack_on_a_class_the_photo_generator_was_not_trained_for_is_one_line()
                                          r"embedded:photos-ddpm with 10 classes") as info:
         module.check_data(LabelSeedDataModule(num_classes=12, per_class=1))
     assert "\n" not in str(info.value)
+
+
+def test_a_classifier_trained_on_photo_crops_exports_as_rgb(tmp_path) -> None:
+    import lightning as L
+
+    from lit_sdo.models import load_classifier
+    from lit_sdo.tasks.train_classifier import ClassifierTrainingModule
+
+    module = ClassifierTrainingModule("resnet", {"in_chans": 3, "channels": [4, 8, 8, 8]}, num_classes=2,
+                                      input_size=8, export_dir=str(tmp_path / "clf"))
+    L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+              enable_model_summary=False).fit(module, PhotoCropsDataModule(**SMALL))
+    classifier = load_classifier(str(tmp_path / "clf"))
+    assert classifier.channels == 3 and classifier.mean.numel() == 3
+    image = torch.rand(2, 3, 8, 8)
+    assert torch.allclose(classifier(image), module.network.eval()(image * 2 - 1), atol=1e-5)  # same [-1, 1] input
+
+
+def test_a_diffusion_run_continues_from_an_export_and_refuses_another_architecture() -> None:
+    import yaml
+    from diffusers import UNet2DModel
+
+    from lit_sdo.models import EMBEDDED_ROOT
+    from lit_sdo.tasks.train_diffusion import DiffusionTrainingModule
+
+    args = yaml.safe_load(open("configs/train/photos_ddpm.yaml"))["model"]["init_args"]
+    module = DiffusionTrainingModule(**args | {"init_from": str(EMBEDDED_ROOT / "photos-ddpm")})
+    shipped = UNet2DModel.from_pretrained(EMBEDDED_ROOT / "photos-ddpm").state_dict()
+    for network in (module.unet, module.ema):  # the EMA starts from the same weights
+        assert all(torch.equal(network.state_dict()[k], v) for k, v in shipped.items())
+    with pytest.raises(ValueError, match="has another architecture .*in_channels"):
+        DiffusionTrainingModule(**args | {"init_from": str(EMBEDDED_ROOT / "digits-ddpm")})
