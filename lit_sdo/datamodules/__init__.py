@@ -1,11 +1,13 @@
 """LightningDataModules: training sets, the sample sets latent tasks optimise, and reward conditions.
 
-``training`` holds what models are trained on (digits, an image folder), ``samples`` the fixed sets a
+``training`` holds what models are trained on (digits, an image folder), ``photos`` random crops of
+shipped photographs, ``samples`` the fixed sets a
 latent-optimisation task works on, ``prompts`` the conditions of reward fine-tuning, and ``images`` the
 one image reader they all use.
 """
 
-from lit_sdo.datamodules.images import read_image_file, read_image_folder, skimage_photos
+from lit_sdo.datamodules.images import PHOTOGRAPHS, read_image_file, read_image_folder, read_photograph, skimage_photos
+from lit_sdo.datamodules.photos import PHOTOS, PhotoCropsDataModule
 from lit_sdo.datamodules.prompts import BlockSampler, RewardPromptDataModule, read_lines
 from lit_sdo.datamodules.samples import (
     DIGIT_NAMES,
@@ -28,6 +30,9 @@ __all__ = [
     "DIGIT_NAMES",
     "BlockSampler",
     "DigitsDataModule",
+    "PHOTOGRAPHS",
+    "PHOTOS",
+    "PhotoCropsDataModule",
     "ImageFolderDataModule",
     "LabelSeedDataModule",
     "PromptSeedDataModule",
@@ -39,6 +44,7 @@ __all__ = [
     "read_image_file",
     "read_image_folder",
     "read_lines",
+    "read_photograph",
     "skimage_photos",
     "split_indices",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -122,3 +123,42 @@ def load_style_image(spec: str, size: int, channels: int) -> Tensor:
                       stacklevel=2)
         image = F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return image.clamp(0, 1)
+
+
+# Photographs and textures that installed packages ship (no download): name -> (package, file or loader).
+PHOTOGRAPHS: dict[str, tuple[str, str]] = {
+    **{name: ("skimage", name) for name in (
+        "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
+        "stereo_motorcycle", "colorwheel", "brick", "grass", "gravel", "moon", "coins", "cell", "camera", "clock")},
+    "china": ("sklearn", "china.jpg"),
+    "flower": ("sklearn", "flower.jpg"),
+    "grace_hopper": ("matplotlib", "grace_hopper.jpg"),
+}
+
+
+def read_photograph(name: str) -> Tensor:
+    """One shipped photograph (see ``PHOTOGRAPHS``) -> (3, H, W) in [0, 1]; grey textures are repeated to RGB."""
+    if name not in PHOTOGRAPHS:
+        raise ValueError(f"photograph {name!r} is not shipped with the installed packages; allowed: "
+                         f"{', '.join(PHOTOGRAPHS)}")
+    package, item = PHOTOGRAPHS[name]
+    if package == "skimage":
+        from skimage import data
+
+        array = getattr(data, item)()
+        if isinstance(array, tuple):  # stereo_motorcycle: (left, right, disparity)
+            array = array[0]
+    elif package == "sklearn":
+        from sklearn.datasets import load_sample_image
+
+        array = load_sample_image(item)
+    else:
+        import matplotlib.cbook as cbook
+        from PIL import Image
+
+        with cbook.get_sample_data(item) as handle:
+            array = Image.open(handle).convert("RGB")
+            array.load()
+    image = torch.from_numpy(np.array(array)).float() / 255.0  # (H, W) or (H, W, C) in [0, 1]
+    image = image.unsqueeze(-1).expand(-1, -1, 3) if image.dim() == 2 else image[..., :3]
+    return image.permute(2, 0, 1).contiguous()  # (3, H, W)

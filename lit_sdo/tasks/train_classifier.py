@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from lit_sdo.io import write_json, write_tensors
 from lit_sdo.models.networks import build_network
 
-# The digits DataModule yields images in [-1, 1] = ([0, 1] - 0.5) / 0.5: the loader records this.
+# The data modules (digits, photo crops) yield images in [-1, 1] = ([0, 1] - 0.5) / 0.5: the loader records this.
 DIGITS_MEAN, DIGITS_STD = (0.5,), (0.5,)
 
 
@@ -73,8 +73,9 @@ class ClassifierTrainingModule(L.LightningModule):
 
     def on_fit_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
-            export_classifier(self.network, self.hparams.export_dir, self.hparams.architecture,
-                              self.hparams.network or {}, self.hparams.num_classes, self.hparams.input_size)
+            network = self.hparams.network or {}
+            export_classifier(self.network, self.hparams.export_dir, self.hparams.architecture, network,
+                              self.hparams.num_classes, self.hparams.input_size, network.get("in_chans", 1))
 
 
 def export_classifier(network: nn.Module, folder: str | Path, architecture: str, network_kwargs: dict[str, Any],
@@ -89,7 +90,7 @@ def export_classifier(network: nn.Module, folder: str | Path, architecture: str,
         "num_classes": num_classes,
         "input_size": input_size,
         "channels": channels,
-        "mean": list(DIGITS_MEAN),  # the network sees (x - mean) / std for x in [0, 1]
-        "std": list(DIGITS_STD),
+        "mean": list(DIGITS_MEAN) * channels,  # the network sees (x - mean) / std for x in [0, 1]
+        "std": list(DIGITS_STD) * channels,
     })
     return folder

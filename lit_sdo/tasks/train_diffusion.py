@@ -40,13 +40,16 @@ class DiffusionTrainingModule(L.LightningModule):
         warmup_steps: linear learning-rate warm-up.
         ema_decay: decay of the exponential moving average of the weights (the exported weights).
         export_dir: folder to ``save_pretrained`` the EMA model into at the end of ``fit`` (None: do not).
+        init_from: an exported diffusers folder whose weights start the network and its EMA (continue a run
+            that left no checkpoint; the architecture in ``unet`` must match); None starts from scratch.
     """
 
     def __init__(self, unet: dict[str, Any], num_classes: int = 10,
                  prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
                  beta_schedule: str = "squaredcos_cap_v2", num_train_timesteps: int = 1000,
                  label_dropout: float = 0.1, lr: float = 2e-3, weight_decay: float = 0.0,
-                 warmup_steps: int = 100, ema_decay: float = 0.999, export_dir: str | None = None) -> None:
+                 warmup_steps: int = 100, ema_decay: float = 0.999, export_dir: str | None = None,
+                 init_from: str | None = None) -> None:
         super().__init__()
         if unet.get("num_class_embeds") != num_classes + 1:
             raise ValueError(f"unet.num_class_embeds={unet.get('num_class_embeds')} must be num_classes + 1 = "
@@ -55,6 +58,8 @@ class DiffusionTrainingModule(L.LightningModule):
             raise ValueError(f"label_dropout={label_dropout} must be in [0, 1)")
         self.save_hyperparameters()
         self.unet = UNet2DModel(**unet)
+        if init_from is not None:
+            self.unet.load_state_dict(load_exported_weights(init_from, self.unet.config))
         self.ema = copy.deepcopy(self.unet).requires_grad_(False).eval()
         self.noise_scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
                                              prediction_type=prediction_type, clip_sample=False,
@@ -107,6 +112,18 @@ class DiffusionTrainingModule(L.LightningModule):
     def on_fit_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
             export_diffusion(self.ema, self.noise_scheduler, self.hparams.export_dir, self.hparams.num_classes)
+
+
+def load_exported_weights(folder: str | Path, config: Any) -> dict[str, Tensor]:
+    """The state dict of an exported folder, after checking that its architecture equals ``config``."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"init_from={str(folder)!r} is not an exported diffusers folder (no config.json)")
+    exported = UNet2DModel.from_pretrained(folder)
+    mismatched = [k for k, v in config.items() if not k.startswith("_") and exported.config.get(k) != v]
+    if mismatched:
+        raise ValueError(f"init_from={str(folder)!r} has another architecture ({', '.join(mismatched)} differ)")
+    return exported.state_dict()
 
 
 def export_diffusion(unet: UNet2DModel, scheduler: DDPMScheduler, folder: str | Path, num_classes: int) -> Path:
