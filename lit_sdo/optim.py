@@ -165,3 +165,12 @@ def merge_across_ranks(state: dict[str, Tensor], all_gather: Callable[[Tensor], 
     merged = merge_rows_by_version(gathered, versions)
     for name, t in state.items():
         t.copy_(merged[name])
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_decay: float) -> None:
+    """EMA of ``model``'s weights into ``ema`` with the usual warm-up: the decay grows from 0 towards
+    ``max_decay`` as (1 + step) / (10 + step), so the random initialisation does not dominate early."""
+    decay = min(max_decay, (1 + step) / (10 + step))
+    for ema_p, p in zip(ema.parameters(), model.parameters(), strict=True):
+        ema_p.lerp_(p, 1 - decay)

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from lit_sdo.io import write_json
 from lit_sdo.models.shortcut import ShortcutDiT, save_shortcut
+from lit_sdo.optim import update_ema
 
 ShortcutFn = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
 MANIFEST_FILE = "MANIFEST.json"
@@ -210,11 +211,7 @@ class ShortcutModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # EMA with the usual warm-up (decay grows from 0, so the random init does not dominate the targets).
-        decay = min(self.hparams.ema_decay, (1 + self.global_step) / (10 + self.global_step))
-        with torch.no_grad():
-            for ema_p, p in zip(self.ema.parameters(), self.network.parameters(), strict=True):
-                ema_p.lerp_(p, 1 - decay)
+        update_ema(self.ema, self.network, self.global_step, self.hparams.ema_decay)
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.hparams.lr,

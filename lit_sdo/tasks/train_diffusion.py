@@ -19,6 +19,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor
 
 from lit_sdo.io import write_json
+from lit_sdo.optim import update_ema
 
 # Metadata file written beside diffusers' config.json: what diffusers' config cannot say (the null label).
 LIT_SDO_CONFIG = "lit_sdo.json"
@@ -88,11 +89,7 @@ class DiffusionTrainingModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # EMA with the usual warm-up (decay grows from 0 so early weights do not dominate).
-        decay = min(self.hparams.ema_decay, (1 + self.global_step) / (10 + self.global_step))
-        with torch.no_grad():
-            for ema_p, p in zip(self.ema.parameters(), self.unet.parameters(), strict=True):
-                ema_p.lerp_(p, 1 - decay)
+        update_ema(self.ema, self.unet, self.global_step, self.hparams.ema_decay)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
