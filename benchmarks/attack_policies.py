@@ -1,4 +1,4 @@
-"""Side by side: the digits attack with each gradient policy on the same samples (issue 5, Table 5).
+"""Side by side: the digits attack with each gradient policy on the same samples (paper Table 5).
 
 Runs the CLI job (configs/attack/digits.yaml) once per policy, reads each results.json and prints
 success rate, SSIM/L2, LPIPS (when its weights exist), digits-FID and wall-clock per optimisation
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--policies", nargs="+", default=["sdo", "full", "checkpoint", "last_k=1"])
     parser.add_argument("--per-class", type=int, default=10, help="attacked samples per digit class")
     parser.add_argument("--steps", type=int, default=30, help="optimisation steps")
-    parser.add_argument("--eps", type=float, default=0.1, help="L∞ budget τ (the issue's and the paper's: 0.1)")
+    parser.add_argument("--eps", type=float, default=0.1, help="L∞ budget τ (the paper's: 0.1)")
     parser.add_argument("--results", default=str(ROOT / "runs/attack_policies.md"),
                         help="markdown file whose section is replaced (the shipped one: benchmarks/RESULTS.md)")
     args = parser.parse_args()
@@ -67,7 +67,7 @@ def main() -> None:
             f"steps, DDIM-30, τ = {args.eps:g}, SGD lr 0.1).\n\n{table}\n\nPaper, Table 5 (ImageNet, ResNet50): "
             "SDO 96.32 % / LPIPS 0.023 / FID 58.2; AdjointDPM 52.54 % / 0.098 / 85.3; DOODL 51.61 % / 0.084 / 70.4.")
     budget = "" if args.eps == 0.1 else f", τ = {args.eps:g}"
-    write_markdown_section(args.results, f"Attack: gradient policies side by side (issue 5{budget})", body)
+    write_markdown_section(args.results, f"Attack: gradient policies side by side{budget}", body)
 
 
 if __name__ == "__main__":

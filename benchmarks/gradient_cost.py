@@ -1,4 +1,4 @@
-"""Cost of one gradient through an N-step sampler, for every gradient policy (issue 3, paper Table 3).
+"""Cost of one gradient through an N-step sampler, for every gradient policy (paper Table 3).
 
 For each policy and N it measures, through the library's public :func:`lit_sdo.sampling.sample`:
 - ``seconds``: wall time of one gradient (sampling forward + backward), median of ``--repeats`` runs
@@ -20,7 +20,7 @@ A policy label may carry the precision of its no-grad model calls after ``@`` (s
 The loss is the squared distance of x₀ (the VAE's decoded image for ``sd15``) to a fixed random target.
 By default (``--wrt all``) the gradient is taken w.r.t. x_T AND the network's parameters, so every policy
 has something to differentiate (DRaFT-K / AlignProp truncations give no gradient to x_T at all: their cosine
-is 0) and backward costs B ≈ 2F as in the issue's cost model; ``--wrt latent`` freezes the network (the
+is 0) and backward costs B ≈ 2F (a backward of about two forwards); ``--wrt latent`` freezes the network (the
 latent-optimisation setting of Table 3).
 
 Run ``python benchmarks/gradient_cost.py`` (CPU, small UNet) or see ``--help``.
@@ -479,7 +479,7 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
 
 
 def check_targets(records: list[dict[str, Any]]) -> list[str]:
-    """PASS/FAIL/SKIP line per target of issue 3 (SKIP when a needed case was not run)."""
+    """PASS/FAIL/SKIP line per target (SKIP when a needed case was not run)."""
     lines = []
 
     def verdict(name: str, value: float | None, ok: Callable[[float], bool], shown: str) -> None:

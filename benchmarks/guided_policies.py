@@ -1,4 +1,4 @@
-"""Side by side: the three guided-generation tasks with SDO, full backprop, and per-step x̂₀ guidance (issue 7).
+"""Side by side: the three guided-generation tasks with SDO, full backprop, and per-step x̂₀ guidance.
 
 For each task (configs/<task>/digits.yaml, the same inputs for every method):
 - ``sdo`` and ``full``: the CLI job (latent optimisation, gradient at the first step vs through every step);
@@ -7,7 +7,7 @@ For each task (configs/<task>/digits.yaml, the same inputs for every method):
   (:func:`lit_sdo.sampling.xhat_guidance.xhat_guided_sample`), for each guidance step ρ given.
 Memory per optimisation step: CUDA ``max_memory_allocated`` on a GPU; on CPU the bytes autograd saves for
 backward during one step (the part the methods differ in; counted with ``saved_tensors_hooks``).
-The table goes to the "## Guided generation (issue 7)" section of ``--results`` (default
+The table goes to the "## Guided generation" section of ``--results`` (default
 runs/guided_policies.md; ``--results benchmarks/RESULTS.md`` updates the shipped table).
 
     python benchmarks/guided_policies.py [--tasks edit style aesthetic] [--samples 10] [--opt-steps N]
@@ -183,7 +183,7 @@ def main() -> None:
             "Gram distance; aesthetic: |score − 10|). The aesthetic score is the embedded stroke-width stand-in "
             "(digits-thickness), NOT an aesthetic model. MiB / step: CPU bytes saved by autograd for one "
             "optimisation step (x̂₀ guidance: per sampling step).\n\n" + "\n\n".join(sections))
-    write_markdown_section(args.results, "Guided generation (issue 7)", body)
+    write_markdown_section(args.results, "Guided generation", body)
 
 
 if __name__ == "__main__":

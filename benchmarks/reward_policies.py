@@ -1,4 +1,4 @@
-"""Side by side: LoRA reward fine-tuning of the embedded digits DDPM with each gradient policy (issue 8).
+"""Side by side: LoRA reward fine-tuning of the embedded digits DDPM with each gradient policy.
 
 Runs the CLI job (configs/reward/digits.yaml) once per policy for the same number of optimiser steps,
 reads each history.json and prints the reward reached (eval reward on 16 fixed seeds, and the training
@@ -135,7 +135,7 @@ def main() -> None:
             "Paper, Sec. 5.3 / Fig. 11 (SD 1.5, "
             "aesthetic and HPSv2 rewards): SDO needs about 50 % of AlignProp-uniform's runtime at equal reward; "
             "AlignProp-1 becomes unstable after some steps.")
-    write_markdown_section(args.results, "LoRA reward fine-tuning (issue 8)", body)
+    write_markdown_section(args.results, "LoRA reward fine-tuning", body)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Digits-FID vs sampling steps for the shortcut model and its flow-matching baseline (issue 6).
+"""Digits-FID vs sampling steps for the shortcut model and its flow-matching baseline.
 
 Both shipped models (``data/models/digits-shortcut``, ``data/models/digits-flow``: same DiT, batch and
 step budget) sample ``--num-samples`` digits (labels 0..9 cycling) from the SAME noise at N = 1, 2, 4,
@@ -10,7 +10,7 @@ with the shipped ResNet's penultimate features against the test split of DigitsD
 ``--gradient-cost`` also times one gradient d(sum of x₀)/d x_T through 1-, 2- and 4-step shortcut
 sampling under the ``sdo`` and ``full`` policies (with few steps, SDO's one graph step is most of the chain).
 
-Writes ``--out`` (JSON), the section "## Shortcut models (issue 6)" of ``--results`` (replaced if present,
+Writes ``--out`` (JSON), the section "## Shortcut models" of ``--results`` (replaced if present,
 else appended) and the plot ``--plot``, by default all under runs/ (git-ignored); the shipped table and
 figure are refreshed only when asked for:
 
@@ -40,7 +40,7 @@ from lit_sdo.models.shortcut import ShortcutDiT, load_shortcut
 from lit_sdo.sampling import GradientPolicy, sample
 from lit_sdo.sampling.shortcut import build_shortcut_sampler
 
-SECTION = "## Shortcut models (issue 6)"
+SECTION = "## Shortcut models"
 
 
 def generate(network: ShortcutDiT, num_steps: int, noise: Tensor, labels: Tensor, flow_only: bool,
@@ -98,7 +98,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[str]:
-    """The issue's target shape, checked on the table: 1-step far below flow's, most-steps no worse."""
+    """The target shape, checked on the table: 1-step far below flow's, most-steps no worse."""
     first, last = rows[0], rows[-1]
     ratio = first["flow_fid"] / first["shortcut_fid"]
     lines = [f"- {first['steps']} step(s): shortcut FID {first['shortcut_fid']:.3f} vs flow matching "

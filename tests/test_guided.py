@@ -1,4 +1,4 @@
-"""Guided generation (issue 7): objectives against exact references, the three tasks on tiny random
+"""Guided generation: objectives against exact references, the three tasks on tiny random
 models (the loss falls, results are written), the embedded models, and one-line errors for bad input."""
 
 from __future__ import annotations
