@@ -47,7 +47,7 @@ COMMANDS: list[tuple[str, str, list[str]]] = [
     ("lora grid", "cli", ["lora-grid", "--lora+=runs/reward_digits/version_0/lora:1.0", "--seeds=[0]",
                           "--num_steps=2"]),
     ("predict sample grid", "cli", ["predict", "--config", "configs/sample/digits.yaml",
-                                    "--model.init_args.samples_per_class=1", "--model.init_args.sampler.num_steps=2"]),
+                                    "--model.init_args.samples_per_class=1", "--model.init_args.num_steps=2"]),
     ("train ddpm", "cli", ["fit", "--config", "configs/train/digits_ddpm.yaml", *TRAIN]),
     ("train resnet", "cli", ["fit", "--config", "configs/train/digits_resnet.yaml", *TRAIN]),
     ("train convnext", "cli", ["fit", "--config", "configs/train/digits_convnext.yaml", *TRAIN]),
