@@ -52,7 +52,7 @@ def common_overrides(args: argparse.Namespace, task: str) -> list[str]:
     if args.num_steps is not None and task != "style":  # style runs the shortcut model's own 8 steps
         out.append(f"--model.init_args.sampler.num_steps={args.num_steps}")
     if args.generator is not None:
-        out.append(f"--model.init_args.sampler.generator={args.generator}")
+        out.append(f"--model.init_args.sampler.model={args.generator}")
     return out
 
 

@@ -35,7 +35,7 @@ def run_policy(policy: str, args: argparse.Namespace, out_dir: Path) -> list[dic
     overrides = [f"--model.init_args.sampler.policy={name}", f"--model.init_args.sampler.last_k={last_k or 1}",
                  f"--model.init_args.output_dir={out_dir}", f"--model.init_args.sampler.num_steps={args.num_steps}",
                  f"--model.init_args.lr={args.lr}", f"--model.init_args.grid_every_n_steps={args.eval_every}",
-                 f"--model.init_args.sampler.generator={args.generator}",
+                 f"--model.init_args.sampler.model={args.generator}",
                  f"--data.init_args.samples_per_step={args.samples_per_step}",
                  f"--data.init_args.batch_size={args.batch_size}",
                  f"--trainer.accumulate_grad_batches={args.samples_per_step // args.batch_size}",

@@ -107,7 +107,7 @@ class LatentResultsWriter(L.Callback):
                                              "config": module.hparams_for_results(), "aggregate": report.summary,
                                              "samples": report.samples})
         write_tensors(folder / "delta.safetensors", tensors,
-                      metadata={"generator": module.sampler.spec.generator, "eps": str(module.hparams.eps)})
+                      metadata={"model": module.sampler.spec.model, "eps": str(module.hparams.eps)})
         grid, columns = results_grid(records, report, module.hparams.grid_samples)
         save_png(folder / "grid.png", grid, scale=4 if grid.shape[-1] < 256 else 1)
         experiment = getattr(trainer.logger, "experiment", None)

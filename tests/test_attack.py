@@ -21,7 +21,7 @@ from lit_sdo.sampling import PixelUNetDenoiser
 from lit_sdo.tasks.attack import SDOAttack
 from lit_sdo.tasks.latent import LatentOptimizationModule
 
-SAMPLER_KEYS = {"num_steps", "policy", "k", "last_k", "generator"}
+SAMPLER_KEYS = {"num_steps", "policy", "k", "last_k", "model"}
 OBJECTIVE_KEYS = {"loss", "targeted", "target", "kappa", "transfer_classifier", "resize_for_classifier"}
 
 
@@ -34,7 +34,7 @@ def attack(tmp_path, **kwargs) -> LatentOptimizationModule:
     """The attack config of configs/attack/digits.yaml, tiny: 4 sampling steps, ce loss (never saturates on
     random models), sign steps so δ reaches the bound."""
     arguments = {"num_steps": 4, "eps": 0.1, "lr": 0.5, "optimizer": "sign", "output_dir": str(tmp_path / "out"),
-                 "transfer_classifier": "tiny-transfer", "loss": "ce", "generator": "tiny-ddpm"} | kwargs
+                 "transfer_classifier": "tiny-transfer", "loss": "ce", "model": "tiny-ddpm"} | kwargs
     sampler = SamplerSpec(**{k: v for k, v in arguments.items() if k in SAMPLER_KEYS})
     objective = ClassifierObjective("tiny-classifier", **{k: v for k, v in arguments.items() if k in OBJECTIVE_KEYS})
     rest = {k: v for k, v in arguments.items() if k not in SAMPLER_KEYS | OBJECTIVE_KEYS}

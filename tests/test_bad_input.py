@@ -65,9 +65,9 @@ CASES = {  # id -> (arguments after the config and the tiny overrides, words the
     "abbreviated option": (["--trainer.max_epoch=2"], ["unknown option --trainer.max_epoch ", "max_epochs"]),
     "bad choice": (["--model.init_args.objective.init_args.loss=xx"],
                    ["objective.init_args.loss", "one of 'margin', 'ce'", "'xx'"]),
-    "prefixed missing folder": (["--model.init_args.sampler.generator=folder:/nonexistent"],
+    "prefixed missing folder": (["--model.init_args.sampler.model=folder:/nonexistent"],
                                 ["folder not found", "'folder:/nonexistent'"]),
-    "missing folder": (["--model.init_args.sampler.generator={tmp}/nowhere"], ["folder not found", "/nowhere"]),
+    "missing folder": (["--model.init_args.sampler.model={tmp}/nowhere"], ["folder not found", "/nowhere"]),
     "unwritable log folder": (["--trainer.logger.init_args.save_dir=/proc/x"],
                               ["log folder /proc/x", "save_dir"]),
 }

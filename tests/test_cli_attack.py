@@ -37,7 +37,7 @@ def tiny_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def run_attack(out: Path, folders: tuple[Path, Path], *extra: str) -> dict:
     generator, classifier = folders
     command = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ROOT / "configs/attack/digits.yaml"),
-               f"--model.init_args.sampler.generator={generator}",
+               f"--model.init_args.sampler.model={generator}",
                f"--model.init_args.objective.init_args.classifier={classifier}",
                f"--model.init_args.objective.init_args.transfer_classifier={classifier}",  # 8×8, like the generator
                "--model.init_args.sampler.num_steps=3",
@@ -98,7 +98,7 @@ def test_imagenet_dit_config_runs_on_tiny_models_of_the_same_classes(tmp_path: P
     out = tmp_path / "out"
     cli.main(["fit", "--config", str(ROOT / "configs/attack/imagenet_dit.yaml"), "--trainer.accelerator=cpu",
               "--trainer.devices=1", "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false",
-              f"--trainer.logger.init_args.save_dir={tmp_path}", f"--model.init_args.sampler.generator={folder}",
+              f"--trainer.logger.init_args.save_dir={tmp_path}", f"--model.init_args.sampler.model={folder}",
               f"--model.init_args.objective.init_args.classifier={tmp_path / 'resnet'}",
               "--model.init_args.sampler.num_steps=2",
               f"--model.init_args.output_dir={out}", "--data.init_args.per_class=1"])

@@ -90,7 +90,7 @@ def references(n: int = 4, **kwargs: object) -> ReferenceImageDataModule:
 def task(objective: Objective, out: Path | None = None, lr: float = 0.05, **sampler: object
          ) -> LatentOptimizationModule:
     """The latent-optimisation module on the tiny generator (Adam, as the guided configs)."""
-    spec = SamplerSpec(**({"generator": "tiny-ddpm", "num_steps": 10} | sampler))
+    spec = SamplerSpec(**({"model": "tiny-ddpm", "num_steps": 10} | sampler))
     return LatentOptimizationModule(sampler=spec, objective=objective, optimizer="adam", lr=lr,
                                     output_dir=None if out is None else str(out))
 
@@ -277,7 +277,7 @@ def test_bad_module_arguments_are_one_line(tmp_path: Path) -> None:
                            clip="openai/clip-vit-large-patch14")
     one_line(err)
     with pytest.raises(ValueError, match=r"eps=-1 must be > 0") as err:
-        LatentOptimizationModule(SamplerSpec(generator="tiny"), AestheticObjective(str(tmp_path / "thick")), eps=-1)
+        LatentOptimizationModule(SamplerSpec(model="tiny"), AestheticObjective(str(tmp_path / "thick")), eps=-1)
     one_line(err)
 
 
@@ -384,7 +384,7 @@ def run_config(config: str, out: Path, *overrides: str) -> dict:
 @pytest.mark.filterwarnings("ignore:reference")
 def test_celebahq_edit_config_runs_with_tiny_models_of_the_same_classes(tiny_real_models, tmp_path: Path) -> None:
     m = tiny_real_models
-    results = run_config("edit/celebahq.yaml", tmp_path, f"--model.init_args.sampler.generator={m['celebahq']}",
+    results = run_config("edit/celebahq.yaml", tmp_path, f"--model.init_args.sampler.model={m['celebahq']}",
                          f"--model.init_args.objective.init_args.text_image={m['clip']}",
                          "--model.init_args.sampler.num_steps=3",
                          "--data.init_args.num_samples=2", "--data.init_args.image_size=16")  # skimage's faces
@@ -395,7 +395,7 @@ def test_celebahq_edit_config_runs_with_tiny_models_of_the_same_classes(tiny_rea
 @pytest.mark.filterwarnings("ignore:style image")
 def test_lcm_style_config_runs_with_tiny_models_of_the_same_classes(tiny_real_models, tmp_path: Path) -> None:
     m = tiny_real_models
-    results = run_config("style/lcm.yaml", tmp_path, f"--model.init_args.sampler.generator={m['sd']}",
+    results = run_config("style/lcm.yaml", tmp_path, f"--model.init_args.sampler.model={m['sd']}",
                          f"--model.init_args.objective.init_args.encoder={m['clip']}",
                          f"--model.init_args.objective.init_args.style_image={m['style.png']}",
                          "--data.init_args.per_prompt=1", "--data.init_args.batch_size=2")
@@ -405,7 +405,7 @@ def test_lcm_style_config_runs_with_tiny_models_of_the_same_classes(tiny_real_mo
 
 def run_sd15_aesthetic(models: dict[str, Path], out: Path, *overrides: str) -> dict:
     """configs/aesthetic/sd15.yaml on the tiny stand-ins, 4 sampling steps."""
-    return run_config("aesthetic/sd15.yaml", out, f"--model.init_args.sampler.generator={models['sd']}",
+    return run_config("aesthetic/sd15.yaml", out, f"--model.init_args.sampler.model={models['sd']}",
                       f"--model.init_args.objective.init_args.clip={models['clip']}",
                       f"--model.init_args.objective.init_args.predictor={models['laion.pth']}",
                       "--model.init_args.sampler.num_steps=4", *overrides)
@@ -446,7 +446,7 @@ def test_two_ddp_ranks_give_the_same_per_sample_results_as_one_device(tmp_path: 
 
     def run(out: Path, *extra: str) -> dict:
         command = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ROOT / "configs/aesthetic/digits.yaml"),
-                   f"--model.init_args.sampler.generator={generator}", "--model.init_args.sampler.num_steps=5",
+                   f"--model.init_args.sampler.model={generator}", "--model.init_args.sampler.num_steps=5",
                    f"--model.init_args.output_dir={out}",
                    "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
                    f"--trainer.logger.init_args.save_dir={out}", "--data=lit_sdo.datamodules.ReferenceImageDataModule",

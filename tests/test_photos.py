@@ -85,7 +85,7 @@ def test_attack_on_a_class_the_photo_generator_was_not_trained_for_is_one_line()
     from lit_sdo.objectives import ClassifierObjective
     from lit_sdo.tasks.latent import LatentOptimizationModule
 
-    module = LatentOptimizationModule(SamplerSpec(generator="embedded:photos-ddpm", num_steps=2),
+    module = LatentOptimizationModule(SamplerSpec(model="embedded:photos-ddpm", num_steps=2),
                                       ClassifierObjective("embedded:photos-resnet"), eps=0.1)
     module.check_samples(LabelSeedDataModule(num_classes=10, per_class=1).dataset)  # the trained classes pass
     with pytest.raises(ValueError, match=r"class labels 0\.\.11 are out of range for generator "

@@ -49,7 +49,7 @@ def make_module(folders: SimpleNamespace, out: Path, reward: torch.nn.Module | N
                 **kwargs: object) -> RewardFinetuneModule:
     L.seed_everything(0, verbose=False)  # LoRA's A matrices are drawn at injection
     reward = reward if reward is not None else ClassLogProbReward(str(folders.resnet))
-    spec = {"generator": str(folders.ddpm), "num_steps": NUM_STEPS, "k": "random"} | {
+    spec = {"model": str(folders.ddpm), "num_steps": NUM_STEPS, "k": "random"} | {
         k: kwargs.pop(k) for k in list(kwargs) if k in SAMPLER_FIELDS}
     options = {"grid_every_n_steps": 100, "grid_samples": 2, "output_dir": str(out)} | kwargs
     return RewardFinetuneModule(sampler=SamplerSpec(**spec), reward=reward, **options)
@@ -255,7 +255,7 @@ def test_prompt_sets_are_shipped() -> None:
 def test_two_ddp_ranks_through_the_cli_give_the_one_device_lora(folders: SimpleNamespace, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     command = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ROOT / "configs/reward/digits.yaml"),
-               f"--model.init_args.sampler.generator={folders.ddpm}",
+               f"--model.init_args.sampler.model={folders.ddpm}",
                f"--model.init_args.sampler.num_steps={NUM_STEPS}", "--model.init_args.lr=0.01",
                "--model.init_args.grid_samples=2", f"--model.init_args.output_dir={out}",
                "--data.init_args.num_classes=2", "--data.init_args.samples_per_step=4", "--data.init_args.batch_size=2",
@@ -269,7 +269,7 @@ def test_two_ddp_ranks_through_the_cli_give_the_one_device_lora(folders: SimpleN
 
     # One device, accumulating the same two micro-batches (the CLI seeds everything with 0 first too).
     L.seed_everything(0, verbose=False)
-    single = RewardFinetuneModule(sampler=SamplerSpec(generator=str(folders.ddpm), num_steps=NUM_STEPS, k="random"),
+    single = RewardFinetuneModule(sampler=SamplerSpec(model=str(folders.ddpm), num_steps=NUM_STEPS, k="random"),
                                   reward=InkReward(), lr=0.01, grid_samples=2, output_dir=str(tmp_path / "one"))
     fit(single, tmp_path / "one", steps=2, samples_per_step=4, batch_size=2, accumulate=2)
     one = read_tensors(tmp_path / "one" / "lora" / "pytorch_lora_weights.safetensors")
@@ -290,7 +290,7 @@ def test_text_model_with_guidance_trains_its_unet_lora_on_a_prompt_file(tmp_path
     (tmp_path / "prompts.txt").write_text("a b\nb a\n")
     L.seed_everything(0, verbose=False)
     reward = PromptRecorder()
-    module = RewardFinetuneModule(sampler=SamplerSpec(generator=str(folder), num_steps=3, guidance_scale=2.0),
+    module = RewardFinetuneModule(sampler=SamplerSpec(model=str(folder), num_steps=3, guidance_scale=2.0),
                                   reward=reward, grid_samples=2, output_dir=str(tmp_path / "out"), lr=1e-2)
     before = lora_state(module)
     assert any(".attn2.to_k." in name for name in before)  # cross-attention projections are adapted too

@@ -1,7 +1,7 @@
 """One sampler spec for every task and the library API: which generator, which scheduler, how many steps,
 which guidance and which gradient policy — and the one place that turns a latent into an image in [0, 1].
 
-    spec = SamplerSpec(generator="embedded:digits-ddpm", num_steps=30, policy="sdo")
+    spec = SamplerSpec(model="embedded:digits-ddpm", num_steps=30, policy="sdo")
     sampler = Sampler(spec)
     images = sampler.generate(sampler.initial_noise(seeds), labels)   # (B, C, H, W) in [0, 1]
 """
@@ -26,8 +26,9 @@ class SamplerSpec:
     """How a task samples its generator.
 
     Attributes:
-        generator: diffusion model for :func:`lit_sdo.models.load_diffusion` (``embedded:<name>``, a hub id
-            in the local cache, or a folder).
+        model: the diffusion model for :func:`lit_sdo.models.load_diffusion` (``embedded:<name>``, a hub id
+            in the local cache, or a folder). Not ``generator``: that name is a ``torch.Generator`` in
+            :func:`lit_sdo.sampling.sample`.
         scheduler: ``ddim`` | ``ddpm`` | ``dpm`` | ``euler`` | ``lcm`` | ``flow_euler``, or ``shortcut`` for a
             shortcut / flow-matching model's own N-step sampler.
         num_steps: sampling steps N.
@@ -50,7 +51,7 @@ class SamplerSpec:
         policy_seed: seed of the policy's random draws (SDO's random k, the truncation depth).
     """
 
-    generator: str = "embedded:digits-ddpm"
+    model: str = "embedded:digits-ddpm"
     scheduler: str = "ddim"
     num_steps: int = 30
     guidance_scale: float = 1.0
@@ -95,13 +96,13 @@ class Sampler(nn.Module):
 
     Args:
         spec: the sampler's settings.
-        model: an already loaded generator (library use); None loads ``spec.generator``.
+        model: an already loaded generator (library use); None loads ``spec.model``.
     """
 
     def __init__(self, spec: SamplerSpec, model: DiffusionModel | None = None) -> None:
         super().__init__()
         self.spec = spec
-        self.model = model if model is not None else load_diffusion(spec.generator,
+        self.model = model if model is not None else load_diffusion(spec.model,
                                                                     guidance_scale=spec.guidance_scale)
         denoiser, self.scheduler = build_sampler(self.model, spec.scheduler, spec.num_steps)
         self.denoiser = denoiser.requires_grad_(False)

@@ -64,7 +64,7 @@ class SDOAttack:
         if steps < 1:
             raise ValueError(f"steps={steps} must be >= 1")
         self.eps, self.steps, self.lr, self.optimizer = eps, steps, lr, optimizer
-        spec = SamplerSpec(generator=generator.name, scheduler=scheduler, num_steps=num_sampling_steps)
+        spec = SamplerSpec(model=generator.name, scheduler=scheduler, num_steps=num_sampling_steps)
         self.sampler = Sampler(spec, model=generator)
         self.policy = policy
         self.objective = ClassifierObjective(classifier, loss=loss, targeted=targeted, resize_for_classifier=resize)

@@ -251,7 +251,7 @@ class RewardFinetuneModule(L.LightningModule):
         out = output_folder(self.trainer, self)  # on every rank: trainer.log_dir is a collective under DDP
         if not self.trainer.is_global_zero:
             return
-        save_lora(self.denoiser.network, out / "lora", metadata={"generator": self.sampler.spec.generator,
+        save_lora(self.denoiser.network, out / "lora", metadata={"model": self.sampler.spec.model,
                                                                  "policy": str(self.policy)})
         images, _ = self.fixed_samples()
         save_png(out / "grid.png", image_grid(images, nrow=8), scale=4)

@@ -43,7 +43,7 @@ class SampleGridModule(L.LightningModule):
                  scale: int = 4) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.sampler = Sampler(SamplerSpec(generator=model, scheduler=scheduler, num_steps=num_steps,
+        self.sampler = Sampler(SamplerSpec(model=model, scheduler=scheduler, num_steps=num_steps,
                                            guidance_scale=guidance_scale, policy="none"))
         num_classes = self.sampler.model.num_classes
         if num_classes is None:
