@@ -3,14 +3,19 @@
 For each task (configs/<task>/digits.yaml, the same inputs for every method):
 - ``sdo`` and ``full``: the CLI job (latent optimisation, gradient at the first step vs through every step);
   its results.json gives the task metrics of the best image per sample and the seconds per optimisation step;
+  any other policy string the same way (``adjoint``: AdjointDPM, ``doodl``: DOODL, ``sdo-tail=4``: SDO with an
+  exact tail); a policy the task's sampler cannot run prints the library's one-line reason as its row;
 - ``xhat ρ``: FreeDoM/DPS-style guidance of the same loss through the one-step x̂₀ estimate, one sampling pass
   (:func:`lit_sdo.sampling.xhat_guidance.xhat_guided_sample`), for each guidance step ρ given.
-Memory per optimisation step: CUDA ``max_memory_allocated`` on a GPU; on CPU the bytes autograd saves for
-backward during one step (the part the methods differ in; counted with ``saved_tensors_hooks``).
+Memory per optimisation step: CUDA ``max_memory_allocated`` on a GPU; on CPU the peak of the bytes autograd
+holds for backward during one step, forward and backward (the part the methods differ in; counted with
+``saved_tensors_hooks``, a tensor counting until its graph frees it, so the graphs that AdjointDPM and DOODL
+rebuild step by step in backward count at their largest, not summed).
 The table goes to the "## Guided generation" section of ``--results`` (default
 runs/guided_policies.md; ``--results benchmarks/RESULTS.md`` updates the shipped table).
 
     python benchmarks/guided_policies.py [--tasks edit style aesthetic] [--samples 10] [--opt-steps N]
+        [--policies sdo full adjoint doodl sdo-tail=4]
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import cli  # noqa: E402
+from benchmarks.policy_rows import reason_row, unavailable_reason  # noqa: E402
 from lit_sdo.io import write_markdown_section  # noqa: E402
 from lit_sdo.tasks.xhat_baseline import xhat_guided_images  # noqa: E402
 
@@ -83,20 +89,43 @@ def build_module(task: str, args: argparse.Namespace) -> tuple[Any, Any]:
     return built.model, built.datamodule
 
 
+class SavedBytes:
+    """Bytes autograd holds for backward, now and at their peak: a saved tensor counts until its graph frees it."""
+
+    def __init__(self) -> None:
+        self.live = self.peak = 0
+
+    def pack(self, tensor: torch.Tensor) -> _Held:
+        held = _Held(tensor, self)
+        self.live += held.size
+        self.peak = max(self.peak, self.live)
+        return held
+
+    @staticmethod
+    def unpack(held: _Held) -> torch.Tensor:
+        return held.tensor
+
+
+class _Held:
+    """One saved tensor; its bytes leave :class:`SavedBytes`'s count when autograd drops it."""
+
+    __slots__ = ("meter", "size", "tensor")
+
+    def __init__(self, tensor: torch.Tensor, meter: SavedBytes) -> None:
+        self.tensor, self.meter, self.size = tensor, meter, tensor.numel() * tensor.element_size()
+
+    def __del__(self) -> None:
+        self.meter.live -= self.size
+
+
 def step_memory(module: Any, batch: dict[str, Any], policy: str) -> float:
-    """MiB for one optimisation step: CUDA peak, or on CPU the bytes autograd saves for backward."""
+    """MiB for one optimisation step: CUDA peak, or on CPU the peak bytes autograd holds for backward."""
     x_start, cond = module.start_latent(batch), module.condition(batch)
     delta = torch.zeros_like(x_start, requires_grad=True)
-    saved = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal saved
-        saved += t.numel() * t.element_size()
-        return t
-
+    meter = SavedBytes()
     if x_start.is_cuda:
         torch.cuda.reset_peak_memory_stats()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
         if policy == "xhat":  # the largest per-step graph: one model call and the loss of its x̂₀
             xhat_guided_images(module, batch, scale=0.0)
         else:
@@ -104,9 +133,7 @@ def step_memory(module: Any, batch: dict[str, Any], policy: str) -> float:
             module.objective(images, batch).sum().backward()
     if x_start.is_cuda:
         return torch.cuda.max_memory_allocated() / 2**20
-    if policy == "xhat":
-        saved //= module.sampler.steps_run  # per sampling step (each frees its graph)
-    return saved / 2**20
+    return meter.peak / 2**20  # x̂₀ guidance: its largest sampling step (each frees its graph)
 
 
 def run_xhat(task: str, scale: float, module: Any, datamodule: Any) -> dict[str, Any]:
@@ -143,7 +170,8 @@ def main() -> None:
                         help="optimisation steps of sdo / full (default: each config's, the paper's 50 / 150 / 100)")
     parser.add_argument("--num-steps", type=int, default=None,
                         help="sampling steps of edit/aesthetic (default: the config's)")
-    parser.add_argument("--policies", nargs="+", default=["sdo", "full"])
+    parser.add_argument("--policies", nargs="+", default=["sdo", "full", "adjoint", "doodl", "sdo-tail=4"],
+                        help="policy strings (lit_sdo.sampling.parse_policy), passed to the job unchanged")
     parser.add_argument("--generator", default=None, help="another diffusion model (default: the config's)")
     parser.add_argument("--xhat-scales", nargs="*", type=float, default=[0.05, 0.2], help="ρ values for x̂₀ guidance")
     parser.add_argument("--results", default=str(ROOT / "runs/guided_policies.md"),
@@ -161,6 +189,10 @@ def main() -> None:
         batch = next(iter(datamodule.train_dataloader()))
         with tempfile.TemporaryDirectory() as tmp:
             for policy in args.policies:
+                reason = unavailable_reason(module.sampler, policy)
+                if reason is not None:
+                    lines.append(reason_row(policy, reason, len(keys) + 5))
+                    continue
                 r = run_policy(task, policy, args, Path(tmp) / policy)
                 cells = [f"{fmt(r.get(f'{k}_original_mean'))} → {fmt(r.get(f'{k}_optimized_mean'))}" for k in keys]
                 sec = r["seconds_per_step"]
@@ -177,12 +209,13 @@ def main() -> None:
         sections.append(f"### {task} (configs/{task}/digits.yaml)\n\n{table}")
     command = "python benchmarks/guided_policies.py " + " ".join(sys.argv[1:])
     body = (f"Command: `{command.strip()}` (CPU, 2 shared cores, OMP_NUM_THREADS=1; {args.samples} inputs per task, "
-            "Adam optimisation steps for sdo/full as in each table; every number below is printed by that command). "
-            "Each metric is the mean over inputs of the unguided image → the guided one (best loss per sample for "
-            "sdo/full). 'loss' is the task's objective (edit: λ·text distance + (1−λ)·MSE to the reference; style: "
-            "Gram distance; aesthetic: |score − 10|). The aesthetic score is the embedded stroke-width stand-in "
-            "(digits-thickness), NOT an aesthetic model. MiB / step: CPU bytes saved by autograd for one "
-            "optimisation step (x̂₀ guidance: per sampling step).\n\n" + "\n\n".join(sections))
+            "Adam optimisation steps for every policy row as in each table; every number below is printed by that "
+            "command). Each metric is the mean over inputs of the unguided image → the guided one (best loss per "
+            "sample for the policy rows). 'loss' is the task's objective (edit: λ·text distance + (1−λ)·MSE to the "
+            "reference; style: Gram distance; aesthetic: |score − 10|). The aesthetic score is the embedded "
+            "stroke-width stand-in (digits-thickness), NOT an aesthetic model. MiB / step: peak CPU bytes autograd "
+            "holds for backward in one optimisation step, its backward included (x̂₀ guidance: its largest sampling "
+            "step).\n\n" + "\n\n".join(sections))
     write_markdown_section(args.results, "Guided generation", body)
 
 

@@ -4,10 +4,13 @@ Runs the CLI job (configs/reward/digits.yaml) once per policy for the same numbe
 reads each history.json and prints the reward reached (eval reward on 16 fixed seeds, and the training
 reward averaged over the last 5 steps), training wall-clock, and peak memory per step; then the time
 SDO needs to reach AlignProp-uniform's final eval reward (paper Sec. 5.3: about 50 %; target ≤ 60 %).
+Policy strings go to the job unchanged (``adjoint``: AdjointDPM, ``doodl``: DOODL, ``sdo-tail=4``: SDO with an
+exact tail, ``last_k=2``, ...); a policy the sampler cannot run prints the library's one-line reason as its row.
 The table goes to ``--results`` (default runs/reward_policies.md; ``--results benchmarks/RESULTS.md`` updates
 the shipped table).
 
-    OMP_NUM_THREADS=1 python benchmarks/reward_policies.py [--steps 40] [--policies sdo random_truncation last_k=1]
+    OMP_NUM_THREADS=1 python benchmarks/reward_policies.py [--steps 40] [--policies sdo random_truncation last_k=1
+        adjoint doodl sdo-tail=4]
 """
 
 from __future__ import annotations
@@ -22,27 +25,34 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import cli  # noqa: E402
+from benchmarks.policy_rows import job_sampler, reason_row, unavailable_reason  # noqa: E402
 from lit_sdo.io import write_markdown_section  # noqa: E402
 
 LABELS = {"sdo": "sdo (k random)", "random_truncation": "random_truncation (AlignProp-uniform)",
-          "last_k=1": "last_k=1 (AlignProp-1 / DRaFT-1)"}
+          "last_k=1": "last_k=1 (AlignProp-1 / DRaFT-1)", "adjoint": "adjoint (AdjointDPM)", "doodl": "doodl (DOODL)",
+          "sdo-tail=4": "sdo-tail=4 (k random + exact last 4 calls)"}
+# Their backward rebuilds each step's graph and frees it; the task counts what the forward saves for backward.
+FORWARD_ONLY = ("adjoint", "doodl")
+
+
+def sampler_overrides(args: argparse.Namespace) -> list[str]:
+    """The overrides that fix the job's sampler (shared by every run and the availability check)."""
+    return [f"--model.init_args.sampler.num_steps={args.num_steps}",
+            f"--model.init_args.sampler.model={args.generator}", *args.override]
 
 
 def run_policy(policy: str, args: argparse.Namespace, out_dir: Path) -> list[dict]:
     """One fine-tuning run through the CLI; returns its per-step history."""
-    name, _, last_k = policy.partition("=")
-    steps = args.sdo_steps if name == "sdo" and args.sdo_steps else args.steps
-    overrides = [f"--model.init_args.sampler.policy={name}", f"--model.init_args.sampler.last_k={last_k or 1}",
-                 f"--model.init_args.output_dir={out_dir}", f"--model.init_args.sampler.num_steps={args.num_steps}",
+    steps = args.sdo_steps if policy == "sdo" and args.sdo_steps else args.steps
+    overrides = [f"--model.init_args.sampler.policy={policy}", f"--model.init_args.output_dir={out_dir}",
                  f"--model.init_args.lr={args.lr}", f"--model.init_args.grid_every_n_steps={args.eval_every}",
-                 f"--model.init_args.sampler.model={args.generator}",
                  f"--data.init_args.samples_per_step={args.samples_per_step}",
                  f"--data.init_args.batch_size={args.batch_size}",
                  f"--trainer.accumulate_grad_batches={args.samples_per_step // args.batch_size}",
                  f"--trainer.max_epochs={steps}", "--trainer.enable_progress_bar=false",
                  f"--trainer.logger.init_args.save_dir={out_dir}", "--trainer.enable_checkpointing=false",
                  "--trainer.callbacks=[]"]
-    cli.main(["fit", "--config", args.config, *overrides, *args.override])
+    cli.main(["fit", "--config", args.config, *overrides, *sampler_overrides(args)])
     return json.loads((out_dir / "history.json").read_text())["steps"]
 
 
@@ -66,7 +76,9 @@ def seconds_to_reach(evals: list[dict], target: float, clock: str) -> float | No
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--policies", nargs="+", default=["sdo", "random_truncation", "last_k=1"])
+    parser.add_argument("--policies", nargs="+",
+                        default=["sdo", "random_truncation", "last_k=1", "adjoint", "doodl", "sdo-tail=4"],
+                        help="policy strings (lit_sdo.sampling.parse_policy), passed to the job unchanged")
     parser.add_argument("--steps", type=int, default=40, help="optimiser steps per policy")
     parser.add_argument("--sdo-steps", type=int, default=None,
                         help="let sdo train longer than the others (time-to-reward when it has not caught up)")
@@ -78,21 +90,31 @@ def main() -> None:
     parser.add_argument("--generator", default="embedded:digits-ddpm")
     parser.add_argument("--config", default=str(ROOT / "configs/reward/digits.yaml"),
                         help="the reward config (its reward is used as is)")
-    parser.add_argument("--override", nargs="*", default=[], help="more CLI overrides, e.g. for tiny models")
+    parser.add_argument("--override", action="extend", nargs="+", default=[],
+                        help="more CLI overrides for every run, one per flag with '=' (it starts with --): "
+                             "--override=--model.init_args.sampler.num_steps=4 --override=...")
     parser.add_argument("--results", default=str(ROOT / "runs/reward_policies.md"),
                         help="markdown file whose section is replaced (the shipped one: benchmarks/RESULTS.md)")
     args = parser.parse_args()
 
+    sampler = job_sampler(args.config, sampler_overrides(args))
+    reasons = {p: r for p in args.policies if (r := unavailable_reason(sampler, p)) is not None}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for policy in args.policies:
+        for policy in (p for p in args.policies if p not in reasons):
             rows[policy] = summarise(run_policy(policy, args, Path(tmp) / policy.replace("=", "")))
     lines = ["| policy | steps | eval reward start → final | train reward (last 5 steps) | training wall s (CPU s) | "
              "wall s / step (CPU s / step) | peak saved-for-backward MiB / micro-batch |", "|---" * 7 + "|"]
-    for policy, r in rows.items():
+    for policy in args.policies:
+        if policy in reasons:
+            lines.append(reason_row(LABELS.get(policy, policy), reasons[policy], 7))
+            continue
+        r = rows[policy]
+        memory = f"{r['peak_mib']:.1f}" + (" (forward only: its backward's graphs are not counted)"
+                                             if policy.split("-")[0] in FORWARD_ONLY else "")
         lines.append(f"| {LABELS.get(policy, policy)} | {r['steps']} | {r['eval_start']:.4f} → {r['eval_final']:.4f} | "
                      f"{r['train_final']:.4f} | {r['seconds']:.1f} ({r['cpu_seconds']:.1f}) | "
-                     f"{r['seconds_per_step']:.2f} ({r['cpu_per_step']:.2f}) | {r['peak_mib']:.1f} |")
+                     f"{r['seconds_per_step']:.2f} ({r['cpu_per_step']:.2f}) | {memory} |")
     verdict = ""
     if "sdo" in rows and "random_truncation" in rows:
         uniform, sdo = rows["random_truncation"], rows["sdo"]

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from lit_sdo.images import to_unit_range
 from lit_sdo.models.diffusion import DiffusionModel, build_sampler, load_diffusion
 from lit_sdo.sampling import GradientPolicy, Precision, noise_for_seeds, parse_policy, sample, start_step_for
+from lit_sdo.sampling.baselines import check_baseline
 
 
 @dataclass
@@ -109,6 +110,7 @@ class Sampler(nn.Module):
         self.policy = spec.gradient_policy()
         self.precision = spec.no_grad_precision()
         self.start_step = 0 if spec.start_timestep is None else self._start_step(spec.start_timestep)
+        check_baseline(self.scheduler, self.policy, self.start_step)  # e.g. doodl on a stochastic scheduler
 
     def _start_step(self, timestep: int) -> int:
         train_steps = self.scheduler.config.get("num_train_timesteps", 1000)

@@ -120,8 +120,8 @@ def check_edict_scheduler(scheduler: SchedulerMixin) -> None:
     """One-line error unless EDICT can invert the scheduler's step exactly."""
     if not isinstance(scheduler, EDICT_SCHEDULERS):
         allowed = ", ".join(cls.__name__ for cls in EDICT_SCHEDULERS)
-        raise ValueError(f"policy 'doodl' cannot run on {type(scheduler).__name__} (stochastic or multistep: its step "
-                         f"has no exact inverse); allowed schedulers: {allowed}")
+        raise ValueError(f"policy 'doodl' cannot run on {type(scheduler).__name__}: EDICT inverts exactly only a "
+                         f"deterministic single-step z -> z + h·f(z) update; allowed schedulers: {allowed}")
 
 
 def doodl_sample(denoiser: DenoiserAdapter, scheduler: SchedulerMixin, x: Tensor, cond: Tensor | None, *,

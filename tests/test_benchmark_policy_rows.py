@@ -1,0 +1,117 @@
+"""The paper's baselines as rows of the job benchmarks (attack, guided generation, LoRA reward).
+
+Each script runs ``adjoint`` (AdjointDPM), ``doodl`` (DOODL) and ``sdo-tail=4`` end to end at a tiny size, and
+a combination the library refuses (DOODL on a stochastic or shortcut scheduler, AdjointDPM on the shortcut
+sampler) becomes a row with the library's one-line reason instead of stopping the benchmark.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from diffusers import DDIMScheduler, DDPMScheduler
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import attack_policies, guided_policies, reward_policies  # noqa: E402
+from benchmarks.policy_rows import job_sampler  # noqa: E402
+from lit_sdo.sampling import parse_policy  # noqa: E402
+from lit_sdo.sampling.baselines import check_baseline  # noqa: E402
+from lit_sdo.sampling.shortcut import ShortcutScheduler  # noqa: E402
+
+NEW = ["adjoint", "doodl", "sdo-tail=4"]
+
+
+def run_script(monkeypatch: pytest.MonkeyPatch, script: object, argv: list[str], out: Path) -> str:
+    """Run a benchmark's main() with ``argv``; return the markdown it wrote."""
+    monkeypatch.setattr(sys, "argv", [f"{script.__name__}.py", *argv, "--results", str(out)])
+    script.main()  # type: ignore[attr-defined]
+    return out.read_text()
+
+
+def table_rows(text: str) -> dict[str, str]:
+    """First cell -> the whole row, for every markdown table row below a header."""
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| policy")
+            and not line.startswith("| method")]
+    return {row.split(" | ")[0][2:]: row for row in rows}
+
+
+def assert_ran(row: str) -> None:
+    assert "cannot run" not in row
+    assert "nan" not in row.lower().replace("n/a", "")
+
+
+def test_check_baseline_refuses_what_the_samplers_cannot_run() -> None:
+    ddim, ddpm, shortcut = DDIMScheduler(), DDPMScheduler(), ShortcutScheduler(max_steps=8)
+    for scheduler in (ddim, ddpm, shortcut):
+        scheduler.set_timesteps(4)
+    for policy in ("sdo", "sdo-tail=4", "full", "adjoint", "doodl"):
+        check_baseline(ddim, parse_policy(policy))  # all run on DDIM
+    check_baseline(ddpm, parse_policy("adjoint"))  # DDPM's probability-flow ODE exists
+    with pytest.raises(ValueError, match=r"^policy 'doodl' cannot run on DDPMScheduler: .*allowed schedulers"):
+        check_baseline(ddpm, parse_policy("doodl"))
+    with pytest.raises(ValueError, match=r"^policy 'doodl' cannot run on ShortcutScheduler"):
+        check_baseline(shortcut, parse_policy("doodl-mixing=0.9"))
+    with pytest.raises(ValueError, match=r"^policy 'adjoint' cannot run on ShortcutScheduler: .*no noise schedule"):
+        check_baseline(shortcut, parse_policy("adjoint"))
+
+
+def test_the_job_refuses_the_combination_when_it_is_built() -> None:
+    style = str(ROOT / "configs/style/digits.yaml")
+    with pytest.raises(ValueError, match=r"^policy 'doodl' cannot run on ShortcutScheduler") as caught:
+        job_sampler(style, ["--model.init_args.sampler.policy=doodl"])
+    assert "\n" not in str(caught.value)
+    assert job_sampler(style, ["--model.init_args.sampler.policy=sdo-tail=4"]).policy.tail == 4
+
+
+def test_attack_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    tiny = ["--per-class", "1", "--steps", "1", "--override=--model.init_args.sampler.num_steps=4"]
+    rows = table_rows(run_script(monkeypatch, attack_policies, ["--policies", *NEW, *tiny], tmp_path / "a.md"))
+    assert list(rows) == NEW
+    for row in rows.values():
+        assert_ran(row)
+        assert "(" in row.split(" | ")[1]  # success rate (n/N)
+    refused = run_script(monkeypatch, attack_policies, ["--policies", "doodl", *tiny,
+                                                        "--override=--model.init_args.sampler.scheduler=ddpm"],
+                         tmp_path / "b.md")
+    row = table_rows(refused)["doodl"]
+    assert "cannot run: policy 'doodl' cannot run on DDPMScheduler" in row
+    assert row.count("|") == 10  # the table's 9 columns
+
+
+def test_guided_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    argv = ["--tasks", "edit", "style", "--samples", "1", "--opt-steps", "1", "--num-steps", "4",
+            "--xhat-scales", "--policies", *NEW]
+    text = run_script(monkeypatch, guided_policies, argv, tmp_path / "g.md")
+    edit, style = text.split("### style")
+    assert list(table_rows(edit)) == NEW
+    for policy, row in table_rows(edit).items():
+        assert policy in NEW
+        assert_ran(row)
+        assert float(row.rstrip(" |").split(" | ")[-1]) > 0  # MiB / step
+    style_rows = table_rows(style)
+    assert list(style_rows) == NEW
+    assert "cannot run: policy 'adjoint' cannot run on ShortcutScheduler" in style_rows["adjoint"]
+    assert "cannot run: policy 'doodl' cannot run on ShortcutScheduler" in style_rows["doodl"]
+    assert style_rows["doodl"].count("|") == 8  # the style table's 7 columns
+    assert_ran(style_rows["sdo-tail=4"])
+
+
+def test_reward_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    tiny = ["--steps", "1", "--num-steps", "4", "--samples-per-step", "2", "--batch-size", "1", "--eval-every", "1",
+            "--override=--model.init_args.grid_samples=1"]
+    rows = table_rows(run_script(monkeypatch, reward_policies, ["--policies", *NEW, *tiny], tmp_path / "r.md"))
+    assert [label.split(" ")[0] for label in rows] == NEW
+    for label, row in rows.items():
+        assert_ran(row)
+        assert row.split(" | ")[1] == "1"  # one optimiser step
+        assert ("forward only" in row) == (label.split(" ")[0] in ("adjoint", "doodl"))
+    refused = run_script(monkeypatch, reward_policies, ["--policies", "doodl", *tiny,
+                                                        "--override=--model.init_args.sampler.scheduler=ddpm"],
+                         tmp_path / "s.md")
+    row = table_rows(refused)["doodl (DOODL)"]
+    assert "cannot run: policy 'doodl' cannot run on DDPMScheduler" in row
+    assert row.count("|") == 8
