@@ -239,7 +239,7 @@ def test_policy_strings_read_the_benchmark_labels() -> None:
     ("doodl-mixing=1.5", "ddim", r"mixing=1.5 must be in \(0, 1\]"),
     ("sdo-depth=2", "ddim", "option 'depth=2' is unknown; allowed: random, k=..."),
     ("sdo-tail=two", "ddim", "tail='two' must be an int"),
-    ("doodl", "ddpm", "policy 'doodl' cannot run on DDPMScheduler .*allowed schedulers: DDIMScheduler"),
+    ("doodl", "ddpm", "policy 'doodl' cannot run on DDPMScheduler: .*allowed schedulers: DDIMScheduler"),
     ("doodl", "dpm", "policy 'doodl' cannot run on DPMSolverMultistepScheduler"),
     ("doodl", "lcm", "policy 'doodl' cannot run on LCMScheduler"),
 ])
