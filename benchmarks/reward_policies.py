@@ -41,7 +41,7 @@ def run_policy(policy: str, args: argparse.Namespace, out_dir: Path) -> list[dic
                  f"--trainer.accumulate_grad_batches={args.samples_per_step // args.batch_size}",
                  f"--trainer.max_epochs={steps}", "--trainer.enable_progress_bar=false",
                  f"--trainer.logger.init_args.save_dir={out_dir}", "--trainer.enable_checkpointing=false",
-                 "--trainer.callbacks=[]"]
+                 "--trainer.callbacks=[lit_sdo.callbacks.StepCost, lit_sdo.callbacks.NaNStop]"]  # no checkpoints
     cli.main(["fit", "--config", args.config, *overrides, *args.override])
     return json.loads((out_dir / "history.json").read_text())["steps"]
 
