@@ -35,7 +35,7 @@ def run_policy(policy: str, args: argparse.Namespace, out_dir: Path) -> list[dic
     overrides = [f"--model.init_args.sampler.policy={name}", f"--model.init_args.sampler.last_k={last_k or 1}",
                  f"--model.init_args.output_dir={out_dir}", f"--model.init_args.sampler.num_steps={args.num_steps}",
                  f"--model.init_args.lr={args.lr}", f"--model.init_args.grid_every_n_steps={args.eval_every}",
-                 f"--model.init_args.sampler.model={args.generator}",
+                 f"--model.init_args.sampler.model={args.model}",
                  f"--data.init_args.samples_per_step={args.samples_per_step}",
                  f"--data.init_args.batch_size={args.batch_size}",
                  f"--trainer.accumulate_grad_batches={args.samples_per_step // args.batch_size}",
@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--eval-every", type=int, default=4, help="eval reward on the fixed seeds every N steps")
-    parser.add_argument("--generator", default="embedded:digits-ddpm")
+    parser.add_argument("--model", default="embedded:digits-ddpm")
     parser.add_argument("--config", default=str(ROOT / "configs/reward/digits.yaml"),
                         help="the reward config (its reward is used as is)")
     parser.add_argument("--override", nargs="*", default=[], help="more CLI overrides, e.g. for tiny models")
@@ -125,7 +125,7 @@ def main() -> None:
     command = "OMP_NUM_THREADS=1 python benchmarks/reward_policies.py " + " ".join(sys.argv[1:])
     reward = Path(args.config).name
     sdo_note = f" ({args.sdo_steps} for sdo)" if args.sdo_steps else ""
-    body = (f"Command: `{command.strip()}` (CPU, 2 shared cores, one thread; {args.generator}, the reward of "
+    body = (f"Command: `{command.strip()}` (CPU, 2 shared cores, one thread; {args.model}, the reward of "
             f"configs/reward/{reward}; LoRA r=4 on attention projections; AdamW lr {args.lr:g}; {args.steps} "
             f"optimiser steps{sdo_note} of {args.samples_per_step} samples ({args.batch_size} per micro-batch); "
             f"DDIM-{args.num_steps}; eval reward = mean over 16 fixed seeds every {args.eval_every} steps; training "
