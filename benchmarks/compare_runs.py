@@ -3,9 +3,10 @@
 For every ``*.safetensors`` file under both folders: the largest |Δ| of each tensor; for results.json
 (latent optimisation) the per-sample records and the aggregate, for history.json (reward fine-tuning)
 the per-step rows, without the wall-clock and memory keys (they are measurements, not results). Keys
-only one side has are listed, not compared.
+only one side has are listed, not compared; ``--rename guided=optimized`` compares keys that a version
+of the code named otherwise (a substring of OLD's keys replaced).
 
-    python benchmarks/compare_runs.py OLD_FOLDER NEW_FOLDER [--json out.json]
+    python benchmarks/compare_runs.py OLD_FOLDER NEW_FOLDER [--rename OLD=NEW ...] [--json out.json]
 """
 
 from __future__ import annotations
@@ -57,12 +58,26 @@ def largest_difference(old: Any, new: Any, only_in: set[str], path: str = "") ->
     return 0.0 if old == new else math.inf
 
 
-def compare(old: Path, new: Path) -> dict[str, Any]:
+def renamed(value: Any, renames: dict[str, str]) -> Any:
+    """``value`` with every dict key's substrings replaced by ``renames`` (old -> new), recursively."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            for old, new in renames.items():
+                key = key.replace(old, new)
+            out[key] = renamed(item, renames)
+        return out
+    if isinstance(value, list):
+        return [renamed(item, renames) for item in value]
+    return value
+
+
+def compare(old: Path, new: Path, renames: dict[str, str] | None = None) -> dict[str, Any]:
     a, b = tensors(old), tensors(new)
     tensor_delta = {k: float((a[k] - b[k]).abs().max()) if a[k].shape == b[k].shape else math.inf
                     for k in a if k in b}
     only_in: set[str] = set()
-    rec_old, rec_new = records(old), records(new)
+    rec_old, rec_new = renamed(records(old), renames or {}), records(new)
     parts = {key: largest_difference(rec_old[key], rec_new[key], only_in) for key in rec_old if key in rec_new}
     return {"tensors_max_abs_diff": max(tensor_delta.values(), default=None), "tensors": tensor_delta,
             "records_max_abs_diff": parts, "tensor_files_only_one_side": sorted(a.keys() ^ b.keys()),
@@ -73,9 +88,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("old", type=Path)
     parser.add_argument("new", type=Path)
+    parser.add_argument("--rename", nargs="*", default=[], metavar="OLD=NEW", help="key substrings OLD calls otherwise")
     parser.add_argument("--json", type=Path, default=None, help="also write the comparison here")
     args = parser.parse_args()
-    result = compare(args.old, args.new)
+    result = compare(args.old, args.new, dict(item.split("=", 1) for item in args.rename))
     summary = {k: v for k, v in result.items() if k != "tensors"}
     print(json.dumps(summary, indent=1))  # noqa: T201 - the script's output
     if args.json is not None:
