@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import json
 import os
 import sys
 from argparse import ArgumentError
@@ -25,6 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch.distributed as dist
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -65,6 +67,44 @@ def root_user_error(err: BaseException) -> BaseException | None:
     return None
 
 
+def nested_nulls_as_config(argv: list[str]) -> list[str]:
+    """Each ``--a.init_args.b.init_args.c=null`` (an option of a class inside a class) as the same key in a
+    ``--config`` string, where null parses as null.
+
+    jsonargparse hands such an option down one class at a time and writes the value it has already
+    parsed back into text with Python's ``str``: null becomes the string 'None', which a ``str | None``
+    parameter then accepts. A config string is parsed once, like a config file. Other values pass
+    through unchanged (and keep jsonargparse's error messages).
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        key, has_value, value = token.partition("=")
+        if not has_value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            value = argv[i + 1]
+        if key.startswith("--") and key.count(".init_args.") >= 2 and not key.endswith("+") and _is_null(value):
+            tree: Any = None
+            for part in reversed(key[2:].split(".")):
+                tree = {part: tree}
+            out.append(f"--config={json.dumps(tree)}")
+            i += 1 if has_value else 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def _is_null(value: str) -> bool:
+    """Whether a one-line option value is YAML's null (``null``, ``~``, ``Null``...; an empty value is '')."""
+    if not value.strip() or "\n" in value:
+        return False
+    try:
+        return yaml.safe_load(value) is None
+    except yaml.YAMLError:
+        return False
+
+
 class LitSdoCLI(LightningCLI):
     """LightningCLI with one-line parse errors, a checked log folder, and a word when ``--ckpt_path`` wins.
 
@@ -87,7 +127,8 @@ class LitSdoCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         try:
-            super().parse_arguments(parser, args)
+            super().parse_arguments(parser, args if isinstance(args, dict) else
+                                    nested_nulls_as_config(list(sys.argv[1:] if args is None else args)))
         except ArgumentError as err:
             argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
             command = argv[0] if argv and argv[0] in LIGHTNING_COMMANDS else None

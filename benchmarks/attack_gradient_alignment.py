@@ -8,8 +8,8 @@ Why: the attack succeeds when the cheap gradient points where the exact one does
 does not (their 64-dim data subspace), on full-rank natural-image crops it should (see RESULTS.md).
 
     python benchmarks/attack_gradient_alignment.py [--samples 20] [--steps 30]
-    python benchmarks/attack_gradient_alignment.py --generator embedded:photos-ddpm --classifier embedded:photos-resnet
-    python benchmarks/attack_gradient_alignment.py --generator embedded:digits-flow --steps 32
+    python benchmarks/attack_gradient_alignment.py --model embedded:photos-ddpm --classifier embedded:photos-resnet
+    python benchmarks/attack_gradient_alignment.py --model embedded:digits-flow --steps 32
 """
 
 from __future__ import annotations
@@ -36,18 +36,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples", type=int, default=20, help="samples; labels cycle over the classes")
     parser.add_argument("--steps", type=int, default=30, help="sampling steps")
     parser.add_argument("--eps", type=float, default=0.1, help="FGSM step τ")
-    parser.add_argument("--generator", default="embedded:digits-ddpm",
+    parser.add_argument("--model", default="embedded:digits-ddpm",
                         help="a diffusion model (DDIM sampler) or a shortcut / flow model (its own sampler)")
     parser.add_argument("--classifier", default="embedded:digits-resnet", help="the attacked classifier")
     parser.add_argument("--seed", type=int, default=0, help="first noise seed")
     args = parser.parse_args(argv)
 
-    generator = load_diffusion(args.generator)
+    generator = load_diffusion(args.model)
     objective = ClassifierObjective(args.classifier, loss="margin")
     classifier = objective.classifier
     num_classes = generator.num_classes or classifier.num_classes
     if num_classes > classifier.num_classes:
-        raise ValueError(f"generator {args.generator} has {num_classes} classes but classifier {args.classifier} "
+        raise ValueError(f"generator {args.model} has {num_classes} classes but classifier {args.classifier} "
                          f"only {classifier.num_classes}; pick a classifier trained on the generator's classes")
     is_shortcut = generator.is_shortcut  # flow matching: Eq. 18's identity skip
     denoiser, scheduler = build_sampler(generator, "shortcut" if is_shortcut else "ddim", args.steps)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         clean_correct = classifier(images(x_t, "none")).argmax(1) == labels
     exact = gradient("full")
-    print(f"{args.generator} + {args.classifier}, {args.steps} steps, {args.samples} samples, "  # noqa: T201
+    print(f"{args.model} + {args.classifier}, {args.steps} steps, {args.samples} samples, "  # noqa: T201
           f"{int(clean_correct.sum())} clean-correct")
     print(f"| gradient | mean cosine to exact (clean-correct) | mean norm "  # noqa: T201
           f"| clean-correct fooled by one FGSM step (τ={args.eps}) |")

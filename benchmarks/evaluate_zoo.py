@@ -1,46 +1,88 @@
-"""Evaluate the embedded model zoo and write each shipped model's MANIFEST.
+"""Evaluate an embedded model zoo (``--zoo digits`` or ``photos``) and write each model's MANIFEST.json.
 
-Measures (images in [0, 1], the digits test split of DigitsDataModule(seed=0)):
+Measures (images in [0, 1]; the zoo's data module with seed 0: the digits test split of
+DigitsDataModule, or the held-out crops of PhotoCropsDataModule, from the strip of each photograph
+that training never sees):
 - each classifier's test accuracy;
-- digits-FID (features: penultimate layer of the feature classifier, the shipped ResNet) of
-  ``--num-samples`` DDIM samples vs the test split, next to the floor FID(train split, test split);
+- FID (features: penultimate layer of the first classifier) of ``--num-samples`` DDIM samples vs the
+  test images, next to the floor FID(training images, test images);
 - each classifier's accuracy on the generated samples by conditioning label.
 
     .venv/bin/python benchmarks/evaluate_zoo.py --out runs/zoo_eval.json \
         --manifest --wall-clock digits-ddpm=SECONDS digits-resnet=SECONDS digits-convnext=SECONDS
+    .venv/bin/python benchmarks/evaluate_zoo.py --zoo photos --out runs/photos_eval.json \
+        --manifest --wall-clock photos-ddpm=SECONDS photos-resnet=SECONDS photos-convnext=SECONDS
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lit_sdo.datamodules import DigitsDataModule
+from lit_sdo.datamodules import DigitsDataModule, PhotoCropsDataModule
 from lit_sdo.images import to_unit_range
 from lit_sdo.io import write_json
 from lit_sdo.metrics import accuracy, batched_outputs, feature_fid, per_class_accuracy
 from lit_sdo.models import EMBEDDED_ROOT, load_classifier, load_diffusion
+from lit_sdo.models.manifest import write_manifest
 from lit_sdo.sampling import build_scheduler, sample
 
-# How each shipped model was made: the exact command and the seed (seed_everything in its config).
-TRAINING = {
-    "digits-ddpm": "configs/train/digits_ddpm.yaml",
-    "digits-resnet": "configs/train/digits_resnet.yaml",
-    "digits-convnext": "configs/train/digits_convnext.yaml",
+
+@dataclass(frozen=True)
+class Zoo:
+    """A family of shipped models: its defaults, its training configs, and how its data is described."""
+
+    diffusion: str
+    classifiers: tuple[str, ...]
+    num_samples: int
+    steps: int
+    out: str
+    training: dict[str, str]  # model name -> its training config (seed_everything gives the seed)
+    machine: str
+
+
+ZOOS = {
+    "digits": Zoo("embedded:digits-ddpm", ("digits-resnet", "digits-convnext"), 2000, 50, "runs/zoo_eval.json",
+                  {"digits-ddpm": "configs/train/digits_ddpm.yaml", "digits-resnet": "configs/train/digits_resnet.yaml",
+                   "digits-convnext": "configs/train/digits_convnext.yaml"},
+                  "2 shared CPU cores (other jobs running), no GPU"),
+    "photos": Zoo("embedded:photos-ddpm", ("photos-resnet", "photos-convnext"), 500, 30, "runs/photos_eval.json",
+                  {"photos-ddpm": "configs/train/photos_ddpm.yaml", "photos-resnet": "configs/train/photos_resnet.yaml",
+                   "photos-convnext": "configs/train/photos_convnext.yaml"},
+                  "2 shared CPU cores (load average 10-16 from other jobs), no GPU"),
 }
+
+
+def test_data(zoo: str, image_size: int, holdout_per_class: int) -> tuple[Any, torch.Tensor, torch.Tensor,
+                                                                          torch.Tensor]:
+    """(data module, training images, test images, test labels); images in [0, 1]."""
+    if zoo == "digits":
+        data = DigitsDataModule(image_size=16, seed=0)
+    else:
+        data = PhotoCropsDataModule(image_size=image_size, holdout_per_class=holdout_per_class, seed=0)
+    test_images, test_labels = data.split_tensors("test")
+    return data, to_unit_range(data.split_tensors("train")[0]), to_unit_range(test_images), test_labels
+
+
+def data_description(zoo: str, config: dict[str, Any]) -> str:
+    if zoo == "digits":
+        return "sklearn digits 16×16, DigitsDataModule(seed=0) split 70/10/20 train/val/test"
+    data = config["data"]["init_args"]
+    return (f"PhotoCropsDataModule(image_size={data['image_size']}, seed={data['seed']}): random crops of 10 "
+            "shipped photographs (lit_sdo.datamodules.PHOTOS); held-out strip = last 30 % of each long axis")
 
 
 @torch.no_grad()
 def generate(model_name: str, num_samples: int, num_steps: int, guidance_scale: float, seed: int,
              batch_size: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """``num_samples`` DDIM samples in [0, 1] with labels 0..9 cycling, and the seconds it took."""
+    """``num_samples`` DDIM samples in [0, 1] with labels cycling through the classes, and the seconds it took."""
     model = load_diffusion(model_name, guidance_scale=guidance_scale)
     scheduler = build_scheduler("ddim", num_steps, base_config=model.scheduler_config)
     labels = torch.arange(num_samples) % model.num_classes
@@ -54,12 +96,13 @@ def generate(model_name: str, num_samples: int, num_steps: int, guidance_scale: 
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    data = DigitsDataModule(image_size=16, seed=0)
-    train, test = data.split_tensors("train"), data.split_tensors("test")
-    train_images, test_images, test_labels = to_unit_range(train[0]), to_unit_range(test[0]), test[1]
+    generator = load_diffusion(args.diffusion)
+    data, train_images, test_images, test_labels = test_data(args.zoo, generator.image_size, args.holdout_per_class)
+    if generator.num_classes != data.num_classes:
+        raise ValueError(f"generator {args.diffusion} has {generator.num_classes} classes but the {args.zoo} data "
+                         f"{data.num_classes}; evaluate a generator trained on that data module")
     classifiers = {name: load_classifier(f"embedded:{name}") for name in args.classifiers}
     feature_net = classifiers[args.classifiers[0]]
-
     samples, labels, seconds = generate(args.diffusion, args.num_samples, args.steps, args.guidance_scale,
                                         args.seed, args.batch_size)
     results: dict[str, Any] = {
@@ -69,75 +112,87 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "num_samples": args.num_samples,
         "sampling_seconds": round(seconds, 1),
         "fid_features": f"embedded:{args.classifiers[0]} penultimate layer",
-        "digits_fid_samples_vs_test": round(feature_fid(feature_net, samples, test_images), 3),
-        "digits_fid_train_vs_test_floor": round(feature_fid(feature_net, train_images, test_images), 3),
+        f"{args.zoo}_fid_samples_vs_test": round(feature_fid(feature_net, samples, test_images), 3),
+        f"{args.zoo}_fid_train_vs_test_floor": round(feature_fid(feature_net, train_images, test_images), 3),
         "classifiers": {},
     }
     for name, classifier in classifiers.items():
-        test_logits = batched_outputs(classifier, test_images)
         sample_logits = batched_outputs(classifier, samples)
         results["classifiers"][name] = {
-            "test_accuracy": round(accuracy(test_logits, test_labels), 4),
+            "test_accuracy": round(accuracy(batched_outputs(classifier, test_images), test_labels), 4),
             "test_size": len(test_labels),
             "accuracy_on_samples": round(accuracy(sample_logits, labels), 4),
-            "accuracy_on_samples_by_label": [round(a, 4) for a in per_class_accuracy(sample_logits, labels, 10)],
+            "accuracy_on_samples_by_label": [round(a, 4) for a in
+                                             per_class_accuracy(sample_logits, labels, data.num_classes)],
         }
     return results
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def write_manifests(results: dict[str, Any], wall_clock: dict[str, float], notes: dict[str, str],
-                    command: str) -> None:
-    """One MANIFEST (JSON) per shipped model: files + sha256, training command, seed, time, metrics."""
+def write_manifests(args: argparse.Namespace, results: dict[str, Any], wall_clock: dict[str, float],
+                    notes: dict[str, str], command: str) -> None:
+    """One MANIFEST.json per model folder under ``--manifest-root``: sha256 of its files, training command,
+    seed, data, time, metrics."""
     import yaml
 
-    for name, config_path in TRAINING.items():
-        folder = EMBEDDED_ROOT / name
+    zoo = ZOOS[args.zoo]
+    for name, config_path in zoo.training.items():
+        folder = args.manifest_root / name
         if not folder.is_dir():
             continue
         config = yaml.safe_load(Path(config_path).read_text())
-        if name == "digits-ddpm":
+        if name == zoo.diffusion.removeprefix("embedded:"):
             metrics = {k: v for k, v in results.items() if k != "classifiers"}
             metrics["classifier_accuracy_on_samples"] = {
                 c: {k: v for k, v in r.items() if "samples" in k} for c, r in results["classifiers"].items()}
         else:
             metrics = {k: v for k, v in results["classifiers"][name].items() if "samples" not in k}
-        manifest = {
+        write_manifest(folder, {
             "name": f"embedded:{name}",
-            "files": {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "MANIFEST"},
             # One thread per run: on 2 cores shared with other jobs, torch's 2 threads each oversubscribe.
             "training_command": f"OMP_NUM_THREADS=1 .venv/bin/python cli.py fit --config {config_path}",
             "training_notes": notes.get(name),
             "seed": config["seed_everything"],
-            "data": "sklearn digits 16×16, DigitsDataModule(seed=0) split 70/10/20 train/val/test",
+            "data": data_description(args.zoo, config),
             "training_wall_clock_s": wall_clock.get(name),
-            "training_machine": "2 shared CPU cores (other jobs running), no GPU",
+            "training_machine": zoo.machine,
             "metrics": metrics,
             "metrics_command": command,
-        }
-        write_json(folder / "MANIFEST", manifest)
+        })
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The options; the model, sample count, steps and output default to the chosen zoo's."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--diffusion", default="embedded:digits-ddpm")
-    parser.add_argument("--classifiers", nargs="+", default=["digits-resnet", "digits-convnext"],
-                        help="embedded classifiers; the first gives the digits-FID features")
-    parser.add_argument("--num-samples", type=int, default=2000)
-    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--zoo", choices=list(ZOOS), default="digits", help="which shipped models and data")
+    parser.add_argument("--diffusion", default=None, help="the generator (default: the zoo's DDPM)")
+    parser.add_argument("--classifiers", nargs="+", default=None,
+                        help="embedded classifiers (default: the zoo's); the first gives the FID features")
+    parser.add_argument("--num-samples", type=int, default=None)
+    parser.add_argument("--holdout-per-class", type=int, default=100, help="photos: test crops per class")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps")
     parser.add_argument("--guidance-scale", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=250)
-    parser.add_argument("--out", default="runs/zoo_eval.json")
-    parser.add_argument("--manifest", action="store_true", help="also write data/models/<name>/MANIFEST")
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--manifest", action="store_true", help="also write <manifest-root>/<name>/MANIFEST.json")
+    parser.add_argument("--manifest-root", type=Path, default=EMBEDDED_ROOT,
+                        help="folder holding the model folders (default: the shipped data/models)")
     parser.add_argument("--wall-clock", nargs="*", default=[], metavar="NAME=SECONDS",
-                        help="measured training time of each model, recorded in its MANIFEST")
+                        help="measured training time of each model, recorded in its manifest")
     parser.add_argument("--note", nargs="*", default=[], metavar="NAME=TEXT",
-                        help="how a model's training deviated from its plain command, recorded in its MANIFEST")
+                        help="how a model's training deviated from its plain command, recorded in its manifest")
     args = parser.parse_args(argv)
+    zoo = ZOOS[args.zoo]
+    defaults = {"diffusion": zoo.diffusion, "classifiers": list(zoo.classifiers), "num_samples": zoo.num_samples,
+                "steps": zoo.steps, "out": zoo.out}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
     torch.manual_seed(args.seed)
     results = evaluate(args)
     write_json(args.out, results)
@@ -146,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         wall_clock = {k: float(v) for k, v in (item.split("=", 1) for item in args.wall_clock)}
         notes = dict(item.split("=", 1) for item in args.note)
         command = ".venv/bin/python benchmarks/evaluate_zoo.py " + " ".join(argv or sys.argv[1:])
-        write_manifests(results, wall_clock, notes, command)
+        write_manifests(args, results, wall_clock, notes, command)
 
 
 if __name__ == "__main__":

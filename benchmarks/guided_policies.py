@@ -57,8 +57,8 @@ def common_overrides(args: argparse.Namespace, task: str) -> list[str]:
     out = data_overrides(task, args.samples)
     if args.num_steps is not None and task != "style":  # style runs the shortcut model's own 8 steps
         out.append(f"--model.init_args.sampler.num_steps={args.num_steps}")
-    if args.generator is not None:
-        out.append(f"--model.init_args.sampler.model={args.generator}")
+    if args.model is not None:
+        out.append(f"--model.init_args.sampler.model={args.model}")
     return out
 
 
@@ -172,7 +172,7 @@ def main() -> None:
                         help="sampling steps of edit/aesthetic (default: the config's)")
     parser.add_argument("--policies", nargs="+", default=["sdo", "full", "adjoint", "doodl", "sdo-tail=4"],
                         help="policy strings (lit_sdo.sampling.parse_policy), passed to the job unchanged")
-    parser.add_argument("--generator", default=None, help="another diffusion model (default: the config's)")
+    parser.add_argument("--model", default=None, help="another diffusion model (default: the config's)")
     parser.add_argument("--xhat-scales", nargs="*", type=float, default=[0.05, 0.2], help="ρ values for x̂₀ guidance")
     parser.add_argument("--results", default=str(ROOT / "runs/guided_policies.md"),
                         help="markdown file whose section is replaced (the shipped one: benchmarks/RESULTS.md)")

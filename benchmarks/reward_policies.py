@@ -38,7 +38,7 @@ FORWARD_ONLY = ("adjoint", "doodl")
 def sampler_overrides(args: argparse.Namespace) -> list[str]:
     """The overrides that fix the job's sampler (shared by every run and the availability check)."""
     return [f"--model.init_args.sampler.num_steps={args.num_steps}",
-            f"--model.init_args.sampler.model={args.generator}", *args.override]
+            f"--model.init_args.sampler.model={args.model}", *args.override]
 
 
 def run_policy(policy: str, args: argparse.Namespace, out_dir: Path) -> list[dict]:
@@ -51,7 +51,7 @@ def run_policy(policy: str, args: argparse.Namespace, out_dir: Path) -> list[dic
                  f"--trainer.accumulate_grad_batches={args.samples_per_step // args.batch_size}",
                  f"--trainer.max_epochs={steps}", "--trainer.enable_progress_bar=false",
                  f"--trainer.logger.init_args.save_dir={out_dir}", "--trainer.enable_checkpointing=false",
-                 "--trainer.callbacks=[]"]
+                 "--trainer.callbacks=[lit_sdo.callbacks.StepCost, lit_sdo.callbacks.NaNStop]"]  # no checkpoints
     cli.main(["fit", "--config", args.config, *overrides, *sampler_overrides(args)])
     return json.loads((out_dir / "history.json").read_text())["steps"]
 
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=4e-4)
     parser.add_argument("--eval-every", type=int, default=4, help="eval reward on the fixed seeds every N steps")
-    parser.add_argument("--generator", default="embedded:digits-ddpm")
+    parser.add_argument("--model", default="embedded:digits-ddpm")
     parser.add_argument("--config", default=str(ROOT / "configs/reward/digits.yaml"),
                         help="the reward config (its reward is used as is)")
     parser.add_argument("--override", action="extend", nargs="+", default=[],
@@ -147,7 +147,7 @@ def main() -> None:
     command = "OMP_NUM_THREADS=1 python benchmarks/reward_policies.py " + " ".join(sys.argv[1:])
     reward = Path(args.config).name
     sdo_note = f" ({args.sdo_steps} for sdo)" if args.sdo_steps else ""
-    body = (f"Command: `{command.strip()}` (CPU, 2 shared cores, one thread; {args.generator}, the reward of "
+    body = (f"Command: `{command.strip()}` (CPU, 2 shared cores, one thread; {args.model}, the reward of "
             f"configs/reward/{reward}; LoRA r=4 on attention projections; AdamW lr {args.lr:g}; {args.steps} "
             f"optimiser steps{sdo_note} of {args.samples_per_step} samples ({args.batch_size} per micro-batch); "
             f"DDIM-{args.num_steps}; eval reward = mean over 16 fixed seeds every {args.eval_every} steps; training "

@@ -1,14 +1,16 @@
-"""Lightning callbacks for what is not the model: publishing results, timing, memory.
+"""Lightning callbacks for what is not the model: publishing results, timing, memory, the NaN stop.
 
 The latent-optimisation module only optimises and evaluates; :class:`LatentResultsWriter` gathers the
 evaluation records of every rank and writes results.json, delta.safetensors and grid.png atomically
-(and logs the grid and the aggregate numbers to TensorBoard); :class:`StepTimer` measures each
-optimisation step's wall-clock and CPU time.
+(and logs the grid and the aggregate numbers to TensorBoard). :class:`StepCost` measures what each
+optimiser step of any module costs (time, memory saved for backward); :class:`NaNStop` stops a run at the
+first non-finite loss or gradient, before it reaches the weights.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,32 +39,132 @@ def output_folder(trainer: L.Trainer, module: L.LightningModule) -> Path:
     return Path(module.hparams.get("output_dir") or trainer.log_dir or ".")
 
 
-class StepTimer(L.Callback):
-    """Wall-clock and process CPU time of every optimisation step (one training batch), kept in checkpoints."""
+class StepCost(L.Callback):
+    """What each optimiser step costs, for any module: the wall-clock and process CPU time of its training
+    batches (evaluation, grids and checkpoints excluded) and the memory autograd keeps for backward.
+
+    Memory is the peak CUDA memory on a GPU; on CPU (no allocator statistics) it is the bytes of the
+    distinct tensors autograd saves while a batch runs up to its backward, weights excluded (they cost no
+    new memory): the part in which gradient policies differ. ``rows`` has one entry per optimiser step:
+    cumulative ``seconds`` and ``cpu_seconds`` and the step's ``peak_bytes`` (its largest micro-batch),
+    each the largest over the ranks. Kept in checkpoints, so a resumed run keeps counting.
+    """
 
     def __init__(self) -> None:
-        self.seconds: list[float] = []
-        self.cpu_seconds: list[float] = []
+        self.rows: list[dict[str, Any]] = []
+        self._clock = [0.0, 0.0]  # this rank's training wall-clock and CPU seconds so far
         self._started = (0.0, 0.0)
+        self._peak = 0
+        self._hooks: Any = None  # the saved-tensor hooks while a batch runs up to its backward
+        self._read: Callable[[], int] | None = None
+        self._last_step = 0
+
+    @staticmethod
+    def find(trainer: L.Trainer) -> StepCost | None:
+        return next((cb for cb in trainer.callbacks if isinstance(cb, StepCost)), None)
+
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._last_step = trainer.global_step
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._start_memory(module)
         self._started = (time.perf_counter(), time.process_time())
+
+    def on_before_backward(self, trainer: L.Trainer, module: L.LightningModule, loss: Tensor) -> None:
+        self._stop_memory()  # backward frees what the forward saved: the peak is reached here
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        self.seconds.append(time.perf_counter() - self._started[0])
-        self.cpu_seconds.append(time.process_time() - self._started[1])
-        module.log("train/seconds_per_step", self.seconds[-1], on_step=False, on_epoch=True, sync_dist=True,
-                   batch_size=1)
+        self._clock[0] += time.perf_counter() - self._started[0]
+        self._clock[1] += time.process_time() - self._started[1]
+        self._stop_memory()
+        if trainer.global_step > self._last_step:  # this batch completed an optimiser step
+            self._last_step = trainer.global_step
+            self._end_step(trainer, module)
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        self._stop_memory()
+
+    def _end_step(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        local = torch.tensor([*self._clock, self._peak], dtype=torch.float64, device=module.device)
+        seconds, cpu_seconds, peak = trainer.strategy.reduce(local, reduce_op="max").tolist()  # slowest rank
+        previous = self.rows[-1] if self.rows else {"seconds": 0.0, "cpu_seconds": 0.0}
+        self.rows.append({"step": trainer.global_step, "seconds": seconds, "cpu_seconds": cpu_seconds,
+                          "peak_bytes": int(peak)})
+        self._peak = 0
+        for key, value in (("seconds_per_step", seconds - previous["seconds"]),
+                           ("cpu_seconds_per_step", cpu_seconds - previous["cpu_seconds"]),
+                           ("saved_mib_per_step", peak / 2**20)):
+            module.log(f"train/{key}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=1)
+
+    def _start_memory(self, module: L.LightningModule) -> None:
+        device = module.device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            self._read = lambda: torch.cuda.max_memory_allocated(device)
+            return
+        weights = {p.untyped_storage().data_ptr() for p in module.parameters()}
+        seen: dict[int, int] = {}  # storage address -> bytes: a tensor saved twice is counted once
+
+        def pack(t: Tensor) -> Tensor:
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in weights:
+                seen[storage.data_ptr()] = storage.nbytes()
+            return t
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        self._hooks.__enter__()
+        self._read = lambda: sum(seen.values())
+
+    def _stop_memory(self) -> None:
+        if self._hooks is not None:
+            self._hooks.__exit__(None, None, None)
+            self._hooks = None
+        if self._read is not None:
+            self._peak = max(self._peak, self._read())
+            self._read = None
 
     def mean_seconds(self) -> float | None:
-        return sum(self.seconds) / len(self.seconds) if self.seconds else None
+        """Mean wall-clock of an optimiser step."""
+        return self.rows[-1]["seconds"] / len(self.rows) if self.rows else None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seconds": self.seconds, "cpu_seconds": self.cpu_seconds}
+        return {"rows": self.rows, "clock": self._clock}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.seconds, self.cpu_seconds = list(state_dict["seconds"]), list(state_dict["cpu_seconds"])
+        self.rows, self._clock = list(state_dict["rows"]), list(state_dict["clock"])
+
+
+class NaNStop(L.Callback):
+    """Stop training at the first non-finite training loss or gradient, before the optimiser applies it.
+
+    The message is one line naming the optimiser step, the value and the last checkpoint written (which
+    holds the weights of the last good step). Lightning's ``EarlyStopping(check_finite=True)`` does not fit:
+    it reads a logged metric at the end of an epoch, after the optimiser has applied the non-finite update
+    (and ``ModelCheckpoint`` has saved it as last.ckpt), and it ends the run as if it had finished.
+    Modules that compute their gradients themselves (``torch.autograd.grad``) are not checked.
+    """
+
+    def on_before_backward(self, trainer: L.Trainer, module: L.LightningModule, loss: Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError(self.message(trainer, f"training loss is {float(loss.detach().sum()):g}"))
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        names = {id(p): n for n, p in module.named_parameters()}
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is not None and not torch.isfinite(param.grad).all():
+                    bad = param.grad[~torch.isfinite(param.grad)].flatten()[0]
+                    what = f"the gradient of {names.get(id(param), 'a parameter')} is {float(bad):g}"
+                    raise FloatingPointError(self.message(trainer, what))
+
+    @staticmethod
+    def message(trainer: L.Trainer, what: str) -> str:
+        callback = getattr(trainer, "checkpoint_callback", None)
+        last = getattr(callback, "last_model_path", "") or "none written yet"
+        return (f"{what} at optimiser step {trainer.global_step} (epoch {trainer.current_epoch}); the run stops "
+                f"without updating the weights; last good checkpoint: {last}")
 
 
 class LatentResultsWriter(L.Callback):
@@ -95,7 +197,7 @@ class LatentResultsWriter(L.Callback):
         if not trainer.is_global_zero:
             return
         report = module.objective.summarize(records) or generic_report(records, trainer.datamodule)
-        timer = next((cb for cb in trainer.callbacks if isinstance(cb, StepTimer)), None)
+        timer = StepCost.find(trainer)
         if timer is not None and timer.mean_seconds() is not None:
             report.summary["seconds_per_step"] = timer.mean_seconds()
         tensors = {"delta": module.tracker.best}

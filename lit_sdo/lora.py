@@ -8,7 +8,7 @@ Injection goes through ``peft`` (``inject_adapter_in_model``), so the trained we
 Applying LoRAs does not need peft: each LoRA is a weight delta ΔW = (α / r)·B·A per target layer, and
 the paper's interpolation θ_old + α·θ_A + β·θ_B (Sec. 5.3, Fig. 13) is ``merge_loras(net, [(A, α), (B, β)])``.
 
-    lit-sdo lora-grid --generator embedded:digits-ddpm --lora+=runs/a/lora:1.0 --lora+=runs/b/lora:0.5 \
+    lit-sdo lora-grid --model embedded:digits-ddpm --lora+=runs/a/lora:1.0 --lora+=runs/b/lora:0.5 \
         --out runs/grid.png
 """
 
@@ -173,14 +173,14 @@ def parse_lora_argument(text: str) -> tuple[str, float]:
         return text, 1.0
 
 
-def sample_lora_grid(generator: str = "embedded:digits-ddpm", lora: Sequence[str] = (),
+def sample_lora_grid(model: str = "embedded:digits-ddpm", lora: Sequence[str] = (),
                      classes: Sequence[int] | None = None, prompts: Sequence[str] = ("a painting of a cat",),
                      guidance_scale: float = 1.0, seeds: Sequence[int] = tuple(range(8)), num_steps: int = 50,
                      scheduler: str = "ddim", out: str = "runs/lora_grid.png") -> Path:
     """Sample a grid of fixed seeds with LoRAs merged at chosen scales: θ_old + α·θ_A + β·θ_B (paper Fig. 13).
 
     Args:
-        generator: the diffusion model the LoRAs were trained on (``embedded:<name>``, a folder or a hub id).
+        model: the diffusion model the LoRAs were trained on (``embedded:<name>``, a folder or a hub id).
         lora: LoRA folders written by fit, each ``FOLDER[:SCALE]`` (scale 1 when omitted); several are mixed.
         classes: class labels, one row each (class-conditional models; default: every class).
         prompts: prompts, one row each (text models).
@@ -194,16 +194,16 @@ def sample_lora_grid(generator: str = "embedded:digits-ddpm", lora: Sequence[str
     from lit_sdo.models import build_sampler, load_diffusion
     from lit_sdo.sampling import noise_for_seeds, sample
 
-    model = load_diffusion(generator, guidance_scale=guidance_scale)
-    model.denoiser.network = merge_loras(model.denoiser.network, [parse_lora_argument(t) for t in lora])
-    if model.encode_prompt is not None:  # text model: one row per prompt
+    diffusion = load_diffusion(model, guidance_scale=guidance_scale)
+    diffusion.denoiser.network = merge_loras(diffusion.denoiser.network, [parse_lora_argument(t) for t in lora])
+    if diffusion.encode_prompt is not None:  # text model: one row per prompt
         rows: list = list(prompts)
-        cond = model.encode_prompt([p for p in rows for _ in seeds])  # (B, L, D)
+        cond = diffusion.encode_prompt([p for p in rows for _ in seeds])  # (B, L, D)
     else:
-        rows = list(classes) if classes is not None else list(range(model.num_classes or 1))
-        cond = torch.tensor([c for c in rows for _ in seeds]) if model.num_classes else None
+        rows = list(classes) if classes is not None else list(range(diffusion.num_classes or 1))
+        cond = torch.tensor([c for c in rows for _ in seeds]) if diffusion.num_classes else None
     row_seeds = [s for _ in rows for s in seeds]
-    denoiser, noise_scheduler = build_sampler(model, scheduler, num_steps)
+    denoiser, noise_scheduler = build_sampler(diffusion, scheduler, num_steps)
     with torch.no_grad():
         x = noise_for_seeds(row_seeds, denoiser.sample_shape)
         sampled = sample(denoiser, noise_scheduler, x, cond, policy="none")

@@ -136,7 +136,8 @@ def test_checkpoint_of_another_model_is_one_line(tmp_path: Path, monkeypatch, ca
     (["fitt", "--config", CONFIG], ["unknown command 'fitt'", "fit, validate, test, predict, lora-grid"]),
     (["lora-grid", "--seed=1"], ["unknown option --seed ", "did you mean --seeds"]),
     (["lora-grid", "--lora=runs/a"], ["lora: expected a list"]),
-    (["lora-grid", "--generator=./nowhere"], ["folder not found", "'./nowhere'"]),
+    (["lora-grid", "--model=./nowhere"], ["folder not found", "'./nowhere'"]),
+    (["lora-grid", "--generator=embedded:digits-ddpm"], ["unknown option --generator"]),  # the spec's name: model
     (["export-diffusion", "--checkpoint=nowhere.ckpt", "--folder=x"], ["checkpoint nowhere.ckpt does not exist"]),
 ])
 def test_jobs_and_commands_report_bad_input_in_one_line(args: list[str], words: list[str], monkeypatch,

@@ -105,3 +105,36 @@ def test_imagenet_dit_config_runs_on_tiny_models_of_the_same_classes(tmp_path: P
     results = json.loads((out / "results.json").read_text())
     assert [s["label"] for s in results["samples"]] == [1, 9, 130, 207, 279, 291, 323, 388, 417, 511, 817, 933, 980]
     assert results["aggregate"]["delta_linf_max"] <= 0.1 + 1e-7
+
+
+@pytest.mark.parametrize("null", [["--model.init_args.objective.init_args.transfer_classifier=null"],
+                                  ["--model.init_args.objective.init_args.transfer_classifier", "~"]])
+def test_null_for_an_option_of_a_class_inside_a_class_is_none(tmp_path: Path, tiny_folders, null: list[str]) -> None:
+    """On the command line as in a config file: no transfer classifier, not one named 'None'."""
+    import cli
+
+    generator, classifier = tiny_folders
+    out = tmp_path / "out"
+    cli.main(["fit", "--config", str(ROOT / "configs/attack/digits.yaml"),
+              f"--model.init_args.sampler.model={generator}",
+              f"--model.init_args.objective.init_args.classifier={classifier}", *null,
+              "--model.init_args.sampler.num_steps=2", f"--model.init_args.output_dir={out}", "--trainer.max_epochs=1",
+              "--trainer.enable_progress_bar=false", f"--trainer.logger.init_args.save_dir={tmp_path}",
+              "--data.init_args.num_classes=2", "--data.init_args.per_class=1", "--data.init_args.batch_size=2"])
+    results = json.loads((out / "results.json").read_text())
+    assert "transfer_rate" not in results["aggregate"] and "delta_linf_max" in results["aggregate"]
+    saved = (tmp_path / "attack_digits" / "version_0" / "config.yaml").read_text()
+    assert "transfer_classifier: null" in saved
+
+
+def test_only_nested_nulls_become_config_strings() -> None:
+    from cli import nested_nulls_as_config
+
+    argv = ["--model.init_args.objective.init_args.target=null", "--model.init_args.eps=null",
+            "--model.init_args.objective.init_args.loss=ce", "--model.init_args.objective.init_args.target", "NULL",
+            "--model.init_args.objective.init_args.classifier="]
+    assert nested_nulls_as_config(argv) == [
+        '--config={"model": {"init_args": {"objective": {"init_args": {"target": null}}}}}',
+        "--model.init_args.eps=null", "--model.init_args.objective.init_args.loss=ce",
+        '--config={"model": {"init_args": {"objective": {"init_args": {"target": null}}}}}',
+        "--model.init_args.objective.init_args.classifier="]

@@ -182,7 +182,7 @@ def test_stroke_thickness_measures_a_known_bar() -> None:
     assert float(metrics.stroke_thickness(image)) == pytest.approx(2 * 1.5)
 
 
-@pytest.mark.skipif(not (EMBEDDED_ROOT / "digits-lit" / "MANIFEST").is_file(), reason="digits-lit not shipped")
+@pytest.mark.skipif(not (EMBEDDED_ROOT / "digits-lit" / "MANIFEST.json").is_file(), reason="digits-lit not shipped")
 def test_shipped_text_image_model_reads_digits_zero_shot() -> None:
     from lit_sdo.datamodules import DIGIT_NAMES, DigitsDataModule
     from lit_sdo.images import to_unit_range

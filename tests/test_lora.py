@@ -114,7 +114,7 @@ def test_lora_command_samples_a_grid_with_mixed_loras(tmp_path: Path) -> None:
     folder = export_diffusion(make_attention_unet(), scheduler, tmp_path / "ddpm", num_classes=2)
     save_lora(trained_lora(make_attention_unet(), seed=6), tmp_path / "a")
     save_lora(trained_lora(make_attention_unet(), seed=7), tmp_path / "b")
-    cli.main(["lora-grid", "--generator", str(folder), f"--lora+={tmp_path / 'a'}:0.5", f"--lora+={tmp_path / 'b'}:1",
+    cli.main(["lora-grid", "--model", str(folder), f"--lora+={tmp_path / 'a'}:0.5", f"--lora+={tmp_path / 'b'}:1",
               "--seeds=[0, 1]", "--num_steps=2", f"--out={tmp_path / 'grid.png'}"])
     path = tmp_path / "grid.png"
     assert path.is_file()

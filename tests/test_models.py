@@ -243,18 +243,52 @@ SHIPPED = ["digits-ddpm", "digits-resnet", "digits-convnext"]
 
 def shipped(name: str) -> Path:
     folder = EMBEDDED_ROOT / name
-    if not (folder / "MANIFEST").is_file():
+    if not (folder / "MANIFEST.json").is_file():
         pytest.skip(f"{name} is not shipped in this checkout")
     return folder
 
 
-@pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_files_match_their_manifest(name: str) -> None:
+@pytest.mark.parametrize("name", sorted(p.name for p in EMBEDDED_ROOT.iterdir() if p.is_dir())
+                         if EMBEDDED_ROOT.is_dir() else [])
+def test_every_shipped_folder_has_one_manifest_that_matches_its_files(name: str) -> None:
     folder = shipped(name)
-    manifest = json.loads((folder / "MANIFEST").read_text())
-    for file, digest in manifest["files"].items():
+    assert not (folder / "MANIFEST").exists()  # one format only
+    manifest = json.loads((folder / "MANIFEST.json").read_text())
+    files = {p.name for p in folder.iterdir() if p.is_file() and p.name != "MANIFEST.json"}
+    assert set(manifest["sha256"]) == files
+    for file, digest in manifest["sha256"].items():
         assert hashlib.sha256((folder / file).read_bytes()).hexdigest() == digest, file
-    assert "cli.py fit --config configs/train/" in manifest["training_command"]
+    assert "training_command" in manifest
+    if name in SHIPPED:
+        assert "cli.py fit --config configs/train/" in manifest["training_command"]
+
+
+def test_a_changed_file_or_an_earlier_manifest_stops_the_loader_in_one_line(tmp_path: Path) -> None:
+    from lit_sdo.models.manifest import convert, write_manifest
+
+    torch.manual_seed(0)
+    kwargs = {"in_chans": 1, "layers": [1, 1, 1, 1], "channels": [4, 4, 4, 4]}
+    folder = export_classifier(build_network("resnet", num_classes=2, **kwargs), tmp_path / "resnet", "resnet", kwargs,
+                               num_classes=2, input_size=8)
+    written = json.loads(write_manifest(folder, {"seed": 0}).read_text())
+    assert written["seed"] == 0 and set(written["sha256"]) == {"config.json", "model.safetensors"}
+    load_classifier(str(folder))  # matches: loads
+    earlier = {"files": written.pop("sha256"), **written}  # the earlier format, as its writers wrote it
+    (folder / "MANIFEST.json").unlink()
+    (folder / "MANIFEST").write_text(json.dumps(earlier))
+    with pytest.raises(ValueError, match=rf"^{folder} has a MANIFEST in the earlier format; convert it to "
+                                         rf"MANIFEST.json with: python -m lit_sdo.models.manifest {folder}$"):
+        load_classifier(str(folder))
+    assert json.loads(convert(folder).read_text()) == {"sha256": earlier["files"], "seed": 0}
+    assert not (folder / "MANIFEST").exists()
+    load_classifier(str(folder))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config, indent=1))  # same model, other bytes
+    with pytest.raises(ValueError, match=r"config.json does not match its sha256 in .*MANIFEST.json \(changed or "):
+        load_classifier(str(folder))
+    (folder / "MANIFEST").write_text(json.dumps(earlier))
+    with pytest.raises(ValueError, match=r"config.json differ from the sha256 in its MANIFEST; re-export"):
+        convert(folder)  # refuses to bless changed files
 
 
 def test_shipped_zoo_is_small() -> None:

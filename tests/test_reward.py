@@ -13,6 +13,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
+from lit_sdo.callbacks import NaNStop, StepCost
 from lit_sdo.datamodules import RewardPromptDataModule
 from lit_sdo.images import to_unit_range
 from lit_sdo.io import read_tensors, write_tensors
@@ -179,8 +180,9 @@ def test_nan_reward_stops_naming_the_step_and_keeps_the_last_good_checkpoint(fol
                                                                             tmp_path: Path) -> None:
     module = make_module(folders, tmp_path, reward=NaNAfter(3), lr=1e-2)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, save_top_k=1)
-    with pytest.raises(FloatingPointError, match=r"reward is NaN/inf at optimiser step 2 .*last good checkpoint: "):
-        fit(module, tmp_path, steps=5, samples_per_step=2, accumulate=1, callbacks=[checkpoint])
+    with pytest.raises(FloatingPointError, match=r"^training loss is nan at optimiser step 2 .*last good checkpoint: "
+                                                 r"\S+last.ckpt$"):
+        fit(module, tmp_path, steps=5, samples_per_step=2, accumulate=1, callbacks=[checkpoint, NaNStop()])
     last = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert last["global_step"] == 2
     current = lora_state(module)  # the NaN step never updated the LoRA
@@ -381,3 +383,19 @@ def test_preference_reward_bad_input_is_one_line(preference_weights: Path, tmp_p
     reward = PreferenceReward(str(preference_weights), architecture="lit-sdo-tiny-hps")
     with pytest.raises(ValueError, match="use it with a text model"):
         reward(torch.rand(1, 3, 16, 16), {"label": torch.tensor([0])})
+
+
+def test_history_carries_the_step_cost_callbacks_numbers(folders: SimpleNamespace, tmp_path: Path) -> None:
+    cost = StepCost()
+    module = make_module(folders, tmp_path, reward=InkReward())
+    fit(module, tmp_path, steps=2, callbacks=[cost])
+    assert [row["step"] for row in cost.rows] == [1, 2]
+    assert module.history[0] == {"step": 0, "seconds": 0.0, "cpu_seconds": 0.0,
+                                 "eval_reward": module.history[0]["eval_reward"]}
+    for row, measured in zip(module.history[1:], cost.rows, strict=True):
+        assert {k: row[k] for k in measured} == measured
+    assert 0 < cost.rows[0]["seconds"] < cost.rows[1]["seconds"] and cost.rows[0]["peak_bytes"] > 0
+    without = make_module(folders, tmp_path / "plain", reward=InkReward())
+    fit(without, tmp_path / "plain", steps=1)  # no callback, no cost columns, the same rewards
+    assert set(without.history[1]) == {"step", "reward", "eval_reward"}
+    assert without.history[1]["reward"] == pytest.approx(module.history[1]["reward"], abs=0)

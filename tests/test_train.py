@@ -115,7 +115,7 @@ def test_cli_fit_runs_on_cpu_and_checkpoints(tmp_path: Path) -> None:
 
 
 def test_cli_predict_writes_the_sample_grid(tmp_path: Path) -> None:
-    if not Path("data/models/digits-ddpm/MANIFEST").is_file():
+    if not Path("data/models/digits-ddpm/MANIFEST.json").is_file():
         pytest.skip("the sample config loads the shipped DDPM")
     out = tmp_path / "grid.png"
     cli_main(["predict", "--config", "configs/sample/digits.yaml", "--model.init_args.num_steps=2",

@@ -32,7 +32,10 @@ def not_available(name: str, what: str) -> FileNotFoundError:
 
 
 def resolve_folder(name: str, what: str = "model") -> Path:
-    """The local folder holding model ``name``: embedded, a path, or a hub id already in the HF cache."""
+    """The local folder holding model ``name``: embedded, a path, or a hub id already in the HF cache.
+    A local folder's files are checked against its MANIFEST.json, when it has one."""
+    from lit_sdo.models.manifest import check_manifest  # here: `python -m lit_sdo.models.manifest` runs it first
+
     if name.startswith(EMBEDDED_PREFIX):
         short = name[len(EMBEDDED_PREFIX):]
         folder = EMBEDDED_ROOT / short
@@ -40,9 +43,11 @@ def resolve_folder(name: str, what: str = "model") -> Path:
             raise FileNotFoundError(f"{what} {name!r} is not shipped; embedded models are: "
                                     f"{', '.join('embedded:' + n for n in embedded_names()) or 'none found'} "
                                     f"(in {EMBEDDED_ROOT})")
+        check_manifest(folder)
         return folder
     path = Path(name).expanduser()
     if path.is_dir():
+        check_manifest(path)
         return path
     if path.is_file():
         raise FileNotFoundError(f"{what} {name!r} is a file, not a folder: pass the folder that holds it")

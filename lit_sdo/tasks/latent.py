@@ -24,7 +24,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from lit_sdo.callbacks import LatentResultsWriter, StepTimer
+from lit_sdo.callbacks import LatentResultsWriter, StepCost
 from lit_sdo.models.sampler import Sampler, SamplerSpec
 from lit_sdo.objectives import Batch, Measure, Objective
 from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer, merge_across_ranks
@@ -88,7 +88,7 @@ class LatentOptimizationModule(L.LightningModule):
         self.records: list[dict[str, Tensor]] = []  # evaluation records, gathered by the results writer
 
     def configure_callbacks(self) -> list[L.Callback]:
-        return [LatentResultsWriter(), StepTimer()]
+        return [LatentResultsWriter(), StepCost()]
 
     def train(self, mode: bool = True) -> LatentOptimizationModule:
         super().train(mode)

@@ -9,20 +9,22 @@ frozen (fp32 on CPU, bf16 on GPU).
 One Lightning epoch is one optimiser step (see :class:`lit_sdo.datamodules.RewardPromptDataModule`):
 ``trainer.max_epochs`` is the number of steps, ``trainer.accumulate_grad_batches`` the accumulation, and
 a checkpoint per epoch resumes the same run (same noise, same random k, same optimiser state).
+
+What a step costs (time, memory saved for backward) is measured by :class:`lit_sdo.callbacks.StepCost`
+and a NaN stops the run through :class:`lit_sdo.callbacks.NaNStop`; the configs register both, and
+history.json carries StepCost's numbers beside the rewards when it is registered.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch import Tensor
 
-from lit_sdo.callbacks import announce, output_folder
+from lit_sdo.callbacks import StepCost, announce, output_folder
 from lit_sdo.images import image_grid, save_png
 from lit_sdo.io import writable_folder, write_json
 from lit_sdo.lora import DEFAULT_TARGETS, inject_lora, lora_parameters, save_lora
@@ -74,11 +76,7 @@ class RewardFinetuneModule(L.LightningModule):
         self.reward = reward.requires_grad_(False)
         self.strict_loading = False  # checkpoints hold the LoRA only; frozen networks load from their names
         self.history: list[dict[str, float]] = []  # one row per optimiser step (rank 0's view, synced rewards)
-        self.train_seconds = 0.0  # wall-clock of training steps only (no grids, no checkpoints)
-        self.train_cpu_seconds = 0.0  # this process's CPU time in them: steady on a machine shared with others
         self._step_rewards: list[Tensor] = []
-        self._step_peak_bytes = 0
-        self._batch_started = (0.0, 0.0)
         self._prompt_embeddings: Tensor | None = None
         self._autocast_dtype: torch.dtype | None = None
 
@@ -168,58 +166,37 @@ class RewardFinetuneModule(L.LightningModule):
         # The policy's draws are a function of the run's seed and the micro-batch's first noise seed:
         # the same after a resume and different on every rank and micro-batch.
         policy_generator = torch.Generator().manual_seed(self.sampler.spec.policy_seed * 1_000_003 + int(seeds[0]))
-        with _saved_tensor_bytes(self.device, self._parameter_storages()) as memory:
-            images = self.generate(seeds, cond, self.policy, policy_generator)
-            reward = self.score(images, positions, cond)  # (B,)
-            if not torch.isfinite(reward).all():
-                raise FloatingPointError(self._nan_message("reward"))
-            loss = -reward.mean()
-        self._step_peak_bytes = max(self._step_peak_bytes, memory())
+        images = self.generate(seeds, cond, self.policy, policy_generator)
+        reward = self.score(images, positions, cond)  # (B,)
         self._step_rewards.append(reward.detach().mean())
-        return loss
-
-    def _parameter_storages(self) -> set[int]:
-        """Storage addresses of all weights: autograd saves them for backward, but they cost no new memory."""
-        return {p.untyped_storage().data_ptr() for p in self.parameters()}
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        for param in lora_parameters(self.denoiser.network):
-            if param.grad is not None and not torch.isfinite(param.grad).all():
-                raise FloatingPointError(self._nan_message("LoRA gradient"))
-
-    def _nan_message(self, what: str) -> str:
-        callback = getattr(self.trainer, "checkpoint_callback", None)
-        last = getattr(callback, "last_model_path", "") or "none written yet"
-        return (f"{what} is NaN/inf at optimiser step {self.global_step} (epoch {self.current_epoch}); the run stops "
-                f"without updating the LoRA; last good checkpoint: {last}")
+        return -reward.mean()
 
     # ----- bookkeeping per optimiser step ---------------------------------------------------------
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._batch_started = (time.perf_counter(), time.process_time())
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.train_seconds += time.perf_counter() - self._batch_started[0]
-        self.train_cpu_seconds += time.process_time() - self._batch_started[1]
+    def cost(self) -> dict[str, float]:
+        """The training time so far and the last step's memory, when a StepCost callback measures them."""
+        callback = StepCost.find(self.trainer)
+        if callback is None:
+            return {}
+        if not callback.rows:
+            return {"seconds": 0.0, "cpu_seconds": 0.0}
+        return {k: v for k, v in callback.rows[-1].items() if k != "step"}
 
     def on_train_start(self) -> None:
         if self.global_step == 0:  # the untrained model: step 0 of the reward curves
-            self.history.append({"step": 0, "seconds": 0.0, "cpu_seconds": 0.0, "eval_reward": self.log_grid()})
+            self.history.append({"step": 0, **self.cost(), "eval_reward": self.log_grid()})
 
     def on_train_epoch_end(self) -> None:
         """One optimiser step is complete: sync its reward, record it, log it vs step and vs wall-clock."""
         reward = torch.stack(self._step_rewards).mean()
         reward = self.trainer.strategy.reduce(reward, reduce_op="mean")
-        clocks = torch.tensor([self.train_seconds, self.train_cpu_seconds], device=self.device)
-        seconds, cpu_seconds = self.trainer.strategy.reduce(clocks, reduce_op="max").tolist()  # slowest rank
         self._step_rewards = []
-        row = {"step": self.global_step, "seconds": seconds, "cpu_seconds": cpu_seconds, "reward": float(reward),
-               "peak_bytes": self._step_peak_bytes}
-        self._step_peak_bytes = 0
+        row = {"step": self.global_step, "reward": float(reward), **self.cost()}
         self.log("train/reward", reward, prog_bar=True, batch_size=self.trainer.datamodule.samples_per_step)
         experiment = getattr(self.logger, "experiment", None)
         if self.trainer.is_global_zero and hasattr(experiment, "add_scalar"):
             experiment.add_scalar("reward/vs_step", row["reward"], self.global_step)
-            experiment.add_scalar("reward/vs_wallclock_ms", row["reward"], round(seconds * 1000))
+            if "seconds" in row:
+                experiment.add_scalar("reward/vs_wallclock_ms", row["reward"], round(row["seconds"] * 1000))
         if self.global_step % self.hparams.grid_every_n_steps == 0 or self.global_step == self.trainer.max_epochs:
             row["eval_reward"] = self.log_grid()
         self.history.append(row)
@@ -243,7 +220,8 @@ class RewardFinetuneModule(L.LightningModule):
         if self.trainer.is_global_zero and hasattr(experiment, "add_image"):
             experiment.add_image("samples/fixed_seeds", image_grid(images, nrow=8), self.global_step)
             experiment.add_scalar("reward/eval_vs_step", value, self.global_step)
-            experiment.add_scalar("reward/eval_vs_wallclock_ms", value, round(self.train_seconds * 1000))
+            if "seconds" in self.cost():
+                experiment.add_scalar("reward/eval_vs_wallclock_ms", value, round(self.cost()["seconds"] * 1000))
         return value
 
     # ----- results and checkpoints ----------------------------------------------------------------
@@ -259,14 +237,13 @@ class RewardFinetuneModule(L.LightningModule):
             k: v for k, v in self.hparams.items() if k != "sampler"}, "steps": self.history})
         last = self.history[-1] if self.history else {}
         steps = sum("reward" in row for row in self.history)
+        took = f", {last['seconds']:.1f} s" if "seconds" in last else ""
         announce(f"reward fine-tuning: {steps} steps, reward {last.get('reward', float('nan')):.4f}"
-              f", eval reward {last.get('eval_reward', float('nan')):.4f}, {self.train_seconds:.1f} s; LoRA in "
-              f"{out / 'lora'}")
+                 f", eval reward {last.get('eval_reward', float('nan')):.4f}{took}; LoRA in {out / 'lora'}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if "lora_" in k}
-        checkpoint["reward_task"] = {"history": self.history, "train_seconds": self.train_seconds,
-                                     "train_cpu_seconds": self.train_cpu_seconds}
+        checkpoint["reward_task"] = {"history": self.history}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("reward_task")
@@ -275,26 +252,5 @@ class RewardFinetuneModule(L.LightningModule):
         expected = {k for k in self.state_dict() if "lora_" in k}
         if set(checkpoint["state_dict"]) != expected:
             raise ValueError("the checkpoint's LoRA does not match this config's (other generator, rank or targets)")
-        self.history, self.train_seconds = list(state["history"]), float(state["train_seconds"])
-        self.train_cpu_seconds = float(state.get("train_cpu_seconds", 0.0))
+        self.history = list(state["history"])
 
-
-@contextmanager
-def _saved_tensor_bytes(device: torch.device, weights: set[int]) -> Iterator[Any]:
-    """Measure the memory a policy keeps for backward: peak CUDA memory on GPU; on CPU the bytes of the
-    distinct tensors autograd saves, weights (storage addresses ``weights``) excluded (CPU has no
-    allocator statistics)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        yield lambda: torch.cuda.max_memory_allocated(device)
-        return
-    seen: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in weights:
-            seen[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        yield lambda: sum(seen.values())

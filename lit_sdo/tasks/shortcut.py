@@ -28,7 +28,6 @@ flow-matching baseline with the same backbone, batch and step budget.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import os
 import sys
@@ -42,12 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lit_sdo.io import write_json
+from lit_sdo.models.manifest import write_manifest
 from lit_sdo.models.shortcut import ShortcutDiT, save_shortcut
 from lit_sdo.optim import update_ema
 
 ShortcutFn = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
-MANIFEST_FILE = "MANIFEST.json"
 
 
 def interpolate(noise: Tensor, data: Tensor, t: Tensor) -> Tensor:
@@ -252,13 +250,8 @@ def load_vae(name: str) -> torch.nn.Module:
     return AutoencoderKL.from_pretrained(resolve_folder(name, "VAE")).requires_grad_(False).eval()
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def export_shortcut(network: ShortcutDiT, folder: str | Path, manifest: dict[str, Any]) -> Path:
     """Write the (EMA) network with :func:`save_shortcut` and a MANIFEST.json with sha256 of each file."""
     folder = save_shortcut(network, folder)
-    files = {p.name: sha256_of(p) for p in sorted(folder.iterdir()) if p.name != MANIFEST_FILE and p.is_file()}
-    write_json(folder / MANIFEST_FILE, {"sha256": files, **manifest})
+    write_manifest(folder, manifest)
     return folder

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import time
@@ -25,8 +24,8 @@ from torch import Tensor
 from lit_sdo import metrics
 from lit_sdo.datamodules import DIGIT_NAMES, DigitsDataModule
 from lit_sdo.images import to_unit_range
-from lit_sdo.io import write_json
 from lit_sdo.models.aesthetic import StrokeThicknessPredictor, export_thickness_predictor
+from lit_sdo.models.manifest import write_manifest
 from lit_sdo.models.text_image import DigitImageTower, LitTextImageModel, export_text_image, shared_text_tower
 
 ATTRIBUTE_WORDS = {  # low / middle / high tercile of the measurement
@@ -131,12 +130,6 @@ def train_thickness(images01: Tensor, epochs: int, seed: int) -> tuple[StrokeThi
     return model.eval().requires_grad_(False), time.perf_counter() - started
 
 
-def write_manifest(folder: Path, command: str, results: dict) -> None:
-    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
-             if p.is_file() and p.name != "MANIFEST"}
-    write_json(folder / "MANIFEST", {"files": files, "training_command": command} | results)
-
-
 def train_guidance_models(out: str = "runs/models", epochs: int = 60, seed: int = 0) -> None:
     """Train digits-lit and digits-thickness on the digits' training split and export them with a MANIFEST.
 
@@ -159,8 +152,8 @@ def train_guidance_models(out: str = "runs/models", epochs: int = 60, seed: int 
     results = evaluate_lit(lit, test01, test_labels, cuts)
     print(json.dumps({"digits-lit": results, "seconds": round(seconds, 1)}))
     folder = export_text_image(lit, Path(out) / "digits-lit", {"attribute_cuts": cuts})
-    write_manifest(folder, command, {"test_split": results, "train_seconds": round(seconds, 1),
-                                     "data": "sklearn digits, 16×16, DigitsDataModule(seed=0) train split"})
+    write_manifest(folder, {"training_command": command, "test_split": results, "train_seconds": round(seconds, 1),
+                            "data": "sklearn digits, 16×16, DigitsDataModule(seed=0) train split"})
 
     thickness, seconds = train_thickness(train01, epochs, seed)
     with torch.no_grad():
@@ -172,6 +165,6 @@ def train_guidance_models(out: str = "runs/models", epochs: int = 60, seed: int 
     folder = export_thickness_predictor(thickness, Path(out) / "digits-thickness", 16,
                                         {"what": "stroke-width regressor (an aesthetic stand-in, not an aesthetic "
                                                  "model): score = 10·(width − 2 px)/(4.5 px − 2 px)"})
-    write_manifest(folder, command, {"test_split": {"mae_score": mae, "pearson": corr},
-                                     "train_seconds": round(seconds, 1)})
+    write_manifest(folder, {"training_command": command, "test_split": {"mae_score": mae, "pearson": corr},
+                            "train_seconds": round(seconds, 1)})
 
