@@ -7,6 +7,8 @@ For each policy and N it measures, through the library's public :func:`lit_sdo.s
   minus ``memory_allocated``. CPU: peak RSS of a FRESH process per case (forked from a server that has
   only imported the libraries), because the interpreter with torch already holds ~0.9 GB and glibc keeps
   freed blocks; the child fixes malloc's mmap threshold so freed tensors leave RSS;
+- ``cpu_seconds``: CPU time of the process (``time.process_time``, all threads) over the same calls, median;
+  the figure to compare on a shared machine, where wall time also counts other processes' load (None on CUDA);
 - ``ratio_to_sampling``: ``seconds`` over plain sampling's (policy ``none``) in the same run;
 - ``grad_cosine``: cosine between the policy's gradient w.r.t. x_T and the exact one, i.e. ``full``
   backprop computed separately in float64 (``checkpoint`` if ``full`` runs out of memory; ``--exact-dtype
@@ -23,7 +25,9 @@ has something to differentiate (DRaFT-K / AlignProp truncations give no gradient
 is 0) and backward costs B ≈ 2F (a backward of about two forwards); ``--wrt latent`` freezes the network (the
 latent-optimisation setting of Table 3).
 
-Run ``python benchmarks/gradient_cost.py`` (CPU, small UNet) or see ``--help``.
+Run ``python benchmarks/gradient_cost.py`` (CPU, small UNet) or see ``--help``. For networks at the paper's
+sizes on a CPU, ``--one-pass`` (:mod:`benchmarks.one_pass`) runs each case once in a fresh process instead of
+warm-up + repeats + float64 reference + a separate peak-RSS process.
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ def policy_for(label: str) -> GradientPolicy:
     """The policy a label names: a preset above, else its string form."""
     return POLICIES[label] if label in POLICIES else as_policy(label)
 DEFAULT_STEPS = (10, 25, 50, 100)
-RECORD_KEYS = ("policy", "steps", "seconds", "peak_mem_bytes", "ratio_to_sampling", "grad_cosine",
+RECORD_KEYS = ("policy", "steps", "seconds", "cpu_seconds", "peak_mem_bytes", "ratio_to_sampling", "grad_cosine",
                "grad_cosine_to_fp32_sdo", "warmup_seconds")
 PRECISION_FLAGS = {"copy": "cast='copy'", "cl": "channels_last", "compile": "torch.compile",
                    "emulated": "allow_emulated (bf16 on a CPU without bf16 kernels)"}

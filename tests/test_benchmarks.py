@@ -34,7 +34,7 @@ def test_json_records(records: list[dict]) -> None:
     for rec in records:
         assert set(gradient_cost.RECORD_KEYS) <= set(rec)
         assert rec["steps"] == 3
-        assert rec["seconds"] > 0
+        assert rec["seconds"] > 0 and rec["cpu_seconds"] > 0
         assert rec["peak_mem_bytes"] > 0  # measured in a fresh process, above its baseline
     by_policy = {r["policy"]: r for r in records}
     assert by_policy["none"]["ratio_to_sampling"] == 1.0
