@@ -1,8 +1,9 @@
 """Report lines for the paper's baselines in the gradient-cost benchmark: Table 3 side by side, targets,
 and the fidelity/cost frontier (cosine to the exact gradient against seconds per gradient).
 
-Fed with the records of :func:`benchmarks.gradient_cost.run_benchmark` (keys ``policy``, ``steps``,
-``seconds``, ``peak_mem_bytes``, ``grad_cosine``); it measures nothing itself.
+Fed with the records of :func:`benchmarks.gradient_cost.run_benchmark` or :mod:`benchmarks.one_pass` (keys
+``policy``, ``steps``, ``seconds``, ``peak_mem_bytes``, ``grad_cosine``, and where measured ``cpu_seconds`` and
+``grad_norm``); it measures nothing itself.
 """
 
 from __future__ import annotations
@@ -39,27 +40,62 @@ def _fmt(value: float | None) -> str:
 
 
 def paper_ratio_lines(records: Records, model: str) -> list[str]:
-    """adjoint/SDO and doodl/SDO time and peak-memory ratios at each N, beside the paper's."""
+    """adjoint/SDO and doodl/SDO ratios at each N, beside the paper's: time on CPU seconds (— where not
+    measured, e.g. CUDA) and on wall seconds, and peak memory."""
     row = "latent" if model in LATENT_MODELS else "pixel"
     paper = PAPER_TABLE3[row]
     lines = [f"Table 3 side by side ({row} row of the paper, N = 50 on an A100; here: {model})",
-             "| N | ratio | measured time | paper time | measured memory | paper memory |",
-             "|---:|---|---:|---:|---:|---:|"]
+             "| N | ratio | measured time (CPU s) | measured time (wall) | paper time | measured memory "
+             "| paper memory |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
     for n in sorted({rec["steps"] for rec in records}):
         for method in ("adjoint", "doodl"):
             if _value(records, method, n, "seconds") is None:
                 continue
-            time_ratio = _ratio(_value(records, method, n, "seconds"), _value(records, "sdo", n, "seconds"))
-            mem_ratio = _ratio(_value(records, method, n, "peak_mem_bytes"),
-                               _value(records, "sdo", n, "peak_mem_bytes"))
-            lines.append(f"| {n} | {method}/sdo | {_fmt(time_ratio)} | {paper[method][0] / paper['sdo'][0]:.2f}× | "
-                         f"{_fmt(mem_ratio)} | {paper[method][1] / paper['sdo'][1]:.2f}× |")
+            cpu_ratio, time_ratio, mem_ratio = (_ratio(_value(records, method, n, key), _value(records, "sdo", n, key))
+                                                for key in ("cpu_seconds", "seconds", "peak_mem_bytes"))
+            lines.append(f"| {n} | {method}/sdo | {_fmt(cpu_ratio)} | {_fmt(time_ratio)} | "
+                         f"{paper[method][0] / paper['sdo'][0]:.2f}× | {_fmt(mem_ratio)} | "
+                         f"{paper[method][1] / paper['sdo'][1]:.2f}× |")
     return lines
 
 
-def baseline_targets(records: Records) -> list[str]:
-    """PASS/FAIL/SKIP: SDO is the cheapest policy that gives x_T a gradient (at each N; SDO's random-k
-    variant, the same cost by design, aside); adjoint and doodl peak memory flat in N (N=10 vs 50)."""
+# Relative slack of "SDO is the cheapest": a rival measured up to 5 % cheaper than SDO still passes (timing noise
+# of one run on a shared machine); a rival more than 5 % cheaper fails.
+CHEAPEST_TOLERANCE = 0.05
+
+
+def _cost_key(records: Records, steps: int) -> str:
+    """``cpu_seconds`` when every timed record at this N has it (process CPU time, robust to other load),
+    else wall ``seconds``."""
+    timed = [rec for rec in records if rec["steps"] == steps and rec.get("seconds") is not None]
+    return "cpu_seconds" if timed and all(rec.get("cpu_seconds") is not None for rec in timed) else "seconds"
+
+
+def is_sdo_tie(label: str) -> bool:
+    """SDO's own variants counted as SDO's cost, not as rivals: the same N calls and the same one-step graph,
+    with k drawn per call (``sdo-random``) or at most one more graph call (``sdo-tail=1``: step k and the last
+    call). A longer tail, any other policy, or a precision suffix (cheaper no-grad calls) is a rival."""
+    if "@" in label:
+        return False
+    try:
+        policy = as_policy(label)
+    except ValueError:
+        return False
+    return policy.name == "sdo" and policy.tail <= 1
+
+
+def _gives_x_T_gradient(rec: dict[str, Any]) -> bool:
+    """Nonzero cosine to the exact gradient, or (no reference) a nonzero gradient norm."""
+    if rec.get("grad_cosine") is not None:
+        return rec["grad_cosine"] != 0
+    return bool(rec.get("grad_norm"))
+
+
+def baseline_targets(records: Records, tolerance: float = CHEAPEST_TOLERANCE) -> list[str]:
+    """PASS/FAIL/SKIP: SDO is the cheapest policy that gives x_T a gradient (at each N, within ``tolerance``,
+    on CPU seconds where measured; SDO's own variants of equal cost, :func:`is_sdo_tie`, are ties, not
+    rivals); adjoint and doodl peak memory flat in N (N=10 vs 50)."""
     lines = []
 
     def verdict(name: str, value: float | None, ok: Callable[[float], bool], shown: str) -> None:
@@ -67,26 +103,23 @@ def baseline_targets(records: Records) -> list[str]:
         lines.append(f"{status}  {name}: {shown.format(value) if value is not None else 'case not run'}")
 
     for n in sorted({rec["steps"] for rec in records}):
-        sdo = _value(records, "sdo", n, "seconds")
-        rivals = {rec["policy"]: rec["seconds"] for rec in records if rec["steps"] == n and rec["policy"] != "sdo"
-                  and rec.get("grad_cosine") and rec["seconds"] is not None and as_policy_k(rec["policy"]) != "random"}
-        cheapest = min(rivals, key=rivals.get) if rivals else None
+        key = _cost_key(records, n)
+        sdo = _value(records, "sdo", n, key)
+        rivals = {rec["policy"]: rec[key] for rec in records if rec["steps"] == n and rec["policy"] != "sdo"
+                  and rec.get(key) is not None and _gives_x_T_gradient(rec) and not is_sdo_tie(rec["policy"])}
+        ties = sorted(rec["policy"] for rec in records if rec["steps"] == n and rec["policy"] != "sdo"
+                      and is_sdo_tie(rec["policy"]))
+        cheapest = min(rivals, key=rivals.get) if rivals else None  # type: ignore[arg-type]
         margin = _ratio(rivals[cheapest], sdo) if cheapest else None
-        verdict(f"sdo the cheapest policy with an x_T gradient at N={n} (next: {cheapest})", margin,
-                lambda v: v >= 1.0, "next costs {:.2f}x sdo")
+        tied = f"; ties, not rivals: {', '.join(ties)}" if ties else ""
+        verdict(f"sdo the cheapest policy with an x_T gradient at N={n}, on {key}, tolerance "
+                f"{tolerance:.0%} (next: {cheapest}{tied})", margin, lambda v: v >= 1.0 - tolerance,
+                "next costs {:.2f}x sdo")
     for method in ("adjoint", "doodl"):
         verdict(f"{method} peak memory at N=50 within 10 % of N=10",
                 _ratio(_value(records, method, 50, "peak_mem_bytes"), _value(records, method, 10, "peak_mem_bytes")),
                 lambda v: abs(v - 1) <= 0.10, "{:.3f}x")
     return lines
-
-
-def as_policy_k(label: str) -> object:
-    """The SDO step k a benchmark label asks for ("random" for sdo-random), None if it is no policy string."""
-    try:
-        return as_policy(label).k
-    except ValueError:
-        return None
 
 
 def tail_frontier_lines(records: Records, threshold: float = 0.9) -> list[str]:

@@ -7,6 +7,8 @@ For each policy and N it measures, through the library's public :func:`lit_sdo.s
   minus ``memory_allocated``. CPU: peak RSS of a FRESH process per case (forked from a server that has
   only imported the libraries), because the interpreter with torch already holds ~0.9 GB and glibc keeps
   freed blocks; the child fixes malloc's mmap threshold so freed tensors leave RSS;
+- ``cpu_seconds``: CPU time of the process (``time.process_time``, all threads) over the same calls, median;
+  the figure to compare on a shared machine, where wall time also counts other processes' load (None on CUDA);
 - ``ratio_to_sampling``: ``seconds`` over plain sampling's (policy ``none``) in the same run;
 - ``grad_cosine``: cosine between the policy's gradient w.r.t. x_T and the exact one, i.e. ``full``
   backprop computed separately in float64 (``checkpoint`` if ``full`` runs out of memory; ``--exact-dtype
@@ -23,7 +25,9 @@ has something to differentiate (DRaFT-K / AlignProp truncations give no gradient
 is 0) and backward costs B ≈ 2F (a backward of about two forwards); ``--wrt latent`` freezes the network (the
 latent-optimisation setting of Table 3).
 
-Run ``python benchmarks/gradient_cost.py`` (CPU, small UNet) or see ``--help``.
+Run ``python benchmarks/gradient_cost.py`` (CPU, small UNet) or see ``--help``. For networks at the paper's
+sizes on a CPU, ``--one-pass`` (:mod:`benchmarks.one_pass`) runs each case once in a fresh process instead of
+warm-up + repeats + float64 reference + a separate peak-RSS process.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import argparse
 import copy
 import ctypes
 import gc
+import json
 import math
 import multiprocessing as mp
 import statistics
@@ -88,7 +93,7 @@ def policy_for(label: str) -> GradientPolicy:
     """The policy a label names: a preset above, else its string form."""
     return POLICIES[label] if label in POLICIES else as_policy(label)
 DEFAULT_STEPS = (10, 25, 50, 100)
-RECORD_KEYS = ("policy", "steps", "seconds", "peak_mem_bytes", "ratio_to_sampling", "grad_cosine",
+RECORD_KEYS = ("policy", "steps", "seconds", "cpu_seconds", "peak_mem_bytes", "ratio_to_sampling", "grad_cosine",
                "grad_cosine_to_fp32_sdo", "warmup_seconds")
 PRECISION_FLAGS = {"copy": "cast='copy'", "cl": "channels_last", "compile": "torch.compile",
                    "emulated": "allow_emulated (bf16 on a CPU without bf16 kernels)"}
@@ -317,23 +322,26 @@ def _release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def timed_gradient(setup: Setup, steps: int, label: str, policy_seed: int) -> tuple[float, int | None, Tensor | None]:
-    """(seconds, CUDA peak bytes above the baseline or None on CPU, gradient) of one call."""
+def timed_gradient(setup: Setup, steps: int, label: str,
+                   policy_seed: int) -> tuple[float, float | None, int | None, Tensor | None]:
+    """(wall seconds, CPU seconds of this process or None on CUDA, CUDA peak bytes above the baseline or
+    None on CPU, gradient) of one call."""
     device = setup.x_T.device
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     grad = label_gradient(setup, steps, label, policy_seed)
     _sync(device)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak = torch.cuda.max_memory_allocated(device) - baseline if device.type == "cuda" else None
-    return seconds, peak, grad
+    return seconds, (cpu_seconds if device.type == "cpu" else None), peak, grad
 
 
 # ---------------------------------------------------------------- CPU memory: a fresh process per case
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (VmRSS: resident now, VmHWM: peak since the last reset)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
@@ -342,6 +350,24 @@ def _status_kib(field: str) -> int:
 
 def peak_rss_worker(model: str, steps: int, label: str, batch: int, wrt: str, threads: int) -> int:
     """Run in a fresh process: bytes of peak RSS above the RSS just before one gradient of the case."""
+    fix_malloc_thresholds()
+    torch.set_num_threads(threads)
+    setup = build_setup(model, "cpu", batch, wrt)
+    one_gradient(setup, 1, POLICIES["full"])  # warm-up: lazy kernels and thread pools of forward/backward
+    gc.collect()
+    baseline = status_kib("VmRSS")
+    reset_peak_rss()
+    label_gradient(setup, steps, label)
+    return (status_kib("VmHWM") - baseline) * 1024
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM (peak RSS) to the current RSS."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def fix_malloc_thresholds() -> None:
+    """Make RSS follow live tensors, for peak-RSS measurements in a fresh process."""
     # Fixed mmap threshold (disables glibc's dynamic one): every block over 8 KiB, latent-sized tensors
     # included, is its own mapping, returned to the OS when freed. Then RSS follows live tensors: the
     # baseline keeps no blocks from the warm-up, and freed latents cannot leave a heap fragmented by the
@@ -349,14 +375,6 @@ def peak_rss_worker(model: str, steps: int, label: str, batch: int, wrt: str, th
     libc = ctypes.CDLL("libc.so.6")
     libc.mallopt(-3, 8 * 1024)  # M_MMAP_THRESHOLD
     libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
-    torch.set_num_threads(threads)
-    setup = build_setup(model, "cpu", batch, wrt)
-    one_gradient(setup, 1, POLICIES["full"])  # warm-up: lazy kernels and thread pools of forward/backward
-    gc.collect()
-    baseline = _status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (peak RSS) to the current RSS
-    label_gradient(setup, steps, label)
-    return (_status_kib("VmHWM") - baseline) * 1024
 
 
 def cpu_peaks(model: str, steps: int, labels: Sequence[str], batch: int, wrt: str, threads: int,
@@ -402,6 +420,7 @@ def run_benchmark(model: str, device: str, steps: Sequence[int], labels: Sequenc
             fp32_sdo = fp32_sdo_gradients(setup, n, labels)
             _release_memory(dev)
             seconds: dict[str, list[float]] = {label: [] for label in labels}
+            cpu_seconds: dict[str, list[float]] = {label: [] for label in labels}
             peaks: dict[str, int | None] = {}
             grads: dict[str, Tensor | None] = {}
             failed: set[str] = set()
@@ -409,12 +428,14 @@ def run_benchmark(model: str, device: str, steps: Sequence[int], labels: Sequenc
                 ok = [label for label in labels if label not in failed]
                 for label in ok[r % len(ok):] + ok[: r % len(ok)]:
                     try:
-                        sec, peak, grad = timed_gradient(setup, n, label, policy_seed=r)
+                        sec, cpu, peak, grad = timed_gradient(setup, n, label, policy_seed=r)
                     except torch.OutOfMemoryError:
                         failed.add(label)
                         _release_memory(dev)
                         continue
                     seconds[label].append(sec)
+                    if cpu is not None:
+                        cpu_seconds[label].append(cpu)
                     if r == 0:  # the gradient compared with the exact one; CUDA peak of the first call
                         grads[label], peaks[label] = grad, peak
             ok = [label for label in labels if label not in failed]
@@ -428,6 +449,7 @@ def run_benchmark(model: str, device: str, steps: Sequence[int], labels: Sequenc
                 sdo_ref = fp32_sdo.get(label.partition("@")[0]) if "@" in label else None
                 records.append({
                     "policy": label, "steps": n, "seconds": sec, "peak_mem_bytes": peaks.get(label),
+                    "cpu_seconds": statistics.median(cpu_seconds[label]) if cpu_seconds[label] else None,
                     "ratio_to_sampling": sec / base if sec is not None and base else None,
                     "grad_cosine": cosine(grad, reference) if grad is not None and reference is not None else None,
                     "grad_cosine_to_fp32_sdo": cosine(grad, sdo_ref) if grad is not None and sdo_ref is not None
@@ -570,6 +592,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="also plot cosine against seconds per gradient for every policy (a PNG, see --out)")
     parser.add_argument("--out", type=Path, default=Path("runs/gradient_frontier.png"),
                         help="where --frontier writes its PNG")
+    parser.add_argument("--one-pass", action="store_true",
+                        help="CPU, big networks: each case once in a fresh process (1-step warm-up, then wall s, CPU "
+                             "s, peak RSS of the one run; exact reference = this run's float32 full or checkpoint "
+                             "gradient; cases predicted not to fit are skipped), see benchmarks/one_pass.py")
+    parser.add_argument("--from-json", type=Path, default=None,
+                        help="measure nothing: print the report (table, checks, ratios) of the records in this JSON")
+    parser.add_argument("--mem-budget-gib", type=float, default=None,
+                        help="--one-pass: skip cases whose predicted peak exceeds this (default: MemAvailable - 4 GiB)")
     args = parser.parse_args(argv)
     if args.model not in MODELS:
         parser.error(f"--model {args.model!r} is unknown; allowed values: {', '.join(MODELS)}")
@@ -582,40 +612,72 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.policies = [p for p in args.policies.split(",") if p]
     for label in args.policies:
         try:
-            parse_label(label)
+            policy = parse_label(label)[0]
         except ValueError as err:
             parser.error(f"--policies: {err}")
+        graph_steps = policy.tail if policy.name == "sdo" else policy.last_k if policy.name == "last_k" else 0
+        if graph_steps > min(args.steps):
+            parser.error(f"--policies {label!r} keeps the graph of {graph_steps} final steps, more than the "
+                         f"smallest --steps {min(args.steps)}; allowed: at most {min(args.steps)}")
     # plain sampling is the time reference; it is always measured (first, so the table reads top-down)
     args.policies = ["none"] + [p for p in args.policies if p != "none"]
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     args.batch = args.batch or DEFAULT_BATCH[args.model]
+    if args.one_pass and args.device != "cpu":
+        parser.error(f"--one-pass measures peak RSS and CPU seconds of a CPU process; --device {args.device!r} "
+                     "is not allowed with it (use --device cpu)")
+    if args.mem_budget_gib is not None and (not args.one_pass or args.mem_budget_gib <= 0):
+        parser.error(f"--mem-budget-gib {args.mem_budget_gib} needs --one-pass and a value > 0")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
+    if args.from_json is not None:  # report only: the records of an earlier run
+        records = json.loads(args.from_json.read_text())
+        print_report(records, records[0]["model"] if records else args.model, args.frontier, args.out)
+        return records
     torch.set_num_threads(args.threads)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     log(f"gradient cost: model={args.model} device={args.device} batch={args.batch} wrt={args.wrt} "
         f"threads={args.threads} repeats={args.repeats} steps={args.steps}")
-    if not args.exact or args.exact_dtype != "float64":
-        log("exact reference: " + (f"{args.exact_dtype} full backprop" if args.exact
-                                   else "skipped (--no-exact); grad_cosine is not measured"))
-    records = run_benchmark(args.model, args.device, args.steps, args.policies, args.repeats, args.batch,
-                            args.wrt, args.threads, log, exact=args.exact, exact_dtype=args.exact_dtype)
-    print(markdown_table(records))
-    print()
-    print("\n".join(check_targets(records) + baseline_targets(records) + check_precision_targets(records)))
-    if any(label in args.policies for label in ("adjoint", "doodl")):
-        print("\n" + "\n".join(paper_ratio_lines(records, args.model)))
-    print("\n".join(tail_frontier_lines(records)))
-    if args.frontier:
-        title = f"{args.model}, batch {args.batch}, DDIM, wrt {args.wrt}: fidelity against cost"
-        log(f"frontier plot: {plot_frontier(records, args.out, title)}")
+    if args.one_pass:
+        from benchmarks.one_pass import run_one_pass
+
+        log("one pass per case; exact reference: this run's float32 full gradient, else checkpoint's")
+        budget = None if args.mem_budget_gib is None else int(args.mem_budget_gib * 2**30)
+        records = run_one_pass(args.model, args.steps, args.policies, args.batch, args.wrt, args.threads, log,
+                               mem_budget_bytes=budget, json_path=args.json)
+    else:
+        if not args.exact or args.exact_dtype != "float64":
+            log("exact reference: " + (f"{args.exact_dtype} full backprop" if args.exact
+                                       else "skipped (--no-exact); grad_cosine is not measured"))
+        records = run_benchmark(args.model, args.device, args.steps, args.policies, args.repeats, args.batch,
+                                args.wrt, args.threads, log, exact=args.exact, exact_dtype=args.exact_dtype)
+    title = f"{args.model}, batch {args.batch}, DDIM, wrt {args.wrt}: fidelity against cost"
+    print_report(records, args.model, args.frontier, args.out, title)
     if args.json is not None:
         write_json(args.json, records)
     return records
+
+
+def print_report(records: list[dict[str, Any]], model: str, frontier: bool = False, out: Path | None = None,
+                 title: str | None = None) -> None:
+    """The table, the PASS/FAIL lines, Table 3's ratios and the tail frontier of a run's records."""
+    if any("skipped" in rec for rec in records):  # the one-pass mode's records
+        from benchmarks.one_pass import one_pass_table
+
+        print(one_pass_table(records))
+    else:
+        print(markdown_table(records))
+    print()
+    print("\n".join(check_targets(records) + baseline_targets(records) + check_precision_targets(records)))
+    if any(rec["policy"] in ("adjoint", "doodl") for rec in records):
+        print("\n" + "\n".join(paper_ratio_lines(records, model)))
+    print("\n".join(tail_frontier_lines(records)))
+    if frontier and out is not None:
+        print(f"frontier plot: {plot_frontier(records, out, title or model)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

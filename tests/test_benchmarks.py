@@ -34,7 +34,7 @@ def test_json_records(records: list[dict]) -> None:
     for rec in records:
         assert set(gradient_cost.RECORD_KEYS) <= set(rec)
         assert rec["steps"] == 3
-        assert rec["seconds"] > 0
+        assert rec["seconds"] > 0 and rec["cpu_seconds"] > 0
         assert rec["peak_mem_bytes"] > 0  # measured in a fresh process, above its baseline
     by_policy = {r["policy"]: r for r in records}
     assert by_policy["none"]["ratio_to_sampling"] == 1.0
@@ -83,11 +83,11 @@ def test_baseline_report_lines(tmp_path: Path) -> None:
                                ("sdo-tail=2", 1.5, 12, 0.6), ("sdo-tail=8", 2.5, 30, 0.93)]
             for n in (10, 50)]
     ratios = baseline_report.paper_ratio_lines(fake, "ddpm-256")
-    assert "| 10 | adjoint/sdo | 11.43× | 11.56× | 1.50× | 1.53× |" in ratios
+    assert "| 10 | adjoint/sdo | — | 11.43× | 11.56× | 1.50× | 1.53× |" in ratios  # no CPU seconds here: —
     targets = baseline_report.baseline_targets(fake)
     # last_k=1 is cheaper but gives x_T no gradient (cosine 0): the next is sdo-tail=2
-    assert targets[0] == ("PASS  sdo the cheapest policy with an x_T gradient at N=10 (next: sdo-tail=2): "
-                          "next costs 1.43x sdo")
+    assert targets[0] == ("PASS  sdo the cheapest policy with an x_T gradient at N=10, on seconds, tolerance 5% "
+                          "(next: sdo-tail=2): next costs 1.43x sdo")
     assert targets[-2].startswith("PASS  adjoint peak memory") and targets[-1].startswith("PASS  doodl")
     assert baseline_report.tail_frontier_lines(fake)[0].startswith("N=10: smallest sdo tail with cosine >= 0.9: m = 8")
     path = baseline_report.plot_frontier(fake, tmp_path / "frontier.png", "fake")
@@ -100,3 +100,84 @@ def test_policy_strings_are_benchmark_labels() -> None:
     assert gradient_cost.policy_for("sdo-tail=4").tail == 4
     with pytest.raises(SystemExit):
         gradient_cost.parse_args(["--policies", "adjoint-solver=heun"])
+    with pytest.raises(SystemExit):
+        gradient_cost.parse_args(["--policies", "sdo-tail=4", "--steps", "3,10"])  # a tail longer than N=3
+
+
+def _cheapest_line(rows: list[tuple[str, float, float, float | None]]) -> str:
+    from benchmarks import baseline_report
+
+    fake = [{"policy": p, "steps": 10, "seconds": s, "cpu_seconds": c, "peak_mem_bytes": 1, "grad_cosine": cos}
+            for p, s, c, cos in rows]
+    return baseline_report.baseline_targets(fake)[0]
+
+
+def test_sdo_cheapest_on_cpu_seconds_with_ties_and_tolerance() -> None:
+    base = [("none", 9.0, 9.0, None), ("sdo", 10.0, 10.0, 0.5), ("full", 30.0, 20.0, 1.0)]
+    # sdo-tail=1 (noise made it 0.89x) is SDO's own variant: a tie, not a rival; the wall time of
+    # sdo-tail=2 is 0.80x (load), its CPU time 0.97x: within the 5 % tolerance, so PASS
+    line = _cheapest_line(base + [("sdo-tail=1", 8.9, 8.9, 0.6), ("sdo-tail=2", 8.0, 9.7, 0.8)])
+    assert line == ("PASS  sdo the cheapest policy with an x_T gradient at N=10, on cpu_seconds, tolerance 5% "
+                    "(next: sdo-tail=2; ties, not rivals: sdo-tail=1): next costs 0.97x sdo")
+    # a policy doing less work than SDO that still gives x_T a gradient must fail, tie or not
+    assert _cheapest_line(base + [("sdo-tail=1", 8.9, 8.9, 0.6), ("sdo@bf16", 9.0, 9.0, 0.5)]).startswith(
+        "FAIL  sdo the cheapest policy with an x_T gradient at N=10, on cpu_seconds, tolerance 5% (next: sdo@bf16;")
+    assert _cheapest_line(base + [("last_k=2", 9.0, 9.0, 0.2)]).startswith("FAIL")
+    assert _cheapest_line(base + [("last_k=1", 5.0, 5.0, 0.0)]).startswith("PASS")  # no x_T gradient: no rival
+    # wall seconds where any timed case lacks CPU seconds (e.g. CUDA)
+    assert ", on seconds," in _cheapest_line(base + [("adjoint", 20.0, None, 0.9)])
+
+
+@pytest.fixture(scope="module")
+def one_pass_records(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    path = tmp_path_factory.mktemp("bench") / "one_pass.json"
+    gradient_cost.main(["--one-pass", "--steps", "3", "--policies", "sdo,full,sdo-tail=3,checkpoint", "--wrt",
+                        "latent", "--json", str(path)])
+    return json.loads(path.read_text())
+
+
+def test_one_pass_records(one_pass_records: list[dict]) -> None:
+    from benchmarks.one_pass import ONE_PASS_KEYS
+
+    assert [r["policy"] for r in one_pass_records] == ["none", "sdo", "full", "sdo-tail=3", "checkpoint"]
+    for rec in one_pass_records:
+        assert set(gradient_cost.RECORD_KEYS) | set(ONE_PASS_KEYS) <= set(rec)
+        assert rec["skipped"] is None and rec["seconds"] > 0 and rec["cpu_seconds"] > 0
+        assert rec["peak_mem_bytes"] > 0 and rec["warmup_seconds"] > 0
+    by_policy = {r["policy"]: r for r in one_pass_records}
+    assert by_policy["none"]["grad_cosine"] is None and by_policy["none"]["cpu_ratio_to_sampling"] == 1.0
+    # the reference is this run's float32 full gradient; a tail of N steps is full, checkpoint the same math
+    assert by_policy["full"]["exact_reference"] == "full (float32, this run)"
+    assert by_policy["sdo-tail=3"]["grad_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert by_policy["checkpoint"]["grad_cosine"] == pytest.approx(1.0, abs=1e-5)
+    assert 0.0 < by_policy["sdo"]["grad_cosine"] < 1.0 - 1e-4
+    assert by_policy["full"]["peak_mem_bytes"] > by_policy["sdo"]["peak_mem_bytes"]
+
+
+def test_one_pass_skips_what_does_not_fit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "skip.json"
+    # a 10 KiB budget: full (6 graph calls) is skipped by its own 1-step warm-up; sdo-tail=2 (3 graph calls)
+    # before its process starts, from the 1-step peak that full's warm-up measured
+    gradient_cost.main(["--one-pass", "--steps", "6", "--policies", "full,sdo-tail=2", "--mem-budget-gib",
+                        str(10 / 2**20), "--json", str(path)])
+    by_policy = {r["policy"]: r for r in json.loads(path.read_text())}
+    full, tail = by_policy["full"], by_policy["sdo-tail=2"]
+    assert full["skipped"].startswith("predicted peak") and full["seconds"] is None
+    assert full["predicted_peak_bytes"] == 6 * full["warmup_peak_bytes"] > full["mem_budget_bytes"] == 10 * 1024
+    assert tail["skipped"].endswith("(not started)") and tail["warmup_seconds"] is None
+    assert tail["predicted_peak_bytes"] == 3 * full["warmup_peak_bytes"]
+    out = capsys.readouterr().out
+    assert "| full | 6 | skipped: predicted peak" in out and "| sdo-tail=2 | 6 | skipped: predicted peak" in out
+
+
+def test_one_pass_reference_falls_back_to_checkpoint() -> None:
+    from benchmarks.one_pass import exact_reference, graph_calls
+
+    grad = torch.ones(2)
+    assert exact_reference({"checkpoint": {"grad": grad}, "sdo": {"grad": -grad}}) == ("checkpoint (float32, this run)",
+                                                                                      grad)
+    assert exact_reference({"full": {"skipped": "too big"}, "sdo": {"grad": grad}}) == (None, None)
+    assert [graph_calls(gradient_cost.policy_for(p), 10) for p in ("full", "sdo", "sdo-tail=4", "checkpoint",
+                                                                   "adjoint")] == [10, 1, 5, 1, 1]
+    with pytest.raises(SystemExit):
+        gradient_cost.parse_args(["--mem-budget-gib", "2"])  # needs --one-pass
