@@ -67,6 +67,7 @@ def test_the_job_refuses_the_combination_when_it_is_built() -> None:
     assert job_sampler(style, ["--model.init_args.sampler.policy=sdo-tail=4"]).policy.tail == 4
 
 
+@pytest.mark.slow  # several CLI runs: 20-50 s on an idle 2-core machine
 def test_attack_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     tiny = ["--per-class", "1", "--steps", "1", "--override=--model.init_args.sampler.num_steps=4"]
     rows = table_rows(run_script(monkeypatch, attack_policies, ["--policies", *NEW, *tiny], tmp_path / "a.md"))
@@ -82,6 +83,7 @@ def test_attack_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert row.count("|") == 10  # the table's 9 columns
 
 
+@pytest.mark.slow  # several CLI runs: 20-50 s on an idle 2-core machine
 def test_guided_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     argv = ["--tasks", "edit", "style", "--samples", "1", "--opt-steps", "1", "--num-steps", "4",
             "--xhat-scales", "--policies", *NEW]
@@ -100,6 +102,7 @@ def test_guided_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert_ran(style_rows["sdo-tail=4"])
 
 
+@pytest.mark.slow  # several CLI runs: 20-50 s on an idle 2-core machine
 def test_reward_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     tiny = ["--steps", "1", "--num-steps", "4", "--samples-per-step", "2", "--batch-size", "1", "--eval-every", "1",
             "--override=--model.init_args.grid_samples=1"]
