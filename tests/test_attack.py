@@ -225,6 +225,16 @@ def test_library_attack_returns_images_in_unit_range_within_budget(monkeypatch: 
         SDOAttack(generator, "tiny-classifier", steps=1, num_sampling_steps=2)([0], [0], targets=[1])
 
 
+def test_library_attack_takes_policy_strings_with_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``policy="sdo-tail=4"`` over 4 sampling steps keeps every call's graph: the attack equals ``full``'s."""
+    patch_loaders(monkeypatch)
+    generator = tiny_generator()
+    runs = {policy: SDOAttack(generator, "tiny-classifier", eps=0.1, steps=2, lr=0.05, num_sampling_steps=4,
+                              loss="ce", policy=policy)([0, 1], [3, 4]) for policy in ("sdo-tail=4", "full", "sdo")}
+    torch.testing.assert_close(runs["sdo-tail=4"].delta, runs["full"].delta, rtol=0, atol=0)
+    assert not torch.equal(runs["sdo"].delta, runs["full"].delta)
+
+
 @pytest.mark.usefixtures("tiny_models")
 def test_truncated_policy_warns_and_leaves_delta_at_zero(tmp_path) -> None:
     """DRaFT-1 / AlignProp-1 (last_k=1) has no graph back to x_T: a warning, then a zero gradient."""

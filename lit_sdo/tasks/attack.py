@@ -22,7 +22,7 @@ from lit_sdo.models import DiffusionModel
 from lit_sdo.models.sampler import Sampler, SamplerSpec
 from lit_sdo.objectives import ClassifierObjective
 from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer
-from lit_sdo.sampling import GradientPolicy
+from lit_sdo.sampling import GradientPolicy, as_policy
 from lit_sdo.tasks.latent_step import optimisation_step, score_current
 
 
@@ -97,7 +97,7 @@ class SDOAttack:
         delta = torch.zeros_like(x_t)
         optim = PerSampleOptimizer(tuple(delta.shape), self.optimizer, self.lr).to(x_t.device)
         tracker = BestTracker(tuple(delta.shape)).to(x_t.device)
-        self.sampler.policy = GradientPolicy(name=self.policy) if isinstance(self.policy, str) else self.policy
+        self.sampler.policy = as_policy(self.policy)  # a string in its full form: sdo-tail=4, adjoint-solver=rk4
         for _ in range(self.steps):
             optimisation_step(self.sampler, self.objective, x_t, cond, batch, delta, rows, optim, tracker, self.eps)
             if tracker.succeeded.all():
