@@ -57,9 +57,10 @@ def main() -> None:
     for policy, r in rows.items():
         lpips = "n/a (no AlexNet weights)" if r["lpips_mean"] is None else f"{r['lpips_mean']:.3f}"
         ratio = f"{r['seconds_per_step'] / sdo_time:.2f}×" if sdo_time else "-"
+        fid = "n/a (< 2 samples)" if r["fid_adv_vs_clean"] is None else f"{r['fid_adv_vs_clean']:.2f}"
         lines.append(f"| {policy} | {r['success_rate']:.1%} ({r['num_success']}/{r['num_clean_correct']}) | "
                      f"{r['raw_success_rate']:.1%} | {r['ssim_mean']:.3f} | {r['l2_mean']:.4f} | {lpips} | "
-                     f"{r['fid_adv_vs_clean']:.2f} | {r['seconds_per_step']:.3f} | {ratio} |")
+                     f"{fid} | {r['seconds_per_step']:.3f} | {ratio} |")
     table = "\n".join(lines)
     print(table)
     command = "python benchmarks/attack_policies.py " + " ".join(sys.argv[1:])
