@@ -98,6 +98,7 @@ class RunResult:
     written: list[str]
     missing: list[str]
     log: Path
+    load: float  # the machine's 1-minute load average when the run started (it is shared)
 
     @property
     def passed(self) -> bool:
@@ -173,24 +174,27 @@ def run_config(config: PaperConfig, args: argparse.Namespace, log: callable, tag
 
         shutil.rmtree(out)
     wait_for_memory(config.memory_gib, log)
-    log(f"  {available_gib():.1f} GiB available; load average {os.getloadavg()[0]:.1f}")
+    load = os.getloadavg()[0]
+    log(f"  {available_gib():.1f} GiB available; load average {load:.1f}")
     command = fit_command(config, args.cache, out, args.sampling_steps, args.opt_steps, args.accelerator, extra)
     code, wall, cpu, rss = run_process(command, child_env(args.cache, args.threads), out / "run.log")
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "version_" not in str(p)
                      and p.name != "run.log")
     missing = [name for name in config.outputs if not (out / name).is_file()]
-    return RunResult(config.name + tag, code, wall, cpu, rss, written, missing, out / "run.log")
+    return RunResult(config.name + tag, code, wall, cpu, rss, written, missing, out / "run.log", load)
 
 
 def result_row(result: RunResult) -> str:
     status = "PASS" if result.passed else f"FAIL (exit {result.returncode}" + (
         f", missing {', '.join(result.missing)})" if result.missing else ")")
     return (f"| {result.name} | {status} | {result.wall_s:.0f} | {result.cpu_s:.0f} | {result.peak_rss_gib:.1f} | "
+            f"{result.load:.1f} | "
             f"{', '.join(result.written) or '-'} |")
 
 
 REWARD_CONFIG = "reward/sd15_aesthetic"
-TABLE_HEADER = "| config | status | wall s | CPU s | peak RSS GiB | written |\n|---|---|---:|---:|---:|---|"
+TABLE_HEADER = ("| config | status | wall s | CPU s | peak RSS GiB | load at start | written |\n"
+                "|---|---|---:|---:|---:|---:|---|")
 
 
 def reward_cost(args: argparse.Namespace, log: callable) -> tuple[list[RunResult], list[str]]:
