@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint install
+.PHONY: demo test lint install real-scale
 
 install: $(STAMP)
 
@@ -23,3 +23,9 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check lit_sdo tests benchmarks cli.py
+
+# Every paper config at full model size (random weights in the released layouts, built once into
+# runs/real_scale/models, ~17 GB), one optimisation step each on the CPU, plus one SD1.5 reward step SDO vs
+# AlignProp's random truncation. Not part of `make test`: about an hour on 2 cores. REAL_SCALE_ARGS="--only ..."
+real-scale: $(STAMP)
+	$(PY) benchmarks/real_scale.py --reward-cost $(REAL_SCALE_ARGS)

@@ -129,6 +129,16 @@ def attack_success(clean_pred: Tensor, adv_pred: Tensor, labels: Tensor, targets
             "raw_success_rate": float(fooled.float().mean())}
 
 
+def fid_if_defined(features_a: Tensor, features_b: Tensor) -> float | None:
+    """:func:`frechet_distance`, or None with a warning when a set has fewer than 2 samples (no covariance):
+    a small run still reports its other metrics instead of failing after the work is done."""
+    if min(len(features_a), len(features_b)) < 2:
+        warnings.warn(f"FID not reported: it needs >= 2 samples per set, got {len(features_a)} and "
+                      f"{len(features_b)}", stacklevel=2)
+        return None
+    return frechet_distance(features_a, features_b)
+
+
 def attack_report(records: dict[str, Tensor], targeted: bool, features_from: str
                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Aggregate and per-sample attack metrics from gathered records.
@@ -157,7 +167,7 @@ def attack_report(records: dict[str, Tensor], targeted: bool, features_from: str
         "ssim_mean": float(structural.mean()), "l2_mean": float(l2.mean()), "linf_image_mean": float(linf.mean()),
         "delta_linf_max": float(records["delta_linf"].max()),
         "lpips_mean": None if perceptual is None else float(perceptual.mean()),
-        "fid_adv_vs_clean": frechet_distance(records["features_optimized"], records["features_original"]),
+        "fid_adv_vs_clean": fid_if_defined(records["features_optimized"], records["features_original"]),
         "fid_features": f"penultimate layer of {features_from}",
     }
     per_sample = [

@@ -84,3 +84,18 @@ def test_attack_report_reads_generic_record_names() -> None:
     l2, _ = metrics.lp_distances(records["optimized"], clean)
     assert [s["l2"] for s in samples] == pytest.approx(l2.tolist())
     assert [s["transfer_adv_pred"] for s in samples] == [0, 1, 1, 1]
+
+
+def test_attack_report_of_one_sample_has_no_fid_but_every_other_metric() -> None:
+    """One attacked sample (a batch-1 run) has no covariance to fit a FID to: its FID is None, not a crash
+    after the whole attack has run."""
+    clean = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    records = {"label": torch.tensor([2]), "seed": torch.tensor([7]), "original": clean, "optimized": clean * 0.9,
+               "pred_original": torch.tensor([2]), "pred_optimized": torch.tensor([1]),
+               "target_original": torch.tensor([-1]), "features_original": torch.randn(1, 5),
+               "features_optimized": torch.randn(1, 5), "delta_linf": torch.tensor([0.1])}
+    with pytest.warns(UserWarning, match="FID"):
+        summary, samples = metrics.attack_report(records, targeted=False, features_from="tiny")
+    assert summary["fid_adv_vs_clean"] is None and summary["success_rate"] == 1.0 and samples[0]["success"]
+    records |= {k: torch.cat([v, v]) for k, v in records.items()}  # two samples: a FID again
+    assert metrics.attack_report(records, targeted=False, features_from="tiny")[0]["fid_adv_vs_clean"] >= 0

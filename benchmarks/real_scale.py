@@ -1,0 +1,290 @@
+"""Every paper config end to end at FULL model size: the real architectures with random weights.
+
+For each paper config, the models it names are built at their released shapes and saved in their released
+on-disk layout (:mod:`benchmarks.real_scale_models`, cached under ``--cache``), the config is pointed at them
+with CLI overrides, and ``lit-sdo fit`` runs in its own process for ``--opt-steps`` optimisation steps at
+``--sampling-steps`` sampling steps and batch 1. Printed per config: wall time, CPU time and peak RSS of that
+process (``os.wait4``'s resource usage), what it wrote, PASS/FAIL. ``--reward-cost`` times one reward step of
+configs/reward/sd15_aesthetic.yaml with SDO (one random step, the paper's) against AlignProp's random
+truncation at the same N and prints the ratio of their CPU seconds (paper Sec. 5.2: SDO ≈ 50 %).
+
+    python benchmarks/real_scale.py [--only edit/celebahq,attack/imagenet_adm] [--list] [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GIB = 1024 ** 3
+SD_PROMPT = '--data.init_args.prompts=["a painting of a lighthouse"]'
+
+
+@dataclass(frozen=True)
+class PaperConfig:
+    """One config file, the cached components it reads, its overrides (``{cache}``, ``{out}``, ``{steps}``,
+    ``{opt_steps}`` filled in) and the files a successful run writes under ``{out}``."""
+
+    name: str
+    components: tuple[str, ...]
+    overrides: tuple[str, ...]
+    outputs: tuple[str, ...]
+    memory_gib: float  # what the run is expected to need, for the free-memory wait
+
+    @property
+    def path(self) -> Path:
+        return ROOT / "configs" / f"{self.name}.yaml"
+
+
+LATENT = ("--model.init_args.output_dir={out}", "--trainer.logger.init_args.save_dir={out}",
+          "--trainer.max_epochs={opt_steps}", "--model.init_args.sampler.num_steps={steps}")
+LATENT_OUT = ("results.json", "delta.safetensors", "grid.png")
+REWARD = (*LATENT, "--data.init_args.samples_per_step=1", "--data.init_args.batch_size=1",
+          "--trainer.accumulate_grad_batches=1", "--model.init_args.grid_samples=1",
+          "--model.init_args.grid_every_n_steps=1000", SD_PROMPT)
+REWARD_OUT = ("history.json", "grid.png", "lora/pytorch_lora_weights.safetensors")
+SHORTCUT = ("--trainer.max_steps={opt_steps}", "--trainer.default_root_dir={out}",
+            "--model.init_args.vae={cache}/sd-vae-ft-mse", "--model.init_args.export_dir={out}/export",
+            "--data.init_args.batch_size=1", "--data.init_args.num_workers=0")
+SHORTCUT_OUT = ("export/MANIFEST.json",)
+ATTACK = ("--data.init_args.classes=[207]", "--data.init_args.per_class=1", "--data.init_args.batch_size=1")
+
+CONFIGS: dict[str, PaperConfig] = {c.name: c for c in (
+    PaperConfig("edit/celebahq", ("celebahq", "clip-b16"), (
+        *LATENT, "--model.init_args.sampler.model={cache}/celebahq",
+        "--model.init_args.objective.init_args.text_image={cache}/clip-b16",
+        "--data.init_args.num_samples=1", "--data.init_args.batch_size=1"), LATENT_OUT, 4),
+    PaperConfig("attack/imagenet_adm", ("adm", "resnet50"), (*LATENT, *ATTACK), LATENT_OUT, 6),
+    PaperConfig("attack/imagenet_dit", ("dit-xl-2", "resnet50"), (
+        *LATENT, *ATTACK, "--model.init_args.sampler.model={cache}/dit-xl-2"), LATENT_OUT, 8),
+    PaperConfig("aesthetic/sd15", ("sd15", "clip-l14", "laion"), (
+        *LATENT, "--model.init_args.sampler.model={cache}/sd15",
+        "--model.init_args.objective.init_args.clip={cache}/clip-l14",
+        "--model.init_args.objective.init_args.predictor={cache}/laion/sac+logos+ava1-l14-linearMSE.pth",
+        "--data.init_args.per_prompt=1", SD_PROMPT), LATENT_OUT, 14),
+    PaperConfig("reward/sd15_aesthetic", ("sd15", "clip-l14", "laion"), (
+        *REWARD, "--model.init_args.sampler.model={cache}/sd15",
+        "--model.init_args.reward.init_args.weights={cache}/laion/laion_aesthetic_l14.safetensors",
+        "--model.init_args.reward.init_args.embedder=clip:{cache}/clip-l14"), REWARD_OUT, 14),
+    PaperConfig("reward/sd15_hps", ("sd15", "hps"), (
+        *REWARD, "--model.init_args.sampler.model={cache}/sd15",
+        "--model.init_args.reward.init_args.weights={cache}/hps/HPS_v2.1_compressed.pt"), REWARD_OUT, 17),
+    PaperConfig("style/lcm", ("lcm", "clip-b16", "images"), (
+        *LATENT, "--model.init_args.sampler.model={cache}/lcm",
+        "--model.init_args.objective.init_args.encoder={cache}/clip-b16",
+        "--model.init_args.objective.init_args.style_image={cache}/images/style.png",
+        "--data.init_args.per_prompt=1", SD_PROMPT), LATENT_OUT, 12),
+    PaperConfig("shortcut/celebahq256", ("sd-vae-ft-mse", "images"), (
+        *SHORTCUT, "--data.init_args.root={cache}/images/celebahq256"), SHORTCUT_OUT, 5),
+    PaperConfig("shortcut/imagenet256", ("sd-vae-ft-mse", "images"), (
+        *SHORTCUT, "--data.init_args.root={cache}/images/imagenet256"), SHORTCUT_OUT, 5),
+)}
+
+
+@dataclass
+class RunResult:
+    name: str
+    returncode: int
+    wall_s: float
+    cpu_s: float
+    peak_rss_gib: float
+    written: list[str]
+    missing: list[str]
+    log: Path
+    load: float  # the machine's 1-minute load average when the run started (it is shared)
+
+    @property
+    def passed(self) -> bool:
+        return self.returncode == 0 and not self.missing
+
+
+def available_gib() -> float:
+    """MemAvailable of /proc/meminfo (what ``free`` calls available), in GiB."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024 / GIB
+    return float("inf")
+
+
+def wait_for_memory(need_gib: float, log: callable, max_wait_s: float = 1800) -> None:
+    """Sleep while the machine has less than ``need_gib`` + 3 GiB available (it is shared); then go on."""
+    waited = 0.0
+    while available_gib() < need_gib + 3 and waited < max_wait_s:
+        log(f"  waiting for memory: {available_gib():.1f} GiB available, need {need_gib + 3:.0f}")
+        time.sleep(60)
+        waited += 60
+
+
+def child_env(cache: Path, threads: int) -> dict[str, str]:
+    """The run's environment: torch hub files from the cache, offline hub, this checkout's code first."""
+    return os.environ | {"TORCH_HOME": str(cache / "torch"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                         "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT), "LIT_SDO_DEBUG": "1"}
+
+
+def run_process(command: list[str], env: dict[str, str], log_path: Path) -> tuple[int, float, float, float]:
+    """Run ``command`` to completion: (return code, wall s, CPU s of the process tree, peak RSS GiB)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    return process.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024 / GIB
+
+
+def build_components(names: tuple[str, ...], cache: Path, threads: int, log: callable) -> None:
+    """Build what is missing, in a fresh process (its memory is given back when it ends)."""
+    from benchmarks.real_scale_models import MARKER, REQUIRES
+
+    needed = [dep for name in names for dep in (*REQUIRES.get(name, ()), name)]
+    todo = [n for n in dict.fromkeys(needed) if not (cache / n / MARKER).is_file()]
+    if not todo:
+        return
+    log(f"  building {', '.join(todo)} in {cache} (full size, random weights)")
+    code, wall, _, rss = run_process([sys.executable, "-m", "benchmarks.real_scale_models", str(cache), *todo],
+                                     child_env(cache, threads), cache / "build.log")
+    if code != 0:
+        raise RuntimeError(f"building {', '.join(todo)} failed; see {cache / 'build.log'}")
+    log(f"  built in {wall:.0f} s (peak RSS {rss:.1f} GiB)")
+
+
+def fit_command(config: PaperConfig, cache: Path, out: Path, steps: int, opt_steps: int, accelerator: str,
+                extra: tuple[str, ...] = ()) -> list[str]:
+    fill = {"cache": cache, "out": out, "steps": steps, "opt_steps": opt_steps}
+    overrides = [o.format(**fill) for o in config.overrides]
+    return [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(config.path),
+            f"--trainer.accelerator={accelerator}", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
+            *overrides, *extra]
+
+
+def run_config(config: PaperConfig, args: argparse.Namespace, log: callable, tag: str = "",
+               extra: tuple[str, ...] = ()) -> RunResult:
+    build_components(config.components, args.cache, args.threads, log)
+    out = args.out / (config.name.replace("/", "_") + tag)
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    wait_for_memory(config.memory_gib, log)
+    load = os.getloadavg()[0]
+    log(f"  {available_gib():.1f} GiB available; load average {load:.1f}")
+    command = fit_command(config, args.cache, out, args.sampling_steps, args.opt_steps, args.accelerator, extra)
+    code, wall, cpu, rss = run_process(command, child_env(args.cache, args.threads), out / "run.log")
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "version_" not in str(p)
+                     and p.name != "run.log")
+    missing = [name for name in config.outputs if not (out / name).is_file()]
+    return RunResult(config.name + tag, code, wall, cpu, rss, written, missing, out / "run.log", load)
+
+
+def result_row(result: RunResult) -> str:
+    status = "PASS" if result.passed else f"FAIL (exit {result.returncode}" + (
+        f", missing {', '.join(result.missing)})" if result.missing else ")")
+    return (f"| {result.name} | {status} | {result.wall_s:.0f} | {result.cpu_s:.0f} | {result.peak_rss_gib:.1f} | "
+            f"{result.load:.1f} | "
+            f"{', '.join(result.written) or '-'} |")
+
+
+REWARD_CONFIG = "reward/sd15_aesthetic"
+TABLE_HEADER = ("| config | status | wall s | CPU s | peak RSS GiB | load at start | written |\n"
+                "|---|---|---:|---:|---:|---:|---|")
+
+
+def reward_cost(args: argparse.Namespace, log: callable) -> tuple[list[RunResult], list[str]]:
+    """One optimiser step of configs/reward/sd15_aesthetic.yaml per policy at the same N: the runs and the lines
+    that give the CPU-time ratio. The SDO run is the config's own setting (policy sdo, k random)."""
+    config = CONFIGS[REWARD_CONFIG]
+    policies = {"sdo": ("--model.init_args.sampler.policy=sdo", "--model.init_args.sampler.k=random"),
+                "random_truncation": ("--model.init_args.sampler.policy=random_truncation",)}
+    steps, results = {}, []
+    for policy, extra in policies.items():
+        log(f"{REWARD_CONFIG} (reward cost): {policy}, N = {args.reward_steps}")
+        saved = args.sampling_steps
+        args.sampling_steps = args.reward_steps
+        try:
+            result = run_config(config, args, log, tag=f"_cost_{policy}", extra=extra)
+        finally:
+            args.sampling_steps = saved
+        results.append(result)
+        if not result.passed:
+            return results, [f"reward cost: {policy} FAILED, see {result.log}"]
+        history = json.loads((args.out / f"reward_sd15_aesthetic_cost_{policy}" / "history.json").read_text())
+        steps[policy] = [row for row in history["steps"] if "reward" in row][0]
+    sdo, rt = steps["sdo"], steps["random_truncation"]
+    depth = rt["peak_bytes"] / sdo["peak_bytes"] if sdo["peak_bytes"] else float("nan")
+    return results, ["| policy | step CPU s | step wall s | saved-tensor GB |\n|---|---:|---:|---:|",
+            *(f"| {p} | {s['cpu_seconds']:.1f} | {s['seconds']:.1f} | {s['peak_bytes'] / 1e9:.2f} |"
+              for p, s in steps.items()),
+            "",
+            f"reward step, N = {args.reward_steps}: SDO / random_truncation CPU time = "
+            f"{sdo['cpu_seconds'] / rt['cpu_seconds']:.2f} (wall {sdo['seconds'] / rt['seconds']:.2f}); "
+            f"random_truncation saved {depth:.1f}x SDO's tensors (≈ the graph steps K it drew)"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", default="", help="comma-separated config names (see --list); default: all")
+    parser.add_argument("--list", action="store_true", help="print the config names and their components, then stop")
+    parser.add_argument("--cache", type=Path, default=ROOT / "runs/real_scale/models",
+                        help="where the full-size models are built once and reused")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs/real_scale/out", help="one folder per run")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="the runs' accelerator")
+    parser.add_argument("--sampling-steps", type=int, default=2, help="sampling steps N of every run")
+    parser.add_argument("--opt-steps", type=int, default=1, help="optimisation steps of every run")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")),
+                        help="OMP_NUM_THREADS of the runs")
+    parser.add_argument("--reward-cost", action="store_true",
+                        help="also time one SD1.5 reward step: SDO vs random_truncation (AlignProp), same N")
+    parser.add_argument("--reward-steps", type=int, default=4, help="sampling steps N of the reward-cost runs")
+    parser.add_argument("--no-configs", action="store_true", help="skip the per-config runs (e.g. --reward-cost only)")
+    args = parser.parse_args(argv)
+    names = [n for n in args.only.split(",") if n]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        parser.error(f"--only: unknown config(s) {', '.join(unknown)}; allowed: {', '.join(CONFIGS)}")
+    if min(args.sampling_steps, args.opt_steps, args.reward_steps) < 1:
+        parser.error("--sampling-steps, --opt-steps and --reward-steps must be >= 1")
+    args.names = names or list(CONFIGS)
+    args.accelerator = "gpu" if args.device == "cuda" else "cpu"
+    args.cache, args.out = args.cache.resolve(), args.out.resolve()
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for config in CONFIGS.values():
+            print(f"{config.name}: {', '.join(config.components)}")
+        return 0
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    sys.path.insert(0, str(ROOT))
+    rows, failed = [], 0
+    # With --reward-cost, the reward config runs as its SDO cost run (its own policy) instead of a second time.
+    names = [] if args.no_configs else [n for n in args.names if not (args.reward_cost and n == REWARD_CONFIG)]
+    for name in names:
+        log(f"{name}: N = {args.sampling_steps}, {args.opt_steps} optimisation step(s), batch 1, {args.device}")
+        result = run_config(CONFIGS[name], args, log)
+        failed += not result.passed
+        rows.append(result_row(result))
+        log(rows[-1] + ("" if result.passed else f"  (log: {result.log})"))
+    cost_lines: list[str] = []
+    if args.reward_cost:
+        results, cost_lines = reward_cost(args, log)
+        failed += sum(not r.passed for r in results)
+        rows += [result_row(r) for r in results]
+    if rows:
+        print(f"{TABLE_HEADER}\n" + "\n".join(rows))
+    if cost_lines:
+        print("\n" + "\n".join(cost_lines))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

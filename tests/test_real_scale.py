@@ -1,0 +1,98 @@
+"""The CPU-checkable parts of the full-size runs (benchmarks/real_scale.py, benchmarks/gpu_check.sh): which configs
+they cover, the offline CLIP tokenizer, and that every command the GPU script prints parses with its script."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import real_scale, real_scale_models  # noqa: E402
+
+PAPER_CONFIGS = {"attack/imagenet_adm", "attack/imagenet_dit", "aesthetic/sd15", "reward/sd15_aesthetic",
+                 "reward/sd15_hps", "style/lcm", "edit/celebahq", "shortcut/celebahq256", "shortcut/imagenet256"}
+
+
+def test_every_paper_config_is_covered_and_its_components_exist() -> None:
+    assert set(real_scale.CONFIGS) == PAPER_CONFIGS
+    for config in real_scale.CONFIGS.values():
+        assert config.path.is_file(), config.path
+        assert set(config.components) <= set(real_scale_models.BUILDERS), config.name
+    listed = subprocess.run([sys.executable, str(ROOT / "benchmarks/real_scale.py"), "--list"], capture_output=True,
+                            text=True, check=True).stdout
+    assert {line.split(":")[0] for line in listed.splitlines()} == PAPER_CONFIGS
+
+
+def test_fit_command_points_the_config_at_the_cache_on_the_requested_device(tmp_path: Path) -> None:
+    args = real_scale.parse_args(["--only", "attack/imagenet_dit", "--device", "cuda", "--cache", str(tmp_path)])
+    command = real_scale.fit_command(real_scale.CONFIGS["attack/imagenet_dit"], args.cache, tmp_path / "out", 3, 2,
+                                     args.accelerator)
+    assert "--trainer.accelerator=gpu" in command and "--model.init_args.sampler.num_steps=3" in command
+    assert f"--model.init_args.sampler.model={tmp_path}/dit-xl-2" in command and "--trainer.max_epochs=2" in command
+    with pytest.raises(SystemExit):
+        real_scale.parse_args(["--only", "attack/imagenet"])
+
+
+def test_bpe_merges_take_the_most_frequent_pair_first() -> None:
+    # Symbols: l o w</w> (×5), l o w e r</w> (×2), n e w e s t</w> (×6). Pair counts: (w, e) 2 + 6 = 8, then
+    # (l, o) 5 + 2 = 7 ahead of the 6s of newest.
+    words = ["low"] * 5 + ["lower"] * 2 + ["newest"] * 6
+    merges = real_scale_models.bpe_merges(words, 2)
+    assert merges[0] == ("w", "e") and merges[1] == ("l", "o")  # then ("l","o") 7, ahead of ("n","e") 6
+
+
+def test_offline_clip_tokenizer_has_clips_vocabulary_size_and_special_ids(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    real_scale_models.save_clip_tokenizer(tmp_path, num_merges=60)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    assert len(tokenizer) == real_scale_models.CLIP_VOCAB == 49408
+    ids = tokenizer("a painting of a cat").input_ids
+    assert ids[0] == 49406 and ids[-1] == 49407 and max(ids) == 49407  # legacy pooling: argmax is the end token
+    assert tokenizer.decode(ids[1:-1]).strip() == "a painting of a cat"
+    assert len(json.loads((tmp_path / "vocab.json").read_text())) == 49408
+
+
+def test_randomize_zero_weights_fills_only_all_zero_matrices() -> None:
+    layers = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    torch.nn.init.zeros_(layers[1].weight)
+    torch.nn.init.zeros_(layers[1].bias)
+    first = layers[0].weight.detach().clone()
+    real_scale_models.randomize_zero_weights(layers)
+    assert layers[1].weight.abs().min() > 0 and torch.equal(layers[0].weight, first)
+    assert not layers[1].bias.any()  # biases stay zero, as trained networks often have them near it
+
+
+def dry_run(*sections: str) -> list[list[str]]:
+    done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--dry-run", *sections],
+                          capture_output=True, text=True, check=True)
+    return [shlex.split(line) for line in done.stdout.splitlines() if not line.startswith("==")]
+
+
+def test_gpu_check_is_valid_bash_and_every_printed_command_parses() -> None:
+    from benchmarks import attack_policies, gradient_cost
+
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks/gpu_check.sh")], check=True)
+    parsers = {"benchmarks/gradient_cost.py": gradient_cost.parse_args,
+               "benchmarks/real_scale.py": real_scale.parse_args,
+               "benchmarks/attack_policies.py": attack_policies.parse_args}
+    commands = dry_run()
+    scripts = [command[1] for command in commands]
+    assert {"benchmarks/real_scale.py", "benchmarks/attack_policies.py"} <= set(scripts)
+    assert any("--model" in c and "ddpm-256" in c for c in commands) and any("sd15" in c for c in commands)
+    for command in commands:
+        if command[1] == "benchmarks/precision_side_by_side.py":  # its parser asks the GPU whether bf16 runs
+            continue
+        args = parsers[command[1]](command[2:])  # argparse exits on an option the script does not have
+        assert getattr(args, "device", "cuda") == "cuda", command
+    assert [c[1] for c in dry_run("attack")] == ["benchmarks/attack_policies.py"]  # one section alone
+    bad = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "nonsense"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown section 'nonsense'" in bad.stderr
