@@ -12,8 +12,8 @@ is ever averaged.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -174,3 +174,13 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, step: int, max_deca
     decay = min(max_decay, (1 + step) / (10 + step))
     for ema_p, p in zip(ema.parameters(), model.parameters(), strict=True):
         ema_p.lerp_(p, 1 - decay)
+
+
+def adamw_with_warmup(parameters: Iterable[torch.nn.Parameter], lr: float, weight_decay: float,
+                      warmup_steps: int) -> dict[str, Any]:
+    """AdamW with a linear learning-rate warm-up over the first ``warmup_steps`` optimiser steps, in the
+    form Lightning's ``configure_optimizers`` returns (the scheduler steps per optimiser step, not per epoch):
+    the recipe both model-training tasks use."""
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, warmup_steps)))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_sdo.optim import BestTracker, PerSampleOptimizer, merge_rows_by_version, project_linf
+from lit_sdo.optim import BestTracker, PerSampleOptimizer, adamw_with_warmup, merge_rows_by_version, project_linf
 
 
 def test_per_sample_adam_matches_torch_adam_row_by_row_and_leaves_other_rows_alone() -> None:
@@ -78,3 +78,16 @@ def test_bad_optimizer_arguments() -> None:
         PerSampleOptimizer((1, 1), "lbfgs")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="lr=0 must be > 0"):
         PerSampleOptimizer((1, 1), "sgd", lr=0)
+
+
+def test_adamw_with_warmup_ramps_the_learning_rate_linearly_then_holds_it() -> None:
+    weight = torch.nn.Parameter(torch.ones(3))
+    config = adamw_with_warmup([weight], lr=0.1, weight_decay=0.0, warmup_steps=4)
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert config["lr_scheduler"]["interval"] == "step"
+    seen = []
+    for _ in range(6):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    torch.testing.assert_close(torch.tensor(seen), torch.tensor([0.025, 0.05, 0.075, 0.1, 0.1, 0.1]))

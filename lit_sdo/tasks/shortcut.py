@@ -43,7 +43,7 @@ from torch import Tensor
 
 from lit_sdo.models.manifest import write_manifest
 from lit_sdo.models.shortcut import ShortcutDiT, save_shortcut
-from lit_sdo.optim import update_ema
+from lit_sdo.optim import adamw_with_warmup, update_ema
 
 ShortcutFn = Callable[[Tensor, Tensor, Tensor, Tensor | None], Tensor]
 
@@ -212,11 +212,8 @@ class ShortcutModule(L.LightningModule):
         update_ema(self.ema, self.network, self.global_step, self.hparams.ema_decay)
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.hparams.lr,
-                                      weight_decay=self.hparams.weight_decay)
-        warmup = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / max(1, self.hparams.warmup_steps)))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+        return adamw_with_warmup(self.network.parameters(), self.hparams.lr, self.hparams.weight_decay,
+                                 self.hparams.warmup_steps)
 
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()

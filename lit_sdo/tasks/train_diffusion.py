@@ -19,7 +19,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from torch import Tensor
 
 from lit_sdo.io import write_json
-from lit_sdo.optim import update_ema
+from lit_sdo.optim import adamw_with_warmup, update_ema
 
 # Metadata file written beside diffusers' config.json: what diffusers' config cannot say (the null label).
 LIT_SDO_CONFIG = "lit_sdo.json"
@@ -100,11 +100,8 @@ class DiffusionTrainingModule(L.LightningModule):
         self.log("val/loss_ema", loss, prog_bar=True, batch_size=images.shape[0])
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(self.unet.parameters(), lr=self.hparams.lr,
-                                      weight_decay=self.hparams.weight_decay)
-        warmup = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / max(1, self.hparams.warmup_steps)))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": warmup, "interval": "step"}}
+        return adamw_with_warmup(self.unet.parameters(), self.hparams.lr, self.hparams.weight_decay,
+                                 self.hparams.warmup_steps)
 
     def on_fit_end(self) -> None:
         if self.hparams.export_dir and self.trainer.is_global_zero:
