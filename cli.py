@@ -127,13 +127,23 @@ class LitSdoCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         try:
-            super().parse_arguments(parser, args if isinstance(args, dict) else
-                                    nested_nulls_as_config(list(sys.argv[1:] if args is None else args)))
+            super().parse_arguments(parser, args if isinstance(args, dict) else self.rewritten_argv(args))
         except ArgumentError as err:
             argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
             command = argv[0] if argv and argv[0] in LIGHTNING_COMMANDS else None
             raise ConfigError(one_line(str(err), argv, self.option_names(command)), command) from err
         self.given_model_arguments = self.model_arguments()
+
+    @staticmethod
+    def rewritten_argv(args: list[str] | None) -> list[str] | None:
+        """The arguments with nested nulls rewritten. From the console (``args`` None) the rewrite goes back
+        into ``sys.argv`` and None is returned: LightningCLI warns when it gets ``args`` and a command line."""
+        argv = list(sys.argv[1:] if args is None else args)
+        rewritten = nested_nulls_as_config(argv)
+        if args is not None:
+            return rewritten
+        sys.argv[1:] = rewritten
+        return None
 
     def before_instantiate_classes(self) -> None:
         after = self.model_arguments()

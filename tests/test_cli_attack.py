@@ -138,3 +138,14 @@ def test_only_nested_nulls_become_config_strings() -> None:
         "--model.init_args.eps=null", "--model.init_args.objective.init_args.loss=ce",
         '--config={"model": {"init_args": {"objective": {"init_args": {"target": null}}}}}',
         "--model.init_args.objective.init_args.classifier="]
+
+
+def test_a_nested_null_from_the_console_is_null_without_a_lightning_warning() -> None:
+    """The console route rewrites ``sys.argv`` itself: LightningCLI warns when it gets ``args`` as well."""
+    done = subprocess.run([sys.executable, str(ROOT / "cli.py"), "fit", "--config",
+                           str(ROOT / "configs/attack/digits.yaml"),
+                           "--model.init_args.objective.init_args.transfer_classifier=null", "--print_config"],
+                          capture_output=True, text=True, cwd=ROOT, env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert "transfer_classifier: null" in done.stdout
+    assert "args parameter" not in done.stderr
