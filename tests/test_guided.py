@@ -477,7 +477,7 @@ def test_style_runs_on_a_shortcut_model_with_its_own_sampler(monkeypatch: pytest
     network = ShortcutDiT(in_channels=1, sample_size=8, patch_size=2, hidden_size=16, depth=1, num_heads=2,
                           num_classes=10, max_steps=8)
     folder = save_shortcut(network, tmp_path / "shortcut")
-    module = task(GramStyleObjective("digits:0", "tiny", layer=1), tmp_path / "out", generator=str(folder),
+    module = task(GramStyleObjective("digits:0", "tiny", layer=1), tmp_path / "out", model=str(folder),
                   scheduler="shortcut", num_steps=4, start_timestep=600)
     sampler = module.sampler
     assert isinstance(sampler.scheduler, ShortcutScheduler) and sampler.start_step == 2  # σ: 1, .75, .5, .25
