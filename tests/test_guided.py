@@ -519,7 +519,7 @@ model:
   class_path: lit_sdo.tasks.latent.LatentOptimizationModule
   init_args:
     sampler:
-      generator: {tiny_ddpm_folder}
+      model: {tiny_ddpm_folder}
       num_steps: 3
     objective:
       class_path: {__name__}.DarkerObjective
