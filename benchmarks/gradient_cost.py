@@ -484,19 +484,22 @@ def _get(records: list[dict[str, Any]], policy: str, steps: int, key: str) -> fl
     return None
 
 
+def fmt_or_dash(value: float | None, spec: str) -> str:
+    """``value`` formatted with ``spec``, or an em dash for a figure that was not measured."""
+    return "—" if value is None else format(value, spec)
+
+
 def markdown_table(records: list[dict[str, Any]]) -> str:
     """One row per case, N grouped."""
     lines = ["| policy | N | seconds | × sampling | peak mem (MiB) | grad cosine | cosine to fp32 SDO |",
              "|---|---:|---:|---:|---:|---:|---:|"]
 
-    def fmt(value: float | None, spec: str) -> str:
-        return "—" if value is None else format(value, spec)
-
     for rec in records:
         mem = None if rec["peak_mem_bytes"] is None else rec["peak_mem_bytes"] / 2**20
-        lines.append(f"| {rec['policy']} | {rec['steps']} | {fmt(rec['seconds'], '.3f')} | "
-                     f"{fmt(rec['ratio_to_sampling'], '.2f')} | {fmt(mem, '.1f')} | {fmt(rec['grad_cosine'], '.4f')} | "
-                     f"{fmt(rec.get('grad_cosine_to_fp32_sdo'), '.4f')} |")
+        lines.append(f"| {rec['policy']} | {rec['steps']} | {fmt_or_dash(rec['seconds'], '.3f')} | "
+                     f"{fmt_or_dash(rec['ratio_to_sampling'], '.2f')} | {fmt_or_dash(mem, '.1f')} | "
+                     f"{fmt_or_dash(rec['grad_cosine'], '.4f')} | "
+                     f"{fmt_or_dash(rec.get('grad_cosine_to_fp32_sdo'), '.4f')} |")
     return "\n".join(lines)
 
 

@@ -43,6 +43,7 @@ from benchmarks.gradient_cost import (
     build_setup,
     cosine,
     fix_malloc_thresholds,
+    fmt_or_dash,
     fresh_process_pool,
     one_gradient,
     parse_label,
@@ -232,17 +233,15 @@ def one_pass_table(records: list[dict[str, Any]]) -> str:
     lines = ["| policy | N | wall s | CPU s | × sampling (CPU s) | peak RSS GiB | cosine to exact |",
              "|---|---:|---:|---:|---:|---:|---:|"]
 
-    def fmt(value: float | None, spec: str) -> str:
-        return "—" if value is None else format(value, spec)
-
     for rec in records:
         if rec.get("skipped"):
             lines.append(f"| {rec['policy']} | {rec['steps']} | skipped: {rec['skipped']} | | | | |")
             continue
         mem = None if rec["peak_mem_bytes"] is None else rec["peak_mem_bytes"] / 2**30
-        lines.append(f"| {rec['policy']} | {rec['steps']} | {fmt(rec['seconds'], '.1f')} | "
-                     f"{fmt(rec['cpu_seconds'], '.1f')} | {fmt(rec['cpu_ratio_to_sampling'], '.2f')} | "
-                     f"{fmt(mem, '.2f')} | {fmt(rec['grad_cosine'], '.4f')} |")
+        lines.append(f"| {rec['policy']} | {rec['steps']} | {fmt_or_dash(rec['seconds'], '.1f')} | "
+                     f"{fmt_or_dash(rec['cpu_seconds'], '.1f')} | "
+                     f"{fmt_or_dash(rec['cpu_ratio_to_sampling'], '.2f')} | "
+                     f"{fmt_or_dash(mem, '.2f')} | {fmt_or_dash(rec['grad_cosine'], '.4f')} |")
     refs = {rec["exact_reference"] for rec in records if rec.get("exact_reference")}
     lines.append(f"\nexact reference: {', '.join(sorted(refs)) if refs else 'none (neither full nor checkpoint ran)'}")
     return "\n".join(lines)

@@ -67,6 +67,15 @@ def test_the_job_refuses_the_combination_when_it_is_built() -> None:
     assert job_sampler(style, ["--model.init_args.sampler.policy=sdo-tail=4"]).policy.tail == 4
 
 
+def test_the_job_refuses_a_tail_longer_than_its_run_when_it_is_built() -> None:
+    style = str(ROOT / "configs/style/digits.yaml")
+    runs = job_sampler(style, []).steps_run
+    assert job_sampler(style, [f"--model.init_args.sampler.policy=sdo-tail={runs}"]).policy.tail == runs
+    with pytest.raises(ValueError, match=rf"^policy tail={runs + 1} exceeds the run's {runs} steps; "
+                                         rf"allowed: 0 to {runs}$"):
+        job_sampler(style, [f"--model.init_args.sampler.policy=sdo-tail={runs + 1}"])
+
+
 @pytest.mark.slow  # several CLI runs: 20-50 s on an idle 2-core machine
 def test_attack_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     tiny = ["--per-class", "1", "--steps", "1", "--override=--model.init_args.sampler.num_steps=4"]

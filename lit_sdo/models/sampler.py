@@ -111,6 +111,7 @@ class Sampler(nn.Module):
         self.precision = spec.no_grad_precision()
         self.start_step = 0 if spec.start_timestep is None else self._start_step(spec.start_timestep)
         check_baseline(self.scheduler, self.policy, self.start_step)  # e.g. doodl on a stochastic scheduler
+        self.policy.check_steps(self.steps_run)  # e.g. sdo-tail=12 on a 10-step run
 
     def _start_step(self, timestep: int) -> int:
         train_steps = self.scheduler.config.get("num_train_timesteps", 1000)

@@ -130,11 +130,26 @@ class GradientPolicy:
             parts.append("random" if field.name == "k" and value == "random" else f"{field.name}={value}")
         return "-".join(parts)
 
+    def check_steps(self, num_steps: int) -> None:
+        """One-line ValueError if a fixed option (``k``, ``tail``, ``last_k``) cannot fit a ``num_steps``-call run.
+
+        ``plan`` runs it on every call; a task's sampler runs it when it is built, so a tail longer than the
+        run is refused before the first optimisation step instead of at it."""
+        if num_steps < 1:
+            raise ValueError(f"num_steps={num_steps} must be >= 1")
+        if self.name == "sdo" and self.k != "random" and not self.k < num_steps:
+            raise ValueError(f"policy k={self.k} is outside [0, {num_steps}) for a {num_steps}-step run")
+        if self.name == "sdo" and self.tail > num_steps:
+            raise ValueError(f"policy tail={self.tail} exceeds the run's {num_steps} steps; "
+                             f"allowed: 0 to {num_steps}")
+        if self.name == "last_k" and self.last_k > num_steps:
+            raise ValueError(f"policy last_k={self.last_k} exceeds the run's {num_steps} steps; "
+                             f"allowed: 1 to {num_steps}")
+
     def plan(self, num_steps: int, generator: torch.Generator | None = None) -> list[CallMode]:
         """Return the call mode of each of ``num_steps`` steps, drawing random choices from ``generator``
         (the policy's own seeded generator when None)."""
-        if num_steps < 1:
-            raise ValueError(f"num_steps={num_steps} must be >= 1")
+        self.check_steps(num_steps)
         if self.name == "none":
             return [CallMode.OFF] * num_steps
         if self.name == "full":
@@ -145,15 +160,9 @@ class GradientPolicy:
             return [CallMode.RECOMPUTE] * num_steps
         if self.name == "sdo":
             k = self._draw(num_steps, generator) if self.k == "random" else self.k
-            if not 0 <= k < num_steps:
-                raise ValueError(f"policy k={k} is outside [0, {num_steps}) for a {num_steps}-step run")
-            if self.tail > num_steps:
-                raise ValueError(f"policy tail={self.tail} exceeds the run's {num_steps} steps")
             kept = {k} | set(range(num_steps - self.tail, num_steps))
             return [CallMode.GRAPH if i in kept else CallMode.SKIP for i in range(num_steps)]
         if self.name == "last_k":
-            if self.last_k > num_steps:
-                raise ValueError(f"policy last_k={self.last_k} exceeds the run's {num_steps} steps")
             kept = self.last_k
         else:  # random_truncation
             kept = self._draw(num_steps, generator) + 1
