@@ -31,8 +31,6 @@ from lit_sdo.io import write_markdown_section  # noqa: E402
 LABELS = {"sdo": "sdo (k random)", "random_truncation": "random_truncation (AlignProp-uniform)",
           "last_k=1": "last_k=1 (AlignProp-1 / DRaFT-1)", "adjoint": "adjoint (AdjointDPM)", "doodl": "doodl (DOODL)",
           "sdo-tail=4": "sdo-tail=4 (k random + exact last 4 calls)"}
-# Their backward rebuilds each step's graph and frees it; the task counts what the forward saves for backward.
-FORWARD_ONLY = ("adjoint", "doodl")
 
 
 def sampler_overrides(args: argparse.Namespace) -> list[str]:
@@ -104,17 +102,15 @@ def main() -> None:
         for policy in (p for p in args.policies if p not in reasons):
             rows[policy] = summarise(run_policy(policy, args, Path(tmp) / policy.replace("=", "")))
     lines = ["| policy | steps | eval reward start → final | train reward (last 5 steps) | training wall s (CPU s) | "
-             "wall s / step (CPU s / step) | peak saved-for-backward MiB / micro-batch |", "|---" * 7 + "|"]
+             "wall s / step (CPU s / step) | peak MiB held for backward / micro-batch |", "|---" * 7 + "|"]
     for policy in args.policies:
         if policy in reasons:
             lines.append(reason_row(LABELS.get(policy, policy), reasons[policy], 7))
             continue
         r = rows[policy]
-        memory = f"{r['peak_mib']:.1f}" + (" (forward only: its backward's graphs are not counted)"
-                                             if policy.split("-")[0] in FORWARD_ONLY else "")
         lines.append(f"| {LABELS.get(policy, policy)} | {r['steps']} | {r['eval_start']:.4f} → {r['eval_final']:.4f} | "
                      f"{r['train_final']:.4f} | {r['seconds']:.1f} ({r['cpu_seconds']:.1f}) | "
-                     f"{r['seconds_per_step']:.2f} ({r['cpu_per_step']:.2f}) | {memory} |")
+                     f"{r['seconds_per_step']:.2f} ({r['cpu_per_step']:.2f}) | {r['peak_mib']:.1f} |")
     verdict = ""
     if "sdo" in rows and "random_truncation" in rows:
         uniform, sdo = rows["random_truncation"], rows["sdo"]

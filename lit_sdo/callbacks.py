@@ -3,7 +3,7 @@
 The latent-optimisation module only optimises and evaluates; :class:`LatentResultsWriter` gathers the
 evaluation records of every rank and writes results.json, delta.safetensors and grid.png atomically
 (and logs the grid and the aggregate numbers to TensorBoard). :class:`StepCost` measures what each
-optimiser step of any module costs (time, memory saved for backward); :class:`NaNStop` stops a run at the
+optimiser step of any module costs (time, memory held for backward); :class:`NaNStop` stops a run at the
 first non-finite loss or gradient, before it reaches the weights.
 """
 
@@ -39,13 +39,66 @@ def output_folder(trainer: L.Trainer, module: L.LightningModule) -> Path:
     return Path(module.hparams.get("output_dir") or trainer.log_dir or ".")
 
 
+class SavedTensorMeter:
+    """The bytes autograd holds for backward, now (``live``) and at their largest (``peak``).
+
+    A saved tensor counts from when a graph saves it until autograd drops it (after its node's backward, or
+    with its graph), so graphs built and freed inside a backward count at their largest. A storage saved
+    several times counts once; ``excluded`` storage addresses (a module's weights) never count.
+    Use as ``with meter.hooks(): ...``.
+    """
+
+    def __init__(self, excluded: set[int] | None = None) -> None:
+        self.live = self.peak = 0
+        self._excluded = excluded or set()
+        self._holders: dict[int, int] = {}  # storage address -> how many saved tensors hold it now
+
+    def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
+
+    def _pack(self, tensor: Tensor) -> _Held | Tensor:
+        storage = tensor.untyped_storage()
+        address = storage.data_ptr()
+        if address in self._excluded:
+            return tensor
+        if not self._holders.get(address):
+            self.live += storage.nbytes()
+            self.peak = max(self.peak, self.live)
+        self._holders[address] = self._holders.get(address, 0) + 1
+        return _Held(tensor, address, storage.nbytes(), self)
+
+    def _drop(self, address: int, size: int) -> None:
+        self._holders[address] -= 1
+        if not self._holders[address]:
+            del self._holders[address]
+            self.live -= size
+
+
+class _Held:
+    """One saved tensor; its storage leaves :class:`SavedTensorMeter`'s count when the last holder is dropped."""
+
+    __slots__ = ("address", "meter", "size", "tensor")
+
+    def __init__(self, tensor: Tensor, address: int, size: int, meter: SavedTensorMeter) -> None:
+        self.tensor, self.address, self.size, self.meter = tensor, address, size, meter
+
+    def __del__(self) -> None:
+        self.meter._drop(self.address, self.size)
+
+
+def _unpack(held: _Held | Tensor) -> Tensor:
+    return held.tensor if isinstance(held, _Held) else held
+
+
 class StepCost(L.Callback):
     """What each optimiser step costs, for any module: the wall-clock and process CPU time of its training
     batches (evaluation, grids and checkpoints excluded) and the memory autograd keeps for backward.
 
-    Memory is the peak CUDA memory on a GPU; on CPU (no allocator statistics) it is the bytes of the
-    distinct tensors autograd saves while a batch runs up to its backward, weights excluded (they cost no
-    new memory): the part in which gradient policies differ. ``rows`` has one entry per optimiser step:
+    Memory is the peak CUDA memory on a GPU; on CPU (no allocator statistics) it is the peak of what
+    autograd holds for backward while a batch runs, its backward included (:class:`SavedTensorMeter`,
+    weights excluded: they cost no new memory): the part in which gradient policies differ. Counting through
+    the backward matters for AdjointDPM and DOODL, whose forward saves nearly nothing and whose backward
+    rebuilds one step's graph at a time. ``rows`` has one entry per optimiser step:
     cumulative ``seconds`` and ``cpu_seconds`` and the step's ``peak_bytes`` (its largest micro-batch),
     each the largest over the ranks. Kept in checkpoints, so a resumed run keeps counting.
     """
@@ -55,7 +108,7 @@ class StepCost(L.Callback):
         self._clock = [0.0, 0.0]  # this rank's training wall-clock and CPU seconds so far
         self._started = (0.0, 0.0)
         self._peak = 0
-        self._hooks: Any = None  # the saved-tensor hooks while a batch runs up to its backward
+        self._hooks: Any = None  # the saved-tensor hooks while a batch runs, backward included
         self._read: Callable[[], int] | None = None
         self._last_step = 0
 
@@ -69,9 +122,6 @@ class StepCost(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         self._start_memory(module)
         self._started = (time.perf_counter(), time.process_time())
-
-    def on_before_backward(self, trainer: L.Trainer, module: L.LightningModule, loss: Tensor) -> None:
-        self._stop_memory()  # backward frees what the forward saved: the peak is reached here
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -103,18 +153,10 @@ class StepCost(L.Callback):
             torch.cuda.reset_peak_memory_stats(device)
             self._read = lambda: torch.cuda.max_memory_allocated(device)
             return
-        weights = {p.untyped_storage().data_ptr() for p in module.parameters()}
-        seen: dict[int, int] = {}  # storage address -> bytes: a tensor saved twice is counted once
-
-        def pack(t: Tensor) -> Tensor:
-            storage = t.untyped_storage()
-            if storage.data_ptr() not in weights:
-                seen[storage.data_ptr()] = storage.nbytes()
-            return t
-
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        meter = SavedTensorMeter(excluded={p.untyped_storage().data_ptr() for p in module.parameters()})
+        self._hooks = meter.hooks()
         self._hooks.__enter__()
-        self._read = lambda: sum(seen.values())
+        self._read = lambda: meter.peak
 
     def _stop_memory(self) -> None:
         if self._hooks is not None:

@@ -117,10 +117,10 @@ def test_reward_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
             "--override=--model.init_args.grid_samples=1"]
     rows = table_rows(run_script(monkeypatch, reward_policies, ["--policies", *NEW, *tiny], tmp_path / "r.md"))
     assert [label.split(" ")[0] for label in rows] == NEW
-    for label, row in rows.items():
+    for row in rows.values():
         assert_ran(row)
         assert row.split(" | ")[1] == "1"  # one optimiser step
-        assert ("forward only" in row) == (label.split(" ")[0] in ("adjoint", "doodl"))
+        assert float(row.split(" | ")[-1].rstrip(" |")) > 0  # the backward's rebuilt graphs count for adjoint, doodl
     refused = run_script(monkeypatch, reward_policies, ["--policies", "doodl", *tiny,
                                                         "--override=--model.init_args.sampler.scheduler=ddpm"],
                          tmp_path / "s.md")

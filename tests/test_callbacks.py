@@ -34,6 +34,34 @@ class Scaled(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
+class RebuiltInBackward(torch.autograd.Function):
+    """y = x, saving nothing in forward; backward rebuilds a graph of REPEAT copies of x, as AdjointDPM and
+    DOODL rebuild one step's graph inside their backward."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        ctx.x = x.detach()  # an attribute, not save_for_backward: nothing autograd counts
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            x = ctx.x.requires_grad_()
+            big = x.repeat(REPEAT, 1)  # saved twice by the product below: counted once
+            (rebuilt,) = torch.autograd.grad((big * big).sum() / (2 * REPEAT), x)
+        return grad * rebuilt / x
+
+
+REPEAT = 10
+
+
+class Recomputing(Scaled):
+    """loss = sum(f(w * x)) with f's graph rebuilt in backward: forward saves x, backward REPEAT·x more."""
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        return RebuiltInBackward.apply(self.w * batch).sum()
+
+
 def batches(sizes: list[int]) -> DataLoader:
     data = [torch.rand(n, DIM, generator=torch.Generator().manual_seed(i)) for i, n in enumerate(sizes)]
     return DataLoader(data, batch_size=None)
@@ -58,6 +86,16 @@ def test_step_cost_counts_the_non_weight_tensors_saved_per_optimiser_step(tmp_pa
     assert 0 < cost.rows[0]["seconds"] < cost.rows[1]["seconds"]
     assert 0 <= cost.rows[0]["cpu_seconds"] <= cost.rows[1]["cpu_seconds"]
     assert cost.mean_seconds() == pytest.approx(cost.rows[1]["seconds"] / 2)
+
+
+def test_step_cost_counts_the_graphs_a_backward_rebuilds(tmp_path: Path) -> None:
+    cost = StepCost()
+    module = Recomputing()
+    fit(module, [3], [cost], tmp_path)
+    # while the rebuilt graph is held, x (3 rows, kept for w's gradient) and its REPEAT copies are live
+    assert cost.rows[0]["peak_bytes"] == (1 + REPEAT) * 3 * DIM * 4
+    x = torch.rand(3, DIM, generator=torch.Generator().manual_seed(0))  # the one batch
+    assert torch.allclose(module.w.detach(), 1 - 0.1 * x.sum(0))  # f is the identity: d loss / d w = sum of x
 
 
 def test_step_cost_keeps_counting_after_a_resume(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ One Lightning epoch is one optimiser step (see :class:`lit_sdo.datamodules.Rewar
 ``trainer.max_epochs`` is the number of steps, ``trainer.accumulate_grad_batches`` the accumulation, and
 a checkpoint per epoch resumes the same run (same noise, same random k, same optimiser state).
 
-What a step costs (time, memory saved for backward) is measured by :class:`lit_sdo.callbacks.StepCost`
+What a step costs (time, memory held for backward) is measured by :class:`lit_sdo.callbacks.StepCost`
 and a NaN stops the run through :class:`lit_sdo.callbacks.NaNStop`; the configs register both, and
 history.json carries StepCost's numbers beside the rewards when it is registered.
 """
