@@ -8,14 +8,15 @@ For each task (configs/<task>/digits.yaml, the same inputs for every method):
 - ``xhat ρ``: FreeDoM/DPS-style guidance of the same loss through the one-step x̂₀ estimate, one sampling pass
   (:func:`lit_sdo.sampling.xhat_guidance.xhat_guided_sample`), for each guidance step ρ given.
 Memory per optimisation step: CUDA ``max_memory_allocated`` on a GPU; on CPU the peak of the bytes autograd
-holds for backward during one step, forward and backward (the part the methods differ in; counted with
-``saved_tensors_hooks``, a tensor counting until its graph frees it, so the graphs that AdjointDPM and DOODL
-rebuild step by step in backward count at their largest, not summed).
+holds for backward during one step, forward and backward (the part the methods differ in), counted by the
+jobs' own meter (:class:`lit_sdo.callbacks.SavedTensorMeter`: a storage counts once, until its graph frees it,
+weights excluded), so the graphs that AdjointDPM and DOODL rebuild step by step in backward count at their
+largest, not summed. ``--memory-only`` prints that column alone, from one gradient per row (seconds).
 The table goes to the "## Guided generation" section of ``--results`` (default
 runs/guided_policies.md; ``--results benchmarks/RESULTS.md`` updates the shipped table).
 
     python benchmarks/guided_policies.py [--tasks edit style aesthetic] [--samples 10] [--opt-steps N]
-        [--policies sdo full adjoint doodl sdo-tail=4]
+        [--policies sdo full adjoint doodl sdo-tail=4] [--memory-only]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import cli  # noqa: E402
 from benchmarks.policy_rows import reason_row, unavailable_reason  # noqa: E402
+from lit_sdo.callbacks import SavedTensorMeter  # noqa: E402
 from lit_sdo.io import write_markdown_section  # noqa: E402
 from lit_sdo.tasks.xhat_baseline import xhat_guided_images  # noqa: E402
 
@@ -89,43 +91,14 @@ def build_module(task: str, args: argparse.Namespace) -> tuple[Any, Any]:
     return built.model, built.datamodule
 
 
-class SavedBytes:
-    """Bytes autograd holds for backward, now and at their peak: a saved tensor counts until its graph frees it."""
-
-    def __init__(self) -> None:
-        self.live = self.peak = 0
-
-    def pack(self, tensor: torch.Tensor) -> _Held:
-        held = _Held(tensor, self)
-        self.live += held.size
-        self.peak = max(self.peak, self.live)
-        return held
-
-    @staticmethod
-    def unpack(held: _Held) -> torch.Tensor:
-        return held.tensor
-
-
-class _Held:
-    """One saved tensor; its bytes leave :class:`SavedBytes`'s count when autograd drops it."""
-
-    __slots__ = ("meter", "size", "tensor")
-
-    def __init__(self, tensor: torch.Tensor, meter: SavedBytes) -> None:
-        self.tensor, self.meter, self.size = tensor, meter, tensor.numel() * tensor.element_size()
-
-    def __del__(self) -> None:
-        self.meter.live -= self.size
-
-
 def step_memory(module: Any, batch: dict[str, Any], policy: str) -> float:
     """MiB for one optimisation step: CUDA peak, or on CPU the peak bytes autograd holds for backward."""
     x_start, cond = module.start_latent(batch), module.condition(batch)
     delta = torch.zeros_like(x_start, requires_grad=True)
-    meter = SavedBytes()
+    meter = SavedTensorMeter(excluded={p.untyped_storage().data_ptr() for p in module.parameters()})
     if x_start.is_cuda:
         torch.cuda.reset_peak_memory_stats()
-    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+    with meter.hooks():
         if policy == "xhat":  # the largest per-step graph: one model call and the loss of its x̂₀
             xhat_guided_images(module, batch, scale=0.0)
         else:
@@ -162,6 +135,20 @@ def fmt(value: float | None, spec: str = ".4f") -> str:
     return "–" if value is None else format(value, spec)
 
 
+def print_memory_tables(args: argparse.Namespace) -> None:
+    """The MiB / step column alone, per task: one gradient per policy row and per x̂₀ pass (no optimisation)."""
+    for task in args.tasks:
+        module, datamodule = build_module(task, args)
+        batch = next(iter(datamodule.train_dataloader()))
+        lines = ["| method | MiB / step |", "|---|---|"]
+        for policy in args.policies:
+            reason = unavailable_reason(module.sampler, policy)
+            lines.append(f"| {policy} | {reason or format(step_memory(module, batch, policy), '.2f')} |")
+        if args.xhat_scales:
+            lines.append(f"| x̂₀ guidance | {step_memory(module, batch, 'xhat'):.2f} |")
+        print(f"\n### {task} (configs/{task}/digits.yaml), {args.samples} inputs\n" + "\n".join(lines))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["edit", "style", "aesthetic"], choices=list(TASK_METRICS))
@@ -174,11 +161,16 @@ def main() -> None:
                         help="policy strings (lit_sdo.sampling.parse_policy), passed to the job unchanged")
     parser.add_argument("--model", default=None, help="another diffusion model (default: the config's)")
     parser.add_argument("--xhat-scales", nargs="*", type=float, default=[0.05, 0.2], help="ρ values for x̂₀ guidance")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="print only each row's MiB / step (one gradient per row; no optimisation, no --results)")
     parser.add_argument("--results", default=str(ROOT / "runs/guided_policies.md"),
                         help="markdown file whose section is replaced (the shipped one: benchmarks/RESULTS.md)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
+    if args.memory_only:
+        print_memory_tables(args)
+        return
     sections = []
     for task in args.tasks:
         keys = TASK_METRICS[task]

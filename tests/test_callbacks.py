@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from lit_sdo.callbacks import NaNStop, StepCost
+from lit_sdo.callbacks import NaNStop, SavedTensorMeter, StepCost
 
 DIM, BATCH = 6, 4
 
@@ -96,6 +96,20 @@ def test_step_cost_counts_the_graphs_a_backward_rebuilds(tmp_path: Path) -> None
     assert cost.rows[0]["peak_bytes"] == (1 + REPEAT) * 3 * DIM * 4
     x = torch.rand(3, DIM, generator=torch.Generator().manual_seed(0))  # the one batch
     assert torch.allclose(module.w.detach(), 1 - 0.1 * x.sum(0))  # f is the identity: d loss / d w = sum of x
+
+
+def test_saved_tensor_meter_counts_a_freed_graph_at_its_peak_and_a_storage_once() -> None:
+    x = torch.ones(1000, requires_grad=True)  # 4000 bytes
+    weight = torch.ones(1000)
+    meter = SavedTensorMeter(excluded={weight.untyped_storage().data_ptr()})
+    with meter.hooks():
+        for _ in range(3):  # a graph built and freed three times, as DOODL's backward rebuilds one per step
+            (x * x).sum().backward()  # mul saves x twice: one storage, 4000 bytes
+        kept = (x * x).sum() + (x * weight).sum()  # a graph still alive: x (4000 bytes), the weight not counted
+        assert meter.live == 4000
+        kept.backward()
+    assert meter.peak == 4000
+    assert meter.live == 0
 
 
 def test_step_cost_keeps_counting_after_a_resume(tmp_path: Path) -> None:
