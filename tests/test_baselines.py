@@ -5,7 +5,8 @@
   saved tensors do not grow with N;
 - doodl: EDICT inverts its own forward; with an input-blind denoiser EDICT is DDIM; the reconstructing
   backward equals autograd through the same EDICT chain; saved tensors flat in N;
-- sdo tail: tail = N is ``full`` bit for bit, forward values are plain sampling's;
+- sdo tail: tail = N is ``full`` bit for bit, forward values are plain sampling's; recompute gives the same
+  gradient without the kept graph in the forward;
 - policy strings and one-line errors.
 """
 
@@ -20,6 +21,7 @@ from torch.nn.functional import cosine_similarity
 from lit_sdo.sampling import GradientPolicy, PixelUNetDenoiser, as_policy, build_scheduler, sample
 from lit_sdo.sampling.edict import EdictChain
 from lit_sdo.sampling.flow_ode import probability_flow
+from lit_sdo.sampling.policies import CallMode
 
 SHAPE = (1, 8, 8)
 
@@ -204,6 +206,20 @@ def test_sdo_tail_over_all_steps_is_full_bit_for_bit(scheduler_name: str) -> Non
     assert torch.equal(grad("sdo-k=2-tail=4"), grad("full"))
 
 
+@pytest.mark.parametrize("policy", ["sdo", "sdo-k=2", "sdo-tail=2", "sdo-random-seed=3"])
+def test_sdo_recompute_is_the_same_gradient_without_the_kept_graph_in_the_forward(policy: str) -> None:
+    model, scheduler, labels = denoiser(trainable=True), build_scheduler("ddim", 4), torch.tensor([0, 2])
+    kept = gradients(model, scheduler, as_policy(policy), latent(), labels)  # x_T and every weight
+    recomputed = gradients(model, scheduler, as_policy(f"{policy}-recompute=true"), latent(), labels)
+    assert all(torch.equal(a, b) for a, b in zip(kept, recomputed, strict=True))
+    forward = lambda name: saved_bytes(lambda: sample(  # noqa: E731
+        model, scheduler, latent().requires_grad_(), labels, policy=name))
+    # the checkpointed calls save their inputs (x_t, t, labels) only, not the UNet's activations
+    assert forward(f"{policy}-recompute=true") < forward(policy) / 10
+    plan = as_policy(f"{policy}-recompute=true").plan(4, torch.Generator().manual_seed(0))
+    assert plan.count(CallMode.CHECKPOINT) == (3 if "tail" in policy else 1) and CallMode.GRAPH not in plan
+
+
 def test_sdo_tail_keeps_step_k_and_the_last_m_calls_and_leaves_forward_values_alone() -> None:
     model, labels, scheduler = denoiser(), torch.tensor([1, 2]), build_scheduler("ddim", 6)
     plain = sample(model, scheduler, latent(), labels, policy="none").sample
@@ -216,7 +232,9 @@ def test_sdo_tail_keeps_step_k_and_the_last_m_calls_and_leaves_forward_values_al
 # ---------------------------------------------------------------- strings and errors
 @pytest.mark.parametrize("policy", [
     GradientPolicy("sdo"), GradientPolicy("sdo", k="random"), GradientPolicy("sdo", k=3, tail=4),
-    GradientPolicy("last_k", last_k=2), GradientPolicy("adjoint", solver="rk4", substeps=4),
+    GradientPolicy("sdo", recompute=True), GradientPolicy("sdo", k="random", tail=2, seed=3),
+    GradientPolicy("last_k", last_k=2),
+    GradientPolicy("adjoint", solver="rk4", substeps=4),
     GradientPolicy("adjoint", solver="dopri5", rtol=1e-4), GradientPolicy("doodl", mixing=0.9, leapfrog=False),
 ])
 def test_policy_string_form_round_trips(policy: GradientPolicy) -> None:
@@ -234,6 +252,7 @@ def test_policy_strings_read_the_benchmark_labels() -> None:
     ("adjoin", "ddim", "policy name='adjoin' is unknown; allowed values: none, sdo, .*adjoint, doodl"),
     ("sdo-tail=5", "ddim", "policy tail=5 exceeds the run's 4 steps"),
     ("full-tail=2", "ddim", "tail=2 applies to 'sdo' only"),
+    ("checkpoint-recompute=true", "ddim", "recompute=True applies to 'sdo' only, not 'checkpoint'; use 'checkpoint'"),
     ("adjoint-solver=heun", "ddim", "policy solver='heun' is unknown; allowed values: euler, midpoint, rk4"),
     ("adjoint-substeps=0", "ddim", "substeps=0 must be an integer >= 1"),
     ("doodl-mixing=1.5", "ddim", r"mixing=1.5 must be in \(0, 1\]"),

@@ -56,6 +56,10 @@ class GradientPolicy:
         tail: for ``sdo``, how many final model calls also keep their graph (SDO with an exact tail):
             the plan keeps step ``k`` AND the last ``tail`` calls; every other call keeps only the skip
             path sg(u). ``tail = N`` is ``full``; ``tail = 0`` is plain SDO.
+        recompute: for ``sdo``, the kept calls save only their inputs in forward and rebuild their graph in
+            backward (``torch.utils.checkpoint``): the same gradient for one more model call per kept call,
+            and the kept graph no longer coexists with what the forward builds after it. With SD1.5's VAE
+            decode after the chain, SDO's peak becomes the larger of the two graphs instead of their sum.
         solver: for ``adjoint`` (AdjointDPM), the torchdiffeq method of the forward and adjoint ODE solves;
             ``euler`` as in the official code (its scheduler's default solver).
         substeps: for ``adjoint``, fixed-grid solver steps per sampling step (1: the official code's grid,
@@ -75,6 +79,7 @@ class GradientPolicy:
     k: int | Literal["random"] = 0
     last_k: int = 1
     tail: int = 0
+    recompute: bool = False
     solver: str = "euler"
     substeps: int = 1
     rtol: float = 1e-5
@@ -110,6 +115,9 @@ class GradientPolicy:
             raise ValueError(f"policy tail={self.tail!r} must be an integer >= 0")
         if self.tail and self.name != "sdo":
             raise ValueError(f"policy tail={self.tail} applies to 'sdo' only, not {self.name!r}")
+        if self.recompute and self.name != "sdo":
+            raise ValueError(f"policy recompute={self.recompute} applies to 'sdo' only, not {self.name!r}; "
+                             "use 'checkpoint' for every call")
         if self.solver not in ADJOINT_SOLVERS:
             raise ValueError(f"policy solver={self.solver!r} is unknown; allowed values: {', '.join(ADJOINT_SOLVERS)}")
         if not isinstance(self.substeps, int) or self.substeps < 1:
@@ -161,7 +169,8 @@ class GradientPolicy:
         if self.name == "sdo":
             k = self._draw(num_steps, generator) if self.k == "random" else self.k
             kept = {k} | set(range(num_steps - self.tail, num_steps))
-            return [CallMode.GRAPH if i in kept else CallMode.SKIP for i in range(num_steps)]
+            graph = CallMode.CHECKPOINT if self.recompute else CallMode.GRAPH
+            return [graph if i in kept else CallMode.SKIP for i in range(num_steps)]
         if self.name == "last_k":
             kept = self.last_k
         else:  # random_truncation
@@ -188,18 +197,19 @@ def _policy_named(text: str) -> GradientPolicy:
 
 
 # Options a policy string may set, with the type each value is read as.
-_OPTION_TYPES: dict[str, type] = {"k": int, "last_k": int, "tail": int, "solver": str, "substeps": int,
-                                  "rtol": float, "atol": float, "mixing": float, "leapfrog": bool, "seed": int}
+_OPTION_TYPES: dict[str, type] = {"k": int, "last_k": int, "tail": int, "recompute": bool, "solver": str,
+                                  "substeps": int, "rtol": float, "atol": float, "mixing": float, "leapfrog": bool,
+                                  "seed": int}
 
 
 def parse_policy(text: str) -> GradientPolicy:
     """A policy from its string form, for configs and benchmark lists.
 
     ``name`` then ``-option=value`` pairs, e.g. ``sdo``, ``sdo-random`` (k drawn per call), ``sdo-k=3``,
-    ``sdo-tail=4``, ``last_k=2`` (the name's own option), ``adjoint-solver=rk4-substeps=4``,
-    ``doodl-mixing=0.9``. :attr:`GradientPolicy.label` writes this form back.
+    ``sdo-tail=4``, ``sdo-recompute=true``, ``last_k=2`` (the name's own option),
+    ``adjoint-solver=rk4-substeps=4``, ``doodl-mixing=0.9``. :attr:`GradientPolicy.label` writes this form back.
     """
-    head, *options = re.split(r"-(?=[a-z_]+(?:=|$))", text.strip())
+    head, *options = re.split(r"-(?=[a-z_]+(?:=|-|$))", text.strip())  # "-" before an option (not in 1e-5)
     name, _, own = head.partition("=")
     fields: dict[str, object] = {}
     if own:
