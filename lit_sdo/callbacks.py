@@ -45,7 +45,8 @@ class SavedTensorMeter:
     A saved tensor counts from when a graph saves it until autograd drops it (after its node's backward, or
     with its graph), so graphs built and freed inside a backward count at their largest. A storage saved
     several times counts once; ``excluded`` storage addresses (a module's weights) never count.
-    Use as ``with meter.hooks(): ...``.
+    Use as ``with meter.hooks(): ...``. The meter hands autograd back detached tensors (same storage), so a
+    backward with ``create_graph=True`` (higher-order gradients) must not run under it.
     """
 
     def __init__(self, excluded: set[int] | None = None) -> None:
@@ -65,7 +66,10 @@ class SavedTensorMeter:
             self.live += storage.nbytes()
             self.peak = max(self.peak, self.live)
         self._holders[address] = self._holders.get(address, 0) + 1
-        return _Held(tensor, address, storage.nbytes(), self)
+        # detached: a saved output holding its own grad_fn would close a reference cycle (node -> saved
+        # variable -> this holder -> tensor -> node) that keeps a retained graph (torchdiffeq's adjoint VJPs)
+        # alive until the garbage collector runs; the same storage, so nothing is copied
+        return _Held(tensor.detach(), address, storage.nbytes(), self)
 
     def _drop(self, address: int, size: int) -> None:
         self._holders[address] -= 1

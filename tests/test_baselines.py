@@ -18,6 +18,7 @@ from conftest import make_tiny_unet
 from torch import Tensor, nn
 from torch.nn.functional import cosine_similarity
 
+from lit_sdo.callbacks import SavedTensorMeter
 from lit_sdo.sampling import GradientPolicy, PixelUNetDenoiser, as_policy, build_scheduler, sample
 from lit_sdo.sampling.edict import EdictChain
 from lit_sdo.sampling.flow_ode import probability_flow
@@ -84,6 +85,16 @@ def saved_bytes(run) -> int:
     return total
 
 
+def held_for_backward(model: nn.Module, policy: str, steps: int) -> tuple[int, int]:
+    """(peak, what is left after) of the bytes autograd holds over one gradient, its backward included."""
+    meter = SavedTensorMeter(excluded={p.untyped_storage().data_ptr() for p in model.parameters()})
+    with meter.hooks():
+        out = sample(model, build_scheduler("ddim", steps), latent().requires_grad_(), torch.tensor([0, 1]),
+                     policy=policy)
+        (out.sample * weights()).sum().backward()
+    return meter.peak, meter.live
+
+
 # ---------------------------------------------------------------- adjoint
 @pytest.mark.parametrize(("scheduler_name", "start_step"), [("ddim", 0), ("ddim", 2), ("euler", 1), ("flow_euler", 0)])
 def test_adjoint_euler_forward_is_the_scheduler_chain(scheduler_name: str, start_step: int) -> None:
@@ -139,6 +150,9 @@ def test_adjoint_saved_memory_is_flat_in_the_number_of_steps() -> None:
 
     assert saved_bytes(lambda: run("adjoint", 3)) == saved_bytes(lambda: run("adjoint", 12))
     assert saved_bytes(lambda: run("full", 12)) > 3 * saved_bytes(lambda: run("full", 3))  # the hook counts
+    # backward included, where the adjoint ODE rebuilds one call's graph per step and frees it
+    assert held_for_backward(model, "adjoint", 3) == held_for_backward(model, "adjoint", 12)
+    assert held_for_backward(model, "full", 12)[0] > 3 * held_for_backward(model, "full", 3)[0]
 
 
 # ---------------------------------------------------------------- doodl / EDICT
@@ -188,6 +202,7 @@ def test_doodl_saved_memory_is_flat_in_the_number_of_steps() -> None:
         sample(model, build_scheduler("ddim", steps), latent().requires_grad_(), labels, policy="doodl")
 
     assert saved_bytes(lambda: run(3)) == saved_bytes(lambda: run(12))
+    assert held_for_backward(model, "doodl", 3) == held_for_backward(model, "doodl", 12)
 
 
 # ---------------------------------------------------------------- sdo with an exact tail
