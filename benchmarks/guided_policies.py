@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import cli  # noqa: E402
-from benchmarks.policy_rows import reason_row, unavailable_reason  # noqa: E402
+from benchmarks.policy_rows import memory_cell, reason_row, unavailable_reason  # noqa: E402
 from lit_sdo.callbacks import SavedTensorMeter  # noqa: E402
 from lit_sdo.io import write_markdown_section  # noqa: E402
 from lit_sdo.tasks.xhat_baseline import xhat_guided_images  # noqa: E402
@@ -143,7 +143,7 @@ def print_memory_tables(args: argparse.Namespace) -> None:
         lines = ["| method | MiB / step |", "|---|---|"]
         for policy in args.policies:
             reason = unavailable_reason(module.sampler, policy)
-            lines.append(f"| {policy} | {reason or format(step_memory(module, batch, policy), '.2f')} |")
+            lines.append(f"| {policy} | {reason or memory_cell(policy, step_memory(module, batch, policy))} |")
         if args.xhat_scales:
             lines.append(f"| x̂₀ guidance | {step_memory(module, batch, 'xhat'):.2f} |")
         print(f"\n### {task} (configs/{task}/digits.yaml), {args.samples} inputs\n" + "\n".join(lines))
@@ -190,7 +190,7 @@ def main() -> None:
                 sec = r["seconds_per_step"]
                 steps = optimisation_steps(task, args)
                 lines.append(f"| {policy} | " + " | ".join(cells) + f" | {sec:.3f} | {steps} | "
-                             f"{sec * steps:.1f} | {step_memory(module, batch, policy):.2f} |")
+                             f"{sec * steps:.1f} | {memory_cell(policy, step_memory(module, batch, policy))} |")
         for scale in args.xhat_scales:
             r = run_xhat(task, scale, module, datamodule)
             cells = [f"{fmt(r.get(f'{k}_original_mean'))} → {fmt(r.get(f'{k}_optimized_mean'))}" for k in keys]

@@ -33,3 +33,12 @@ def unavailable_reason(sampler: Any, policy: str) -> str | None:
 def reason_row(label: str, reason: str, columns: int) -> str:
     """A markdown row of ``columns`` cells: the label, the reason, then empty cells."""
     return f"| {label} | cannot run: {reason} |" + " |" * (columns - 2)
+
+
+def memory_cell(policy: str, mib: float) -> str:
+    """The MiB cell of a policy row. A call that ``torch.utils.checkpoint`` rebuilds in backward saves through
+    checkpoint's own hooks, which no saved-tensor meter sees: for ``checkpoint`` and ``sdo-recompute=true`` the
+    figure leaves out that one rebuilt call's graph, and the cell says so (on CUDA the allocator's peak has it)."""
+    parsed = parse_policy(policy)
+    rebuilt = parsed.name == "checkpoint" or parsed.recompute
+    return f"{mib:.2f}" + (" + one rebuilt call's graph (not seen by the meter)" if rebuilt else "")

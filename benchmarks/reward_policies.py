@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import cli  # noqa: E402
-from benchmarks.policy_rows import job_sampler, reason_row, unavailable_reason  # noqa: E402
+from benchmarks.policy_rows import job_sampler, memory_cell, reason_row, unavailable_reason  # noqa: E402
 from lit_sdo.io import write_markdown_section  # noqa: E402
 
 LABELS = {"sdo": "sdo (k random)", "random_truncation": "random_truncation (AlignProp-uniform)",
@@ -110,7 +110,7 @@ def main() -> None:
         r = rows[policy]
         lines.append(f"| {LABELS.get(policy, policy)} | {r['steps']} | {r['eval_start']:.4f} → {r['eval_final']:.4f} | "
                      f"{r['train_final']:.4f} | {r['seconds']:.1f} ({r['cpu_seconds']:.1f}) | "
-                     f"{r['seconds_per_step']:.2f} ({r['cpu_per_step']:.2f}) | {r['peak_mib']:.1f} |")
+                     f"{r['seconds_per_step']:.2f} ({r['cpu_per_step']:.2f}) | {memory_cell(policy, r['peak_mib'])} |")
     verdict = ""
     if "sdo" in rows and "random_truncation" in rows:
         uniform, sdo = rows["random_truncation"], rows["sdo"]

@@ -46,7 +46,10 @@ class SavedTensorMeter:
     with its graph), so graphs built and freed inside a backward count at their largest. A storage saved
     several times counts once; ``excluded`` storage addresses (a module's weights) never count.
     Use as ``with meter.hooks(): ...``. The meter hands autograd back detached tensors (same storage), so a
-    backward with ``create_graph=True`` (higher-order gradients) must not run under it.
+    backward with ``create_graph=True`` (higher-order gradients) must not run under it. A call that
+    ``torch.utils.checkpoint`` rebuilds in backward saves through checkpoint's own hooks and is not seen
+    (the ``checkpoint`` policy, ``sdo`` with ``recompute``); CUDA's allocator peak, which StepCost uses on a GPU,
+    has it.
     """
 
     def __init__(self, excluded: set[int] | None = None) -> None:

@@ -127,3 +127,12 @@ def test_reward_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     row = table_rows(refused)["doodl (DOODL)"]
     assert "cannot run: policy 'doodl' cannot run on DDPMScheduler" in row
     assert row.count("|") == 8
+
+
+def test_the_memory_cell_says_when_the_meter_cannot_see_a_rebuilt_call() -> None:
+    from benchmarks.policy_rows import memory_cell
+
+    assert memory_cell("sdo", 18.734) == "18.73"
+    assert memory_cell("adjoint", 17.95) == "17.95"  # its rebuilt graphs go through the meter's hooks
+    for policy in ("checkpoint", "sdo-recompute=true", "sdo-random-recompute=true"):
+        assert memory_cell(policy, 0.5) == "0.50 + one rebuilt call's graph (not seen by the meter)"
