@@ -48,7 +48,7 @@ LATENT = ("--model.init_args.output_dir={out}", "--trainer.logger.init_args.save
 LATENT_OUT = ("results.json", "delta.safetensors", "grid.png")
 REWARD = (*LATENT, "--data.init_args.samples_per_step=1", "--data.init_args.batch_size=1",
           "--trainer.accumulate_grad_batches=1", "--model.init_args.grid_samples=1",
-          "--model.init_args.grid_every_n_steps=1000", SD_PROMPT)
+          "--model.init_args.grid_every_n_steps=1000")  # the config's shipped prompt file (a path, not a list)
 REWARD_OUT = ("history.json", "grid.png", "lora/pytorch_lora_weights.safetensors")
 SHORTCUT = ("--trainer.max_steps={opt_steps}", "--trainer.default_root_dir={out}",
             "--model.init_args.vae={cache}/sd-vae-ft-mse", "--model.init_args.export_dir={out}/export",
