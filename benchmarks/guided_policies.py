@@ -95,7 +95,7 @@ def step_memory(module: Any, batch: dict[str, Any], policy: str) -> float:
     """MiB for one optimisation step: CUDA peak, or on CPU the peak bytes autograd holds for backward."""
     x_start, cond = module.start_latent(batch), module.condition(batch)
     delta = torch.zeros_like(x_start, requires_grad=True)
-    meter = SavedTensorMeter(excluded={p.untyped_storage().data_ptr() for p in module.parameters()})
+    meter = SavedTensorMeter.excluding_weights_of(module)
     if x_start.is_cuda:
         torch.cuda.reset_peak_memory_stats()
     with meter.hooks():

@@ -57,6 +57,11 @@ class SavedTensorMeter:
         self._excluded = excluded or set()
         self._holders: dict[int, int] = {}  # storage address -> how many saved tensors hold it now
 
+    @classmethod
+    def excluding_weights_of(cls, module: torch.nn.Module) -> SavedTensorMeter:
+        """A meter that does not count ``module``'s parameters (saving them costs no new memory)."""
+        return cls(excluded={p.untyped_storage().data_ptr() for p in module.parameters()})
+
     def hooks(self) -> torch.autograd.graph.saved_tensors_hooks:
         return torch.autograd.graph.saved_tensors_hooks(self._pack, _unpack)
 
@@ -160,7 +165,7 @@ class StepCost(L.Callback):
             torch.cuda.reset_peak_memory_stats(device)
             self._read = lambda: torch.cuda.max_memory_allocated(device)
             return
-        meter = SavedTensorMeter(excluded={p.untyped_storage().data_ptr() for p in module.parameters()})
+        meter = SavedTensorMeter.excluding_weights_of(module)
         self._hooks = meter.hooks()
         self._hooks.__enter__()
         self._read = lambda: meter.peak

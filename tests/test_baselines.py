@@ -87,7 +87,7 @@ def saved_bytes(run) -> int:
 
 def held_for_backward(model: nn.Module, policy: str, steps: int) -> tuple[int, int]:
     """(peak, what is left after) of the bytes autograd holds over one gradient, its backward included."""
-    meter = SavedTensorMeter(excluded={p.untyped_storage().data_ptr() for p in model.parameters()})
+    meter = SavedTensorMeter.excluding_weights_of(model)
     with meter.hooks():
         out = sample(model, build_scheduler("ddim", steps), latent().requires_grad_(), torch.tensor([0, 1]),
                      policy=policy)
