@@ -182,14 +182,35 @@ class LitSdoCLI(LightningCLI):
         self.log_folders.prepare(self.trainer)
 
 
-def build_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+class ParseOnlyCLI(LitSdoCLI):
+    """Parses and type-checks a command line against the classes it names and builds none of them.
+
+    LightningCLI instantiates as soon as it has parsed; a command line that points at models this machine does
+    not have (the full-size runs' cache) can still be checked for its option names and value types this way.
+    """
+
+    def instantiate_classes(self) -> None:
+        """Nothing is built: ``self.config`` holds the parsed, validated namespace."""
+
+
+def parse_command_line(args: list[str]) -> Any:
+    """``args`` (optionally led by a Trainer command: ``fit --config ...``) parsed and validated, nothing built.
+
+    The command's own options (``--ckpt_path``) are not accepted: the namespace is that of ``run=False``.
+    """
+    argv = list(args[1:] if args and args[0] in LIGHTNING_COMMANDS else args)
+    return build_cli(argv, run=False, cli_class=ParseOnlyCLI).config
+
+
+def build_cli(args: list[str] | None = None, run: bool = True,
+              cli_class: type[LitSdoCLI] = LitSdoCLI) -> LightningCLI:
     """The CLI object; ``run=False`` only parses and instantiates (config tests)."""
     description = (f"Commands: {', '.join(LIGHTNING_COMMANDS)} (a Trainer call driven by --config YAML files) and "
                    f"{', '.join(JOBS)} (jobs: lit-sdo JOB --help).")
     parser_kwargs: dict[str, Any] = {**STRICT_PARSER, "prog": "lit-sdo", "description": description}
     parser_kwargs |= {command: dict(STRICT_PARSER) for command in LIGHTNING_COMMANDS}
     try:
-        return LitSdoCLI(
+        return cli_class(
             LightningModule,
             None,  # any LightningDataModule by class_path, and optional (sampling jobs need none)
             subclass_mode_model=True,

@@ -193,6 +193,9 @@ def result_row(result: RunResult) -> str:
 
 
 REWARD_CONFIG = "reward/sd15_aesthetic"
+# The reward-cost runs: policy -> the overrides that select it (SDO: the config's own setting, k random).
+REWARD_COST_POLICIES = {"sdo": ("--model.init_args.sampler.policy=sdo", "--model.init_args.sampler.k=random"),
+                        "random_truncation": ("--model.init_args.sampler.policy=random_truncation",)}
 TABLE_HEADER = ("| config | status | wall s | CPU s | peak RSS GiB | load at start | written |\n"
                 "|---|---|---:|---:|---:|---:|---|")
 
@@ -201,10 +204,8 @@ def reward_cost(args: argparse.Namespace, log: callable) -> tuple[list[RunResult
     """One optimiser step of configs/reward/sd15_aesthetic.yaml per policy at the same N: the runs and the lines
     that give the CPU-time ratio. The SDO run is the config's own setting (policy sdo, k random)."""
     config = CONFIGS[REWARD_CONFIG]
-    policies = {"sdo": ("--model.init_args.sampler.policy=sdo", "--model.init_args.sampler.k=random"),
-                "random_truncation": ("--model.init_args.sampler.policy=random_truncation",)}
     steps, results = {}, []
-    for policy, extra in policies.items():
+    for policy, extra in REWARD_COST_POLICIES.items():
         log(f"{REWARD_CONFIG} (reward cost): {policy}, N = {args.reward_steps}")
         saved = args.sampling_steps
         args.sampling_steps = args.reward_steps

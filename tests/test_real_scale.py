@@ -41,6 +41,26 @@ def test_fit_command_points_the_config_at_the_cache_on_the_requested_device(tmp_
         real_scale.parse_args(["--only", "attack/imagenet"])
 
 
+REWARD_COST_RUNS = [(real_scale.REWARD_CONFIG, extra) for extra in real_scale.REWARD_COST_POLICIES.values()]
+
+
+@pytest.mark.parametrize(("name", "extra"), [(name, ()) for name in sorted(PAPER_CONFIGS)] + REWARD_COST_RUNS,
+                         ids=sorted(PAPER_CONFIGS) + [f"reward-cost-{p}" for p in real_scale.REWARD_COST_POLICIES])
+def test_every_full_size_command_line_parses_against_its_classes(name: str, extra: tuple[str, ...],
+                                                                  tmp_path: Path) -> None:
+    # Parsed and type-checked, nothing built: the models it points at exist only in a full-size cache.
+    import cli
+
+    command = real_scale.fit_command(real_scale.CONFIGS[name], tmp_path / "cache", tmp_path / "out", 2, 1, "cpu",
+                                     extra)
+    assert command[2] == "fit"
+    config = cli.parse_command_line(command[2:])
+    assert config.trainer.accelerator == "cpu" and str(config.trainer.devices) == "1"
+    overridden = {o.split("=", 1)[0].removeprefix("--") for o in command if o.startswith("--model.")}
+    for key in overridden:  # every override reached the namespace under the name it was given
+        assert config.get(key) is not None, key
+
+
 def test_bpe_merges_take_the_most_frequent_pair_first() -> None:
     # Symbols: l o w</w> (×5), l o w e r</w> (×2), n e w e s t</w> (×6). Pair counts: (w, e) 2 + 6 = 8, then
     # (l, o) 5 + 2 = 7 ahead of the 6s of newest.
