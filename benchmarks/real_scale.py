@@ -5,8 +5,9 @@ on-disk layout (:mod:`benchmarks.real_scale_models`, cached under ``--cache``), 
 with CLI overrides, and ``lit-sdo fit`` runs in its own process for ``--opt-steps`` optimisation steps at
 ``--sampling-steps`` sampling steps and batch 1. Printed per config: wall time, CPU time and peak RSS of that
 process (``os.wait4``'s resource usage), what it wrote, PASS/FAIL. ``--reward-cost`` times one reward step of
-configs/reward/sd15_aesthetic.yaml with SDO (one random step, the paper's) against AlignProp's random
-truncation at the same N and prints the ratio of their CPU seconds (paper Sec. 5.2: SDO ≈ 50 %).
+configs/reward/sd15_aesthetic.yaml per ``--reward-policies`` entry at the same N: SDO (one random step, the
+paper's) against AlignProp's random truncation, one draw or its expectation over K from the fixed-K runs
+``last_k=1..N``, and prints the ratio of their CPU seconds (paper Sec. 5.2: SDO ≈ 50 %).
 
     python benchmarks/real_scale.py [--only edit/celebahq,attack/imagenet_adm] [--list] [--device cuda]
 """
@@ -23,6 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's lit_sdo, also for the runs (PYTHONPATH in child_env)
+
+from lit_sdo.sampling import parse_policy  # noqa: E402
+
 GIB = 1024 ** 3
 SD_PROMPT = '--data.init_args.prompts=["a painting of a lighthouse"]'
 
@@ -193,40 +198,60 @@ def result_row(result: RunResult) -> str:
 
 
 REWARD_CONFIG = "reward/sd15_aesthetic"
-# The reward-cost runs: policy -> the overrides that select it (SDO: the config's own setting, k random).
-REWARD_COST_POLICIES = {"sdo": ("--model.init_args.sampler.policy=sdo", "--model.init_args.sampler.k=random"),
-                        "random_truncation": ("--model.init_args.sampler.policy=random_truncation",)}
-TABLE_HEADER = ("| config | status | wall s | CPU s | peak RSS GiB | load at start | written |\n"
-                "|---|---|---:|---:|---:|---:|---|")
+# The reward-cost policies by default: SDO as the config runs it (k random) and AlignProp-uniform (K random).
+REWARD_COST_POLICIES = ("sdo-random", "random_truncation")
+
+
+def policy_overrides(policy: str) -> tuple[str, ...]:
+    """The sampler overrides that select ``policy`` (its string carries every option; the config's ``k: random``
+    is reset so that it is not applied to the policy on top)."""
+    return (f"--model.init_args.sampler.policy={policy}", "--model.init_args.sampler.k=0")
 
 
 def reward_cost(args: argparse.Namespace, log: callable) -> tuple[list[RunResult], list[str]]:
-    """One optimiser step of configs/reward/sd15_aesthetic.yaml per policy at the same N: the runs and the lines
-    that give the CPU-time ratio. The SDO run is the config's own setting (policy sdo, k random)."""
+    """One optimiser step of configs/reward/sd15_aesthetic.yaml per policy of ``--reward-policies`` at the same
+    N: the runs and the lines that compare their CPU time (:func:`reward_cost_lines`)."""
     config = CONFIGS[REWARD_CONFIG]
     steps, results = {}, []
-    for policy, extra in REWARD_COST_POLICIES.items():
+    for policy in args.reward_policies:
         log(f"{REWARD_CONFIG} (reward cost): {policy}, N = {args.reward_steps}")
         saved = args.sampling_steps
         args.sampling_steps = args.reward_steps
+        tag = "_cost_" + policy.replace("=", "").replace("-", "_")
         try:
-            result = run_config(config, args, log, tag=f"_cost_{policy}", extra=extra)
+            result = run_config(config, args, log, tag=tag, extra=policy_overrides(policy))
         finally:
             args.sampling_steps = saved
         results.append(result)
         if not result.passed:
             return results, [f"reward cost: {policy} FAILED, see {result.log}"]
-        history = json.loads((args.out / f"reward_sd15_aesthetic_cost_{policy}" / "history.json").read_text())
+        history = json.loads((args.out / (REWARD_CONFIG.replace("/", "_") + tag) / "history.json").read_text())
         steps[policy] = [row for row in history["steps"] if "reward" in row][0]
-    sdo, rt = steps["sdo"], steps["random_truncation"]
-    depth = rt["peak_bytes"] / sdo["peak_bytes"] if sdo["peak_bytes"] else float("nan")
-    return results, ["| policy | step CPU s | step wall s | saved-tensor GB |\n|---|---:|---:|---:|",
-            *(f"| {p} | {s['cpu_seconds']:.1f} | {s['seconds']:.1f} | {s['peak_bytes'] / 1e9:.2f} |"
-              for p, s in steps.items()),
-            "",
-            f"reward step, N = {args.reward_steps}: SDO / random_truncation CPU time = "
-            f"{sdo['cpu_seconds'] / rt['cpu_seconds']:.2f} (wall {sdo['seconds'] / rt['seconds']:.2f}); "
-            f"random_truncation saved {depth:.1f}x SDO's tensors (≈ the graph steps K it drew)"]
+    return results, reward_cost_lines(steps, args.reward_steps)
+
+
+def reward_cost_lines(steps: dict[str, dict], num_steps: int) -> list[str]:
+    """The per-policy table, then SDO's CPU time against AlignProp-uniform's.
+
+    AlignProp-uniform draws K uniformly from [1, N], so its expected cost is the mean of ``last_k=K`` over
+    K = 1..N: given every fixed-K run (same ``recompute`` flavour), that mean is the comparison, free of the
+    one draw a ``random_truncation`` step makes. A ``random_truncation`` step is compared as the draw it made."""
+    table = ["| policy | step CPU s | step wall s | saved-tensor GB |", "|---|---:|---:|---:|"]
+    table += [f"| {p} | {s['cpu_seconds']:.1f} | {s['seconds']:.1f} | {s['peak_bytes'] / 1e9:.2f} |"
+              for p, s in steps.items()]
+    references: dict[str, float] = {}
+    for flavour in ("", "-recompute=true"):
+        fixed = [f"last_k={k}{flavour}" for k in range(1, num_steps + 1)]
+        if all(name in steps for name in fixed):
+            references[f"mean of last_k=1..{num_steps}{flavour} (AlignProp-uniform's expected cost)"] = (
+                sum(steps[name]["cpu_seconds"] for name in fixed) / num_steps)
+    references |= {f"{name} (one draw)": s["cpu_seconds"] for name, s in steps.items()
+                   if name.startswith("random_truncation")}
+    lines = [*table, ""]
+    for sdo in (name for name in steps if name.startswith("sdo")):
+        lines += [f"reward step, N = {num_steps}: {sdo} / {ref} CPU time = {steps[sdo]['cpu_seconds'] / cpu:.2f}"
+                  for ref, cpu in references.items()]
+    return lines
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -244,6 +269,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reward-cost", action="store_true",
                         help="also time one SD1.5 reward step: SDO vs random_truncation (AlignProp), same N")
     parser.add_argument("--reward-steps", type=int, default=4, help="sampling steps N of the reward-cost runs")
+    parser.add_argument("--reward-policies", default=",".join(REWARD_COST_POLICIES),
+                        help="comma-separated policy strings of the reward-cost runs; last_k=1..N (optionally all "
+                             "with -recompute=true) give AlignProp-uniform's expected cost")
     parser.add_argument("--no-configs", action="store_true", help="skip the per-config runs (e.g. --reward-cost only)")
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
@@ -252,6 +280,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--only: unknown config(s) {', '.join(unknown)}; allowed: {', '.join(CONFIGS)}")
     if min(args.sampling_steps, args.opt_steps, args.reward_steps) < 1:
         parser.error("--sampling-steps, --opt-steps and --reward-steps must be >= 1")
+    args.reward_policies = [p for p in args.reward_policies.split(",") if p]
+    for policy in args.reward_policies:
+        try:
+            parse_policy(policy).check_steps(args.reward_steps)
+        except ValueError as err:
+            parser.error(f"--reward-policies: {err}")
     args.names = names or list(CONFIGS)
     args.accelerator = "gpu" if args.device == "cuda" else "cpu"
     args.cache, args.out = args.cache.resolve(), args.out.resolve()
@@ -265,7 +299,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{config.name}: {', '.join(config.components)}")
         return 0
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    sys.path.insert(0, str(ROOT))
     rows, failed = [], 0
     # With --reward-cost, the reward config runs as its SDO cost run (its own policy) instead of a second time.
     names = [] if args.no_configs else [n for n in args.names if not (args.reward_cost and n == REWARD_CONFIG)]

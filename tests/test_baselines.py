@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn.functional import cosine_similarity
 
 from lit_sdo.callbacks import SavedTensorMeter
-from lit_sdo.sampling import GradientPolicy, PixelUNetDenoiser, as_policy, build_scheduler, sample
+from lit_sdo.sampling import GradientPolicy, PixelUNetDenoiser, as_policy, build_scheduler, parse_policy, sample
 from lit_sdo.sampling.edict import EdictChain
 from lit_sdo.sampling.flow_ode import probability_flow
 from lit_sdo.sampling.policies import CallMode
@@ -244,11 +244,35 @@ def test_sdo_tail_keeps_step_k_and_the_last_m_calls_and_leaves_forward_values_al
     assert sample(model, scheduler, latent(), labels, policy="sdo-k=4-tail=2").graph_steps == [4, 5]
 
 
+@pytest.mark.parametrize(("policy", "depth"), [("last_k=2", 2), ("random_truncation-seed=3", 3)])
+def test_truncation_recompute_is_the_same_weight_gradient_with_one_call_graph_at_a_time(policy: str,
+                                                                                       depth: int) -> None:
+    # AlignProp's memory trick: the last K calls keep gradient, each rebuilt in backward. parse_policy gives a
+    # fresh policy (its own generator from seed 3: K = 3 on its first draw) for every run.
+    model, scheduler, labels = denoiser(trainable=True), build_scheduler("ddim", 4), torch.tensor([0, 2])
+    weights_of = [p for p in model.parameters() if p.requires_grad]
+
+    def run(name: str):
+        return sample(model, scheduler, latent(), labels, policy=parse_policy(name))
+
+    def weight_gradients(name: str) -> list[Tensor]:
+        return list(torch.autograd.grad((run(name).sample * weights()).sum(), weights_of))
+
+    graph, rebuilt = parse_policy(policy).plan(4), parse_policy(f"{policy}-recompute=true").plan(4)
+    assert graph.count(CallMode.GRAPH) == depth and graph[:4 - depth] == [CallMode.OFF] * (4 - depth)
+    assert rebuilt == [CallMode.CHECKPOINT if mode is CallMode.GRAPH else mode for mode in graph]
+    kept, recomputed = weight_gradients(policy), weight_gradients(f"{policy}-recompute=true")
+    assert all(torch.equal(a, b) for a, b in zip(kept, recomputed, strict=True))
+    assert all(g.abs().sum() > 0 for g in recomputed)
+    assert saved_bytes(lambda: run(f"{policy}-recompute=true")) < saved_bytes(lambda: run(policy)) / 10
+
+
 # ---------------------------------------------------------------- strings and errors
 @pytest.mark.parametrize("policy", [
     GradientPolicy("sdo"), GradientPolicy("sdo", k="random"), GradientPolicy("sdo", k=3, tail=4),
     GradientPolicy("sdo", recompute=True), GradientPolicy("sdo", k="random", tail=2, seed=3),
-    GradientPolicy("last_k", last_k=2),
+    GradientPolicy("last_k", last_k=2), GradientPolicy("last_k", last_k=3, recompute=True),
+    GradientPolicy("random_truncation", recompute=True, seed=2),
     GradientPolicy("adjoint", solver="rk4", substeps=4),
     GradientPolicy("adjoint", solver="dopri5", rtol=1e-4), GradientPolicy("doodl", mixing=0.9, leapfrog=False),
 ])
@@ -267,7 +291,8 @@ def test_policy_strings_read_the_benchmark_labels() -> None:
     ("adjoin", "ddim", "policy name='adjoin' is unknown; allowed values: none, sdo, .*adjoint, doodl"),
     ("sdo-tail=5", "ddim", "policy tail=5 exceeds the run's 4 steps"),
     ("full-tail=2", "ddim", "tail=2 applies to 'sdo' only"),
-    ("checkpoint-recompute=true", "ddim", "recompute=True applies to 'sdo' only, not 'checkpoint'; use 'checkpoint'"),
+    ("checkpoint-recompute=true", "ddim",
+     "recompute=True applies to sdo, last_k, random_truncation only, not 'checkpoint'; use 'checkpoint'"),
     ("adjoint-solver=heun", "ddim", "policy solver='heun' is unknown; allowed values: euler, midpoint, rk4"),
     ("adjoint-substeps=0", "ddim", "substeps=0 must be an integer >= 1"),
     ("doodl-mixing=1.5", "ddim", r"mixing=1.5 must be in \(0, 1\]"),

@@ -41,11 +41,12 @@ def test_fit_command_points_the_config_at_the_cache_on_the_requested_device(tmp_
         real_scale.parse_args(["--only", "attack/imagenet"])
 
 
-REWARD_COST_RUNS = [(real_scale.REWARD_CONFIG, extra) for extra in real_scale.REWARD_COST_POLICIES.values()]
+COST_POLICIES = (*real_scale.REWARD_COST_POLICIES, "last_k=2-recompute=true", "sdo-random-recompute=true")
+REWARD_COST_RUNS = [(real_scale.REWARD_CONFIG, real_scale.policy_overrides(p)) for p in COST_POLICIES]
 
 
 @pytest.mark.parametrize(("name", "extra"), [(name, ()) for name in sorted(PAPER_CONFIGS)] + REWARD_COST_RUNS,
-                         ids=sorted(PAPER_CONFIGS) + [f"reward-cost-{p}" for p in real_scale.REWARD_COST_POLICIES])
+                         ids=sorted(PAPER_CONFIGS) + [f"reward-cost-{p}" for p in COST_POLICIES])
 def test_every_full_size_command_line_parses_against_its_classes(name: str, extra: tuple[str, ...],
                                                                   tmp_path: Path) -> None:
     # Parsed and type-checked, nothing built: the models it points at exist only in a full-size cache.
@@ -116,3 +117,26 @@ def test_gpu_check_is_valid_bash_and_every_printed_command_parses() -> None:
     assert [c[1] for c in dry_run("attack")] == ["benchmarks/attack_policies.py"]  # one section alone
     bad = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "nonsense"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown section 'nonsense'" in bad.stderr
+
+
+def test_reward_cost_compares_sdo_with_the_mean_over_k_of_the_fixed_k_runs() -> None:
+    step = lambda cpu: {"cpu_seconds": cpu, "seconds": cpu / 2, "peak_bytes": 1e9}  # noqa: E731
+    steps = {"sdo-random": step(60.0), "last_k=1": step(50.0), "last_k=2": step(100.0), "last_k=3": step(150.0),
+             "random_truncation": step(100.0)}
+    lines = real_scale.reward_cost_lines(steps, 3)
+    assert "| last_k=2 | 100.0 | 50.0 | 1.00 |" in lines
+    # mean over K = 1..3 is 100 CPU s: SDO at 60 is 0.60 of it; the one random_truncation draw is also shown
+    assert any("sdo-random / mean of last_k=1..3 (AlignProp-uniform's expected cost) CPU time = 0.60" in line
+               for line in lines)
+    assert any("sdo-random / random_truncation (one draw) CPU time = 0.60" in line for line in lines)
+    del steps["last_k=3"]  # an incomplete sweep gives no expectation
+    assert not any("mean of" in line for line in real_scale.reward_cost_lines(steps, 3))
+
+
+def test_reward_policies_are_checked_against_the_runs_steps() -> None:
+    args = real_scale.parse_args(["--reward-policies", "sdo-random,last_k=4-recompute=true", "--reward-steps", "4"])
+    assert args.reward_policies == ["sdo-random", "last_k=4-recompute=true"]
+    with pytest.raises(SystemExit):
+        real_scale.parse_args(["--reward-policies", "last_k=5", "--reward-steps", "4"])
+    with pytest.raises(SystemExit):
+        real_scale.parse_args(["--reward-policies", "sdo-depth=2"])

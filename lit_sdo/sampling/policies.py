@@ -19,6 +19,8 @@ PolicyName = Literal["none", "sdo", "full", "checkpoint", "last_k", "random_trun
 POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)  # the one list, read off the type
 # The paper's baselines replace the scheduler's step loop by their own sampler (lit_sdo.sampling.baselines).
 BASELINE_NAMES: tuple[str, ...] = ("adjoint", "doodl")
+# The policies whose kept calls may be rebuilt in backward instead of keeping their graph.
+RECOMPUTABLE_NAMES: tuple[str, ...] = ("sdo", "last_k", "random_truncation")
 
 
 class CallMode(Enum):
@@ -56,10 +58,12 @@ class GradientPolicy:
         tail: for ``sdo``, how many final model calls also keep their graph (SDO with an exact tail):
             the plan keeps step ``k`` AND the last ``tail`` calls; every other call keeps only the skip
             path sg(u). ``tail = N`` is ``full``; ``tail = 0`` is plain SDO.
-        recompute: for ``sdo``, the kept calls save only their inputs in forward and rebuild their graph in
-            backward (``torch.utils.checkpoint``): the same gradient for one more model call per kept call,
-            and the kept graph no longer coexists with what the forward builds after it. With SD1.5's VAE
-            decode after the chain, SDO's peak becomes the larger of the two graphs instead of their sum.
+        recompute: for ``sdo``, ``last_k`` and ``random_truncation``, the kept calls save only their inputs in
+            forward and rebuild their graph in backward (``torch.utils.checkpoint``): the same gradient for
+            one more model call per kept call, and the kept graph no longer coexists with what the forward
+            builds after it. With SD1.5's VAE decode after the chain, SDO's peak becomes the larger of the
+            two graphs instead of their sum; the truncation policies hold one call's graph at a time (how
+            AlignProp fits K calls in memory: gradient checkpointing).
         solver: for ``adjoint`` (AdjointDPM), the torchdiffeq method of the forward and adjoint ODE solves;
             ``euler`` as in the official code (its scheduler's default solver).
         substeps: for ``adjoint``, fixed-grid solver steps per sampling step (1: the official code's grid,
@@ -115,9 +119,9 @@ class GradientPolicy:
             raise ValueError(f"policy tail={self.tail!r} must be an integer >= 0")
         if self.tail and self.name != "sdo":
             raise ValueError(f"policy tail={self.tail} applies to 'sdo' only, not {self.name!r}")
-        if self.recompute and self.name != "sdo":
-            raise ValueError(f"policy recompute={self.recompute} applies to 'sdo' only, not {self.name!r}; "
-                             "use 'checkpoint' for every call")
+        if self.recompute and self.name not in RECOMPUTABLE_NAMES:
+            raise ValueError(f"policy recompute={self.recompute} applies to {', '.join(RECOMPUTABLE_NAMES)} only, "
+                             f"not {self.name!r}; use 'checkpoint' for every call")
         if self.solver not in ADJOINT_SOLVERS:
             raise ValueError(f"policy solver={self.solver!r} is unknown; allowed values: {', '.join(ADJOINT_SOLVERS)}")
         if not isinstance(self.substeps, int) or self.substeps < 1:
@@ -169,13 +173,17 @@ class GradientPolicy:
         if self.name == "sdo":
             k = self._draw(num_steps, generator) if self.k == "random" else self.k
             kept = {k} | set(range(num_steps - self.tail, num_steps))
-            graph = CallMode.CHECKPOINT if self.recompute else CallMode.GRAPH
-            return [graph if i in kept else CallMode.SKIP for i in range(num_steps)]
+            return [self._kept_mode if i in kept else CallMode.SKIP for i in range(num_steps)]
         if self.name == "last_k":
             kept = self.last_k
         else:  # random_truncation
             kept = self._draw(num_steps, generator) + 1
-        return [CallMode.OFF] * (num_steps - kept) + [CallMode.GRAPH] * kept
+        return [CallMode.OFF] * (num_steps - kept) + [self._kept_mode] * kept
+
+    @property
+    def _kept_mode(self) -> CallMode:
+        """How a call that carries gradient runs: with its graph, or rebuilt in backward (``recompute``)."""
+        return CallMode.CHECKPOINT if self.recompute else CallMode.GRAPH
 
     def _draw(self, num_steps: int, generator: torch.Generator | None) -> int:
         """Uniform integer in [0, num_steps), from ``generator`` or else the policy's own (never the global RNG)."""
