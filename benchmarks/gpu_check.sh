@@ -50,9 +50,10 @@ table3() {
 real_scale() {
   # Every paper config at full size (random weights in the released layout; the models are built first, on the
   # CPU), 4 sampling steps, 2 optimisation steps, on the GPU; then one SD1.5 reward step, SDO vs AlignProp's
-  # random truncation, at N = 50.
+  # random truncation with its gradient checkpointing (one draw of K; K graphs of SD1.5 would not fit), at N = 50.
   run "$PY" benchmarks/real_scale.py --device cuda --threads 8 --sampling-steps 4 --opt-steps 2 \
-    --cache "$OUT/real_scale/models" --out "$OUT/real_scale/out" --reward-cost --reward-steps 50
+    --cache "$OUT/real_scale/models" --out "$OUT/real_scale/out" --reward-cost --reward-steps 50 \
+    --reward-policies sdo-random,random_truncation-recompute=true
 }
 
 attack() {

@@ -198,8 +198,12 @@ def result_row(result: RunResult) -> str:
 
 
 REWARD_CONFIG = "reward/sd15_aesthetic"
-# The reward-cost policies by default: SDO as the config runs it (k random) and AlignProp-uniform (K random).
-REWARD_COST_POLICIES = ("sdo-random", "random_truncation")
+
+
+def default_reward_policies(num_steps: int) -> list[str]:
+    """SDO as the config runs it (k random), and AlignProp-uniform's expectation: the fixed-K runs K = 1..N, with
+    AlignProp's gradient checkpointing (K SD1.5 graphs would not fit)."""
+    return ["sdo-random", *(f"last_k={k}-recompute=true" for k in range(1, num_steps + 1))]
 
 
 def policy_overrides(policy: str) -> tuple[str, ...]:
@@ -269,9 +273,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reward-cost", action="store_true",
                         help="also time one SD1.5 reward step: SDO vs random_truncation (AlignProp), same N")
     parser.add_argument("--reward-steps", type=int, default=4, help="sampling steps N of the reward-cost runs")
-    parser.add_argument("--reward-policies", default=",".join(REWARD_COST_POLICIES),
+    parser.add_argument("--reward-policies", default="",
                         help="comma-separated policy strings of the reward-cost runs; last_k=1..N (optionally all "
-                             "with -recompute=true) give AlignProp-uniform's expected cost")
+                             "with -recompute=true) give AlignProp-uniform's expected cost; default: sdo-random "
+                             "and last_k=1..N-recompute=true")
     parser.add_argument("--no-configs", action="store_true", help="skip the per-config runs (e.g. --reward-cost only)")
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
@@ -280,7 +285,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--only: unknown config(s) {', '.join(unknown)}; allowed: {', '.join(CONFIGS)}")
     if min(args.sampling_steps, args.opt_steps, args.reward_steps) < 1:
         parser.error("--sampling-steps, --opt-steps and --reward-steps must be >= 1")
-    args.reward_policies = [p for p in args.reward_policies.split(",") if p]
+    args.reward_policies = ([p for p in args.reward_policies.split(",") if p]
+                            or default_reward_policies(args.reward_steps))
     for policy in args.reward_policies:
         try:
             parse_policy(policy).check_steps(args.reward_steps)

@@ -41,7 +41,7 @@ def test_fit_command_points_the_config_at_the_cache_on_the_requested_device(tmp_
         real_scale.parse_args(["--only", "attack/imagenet"])
 
 
-COST_POLICIES = (*real_scale.REWARD_COST_POLICIES, "last_k=2-recompute=true", "sdo-random-recompute=true")
+COST_POLICIES = (*real_scale.default_reward_policies(2), "random_truncation", "sdo-random-recompute=true")
 REWARD_COST_RUNS = [(real_scale.REWARD_CONFIG, real_scale.policy_overrides(p)) for p in COST_POLICIES]
 
 
@@ -136,6 +136,8 @@ def test_reward_cost_compares_sdo_with_the_mean_over_k_of_the_fixed_k_runs() -> 
 def test_reward_policies_are_checked_against_the_runs_steps() -> None:
     args = real_scale.parse_args(["--reward-policies", "sdo-random,last_k=4-recompute=true", "--reward-steps", "4"])
     assert args.reward_policies == ["sdo-random", "last_k=4-recompute=true"]
+    assert real_scale.parse_args(["--reward-steps", "3"]).reward_policies == [
+        "sdo-random", "last_k=1-recompute=true", "last_k=2-recompute=true", "last_k=3-recompute=true"]
     with pytest.raises(SystemExit):
         real_scale.parse_args(["--reward-policies", "last_k=5", "--reward-steps", "4"])
     with pytest.raises(SystemExit):
