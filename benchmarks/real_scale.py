@@ -200,6 +200,10 @@ def result_row(result: RunResult) -> str:
 REWARD_CONFIG = "reward/sd15_aesthetic"
 
 
+TABLE_HEADER = ("| config | status | wall s | CPU s | peak RSS GiB | load at start | written |\n"
+                "|---|---|---:|---:|---:|---:|---|")
+
+
 def default_reward_policies(num_steps: int) -> list[str]:
     """SDO as the config runs it (k random), and AlignProp-uniform's expectation: the fixed-K runs K = 1..N, with
     AlignProp's gradient checkpointing (K SD1.5 graphs would not fit)."""

@@ -142,3 +142,18 @@ def test_reward_policies_are_checked_against_the_runs_steps() -> None:
         real_scale.parse_args(["--reward-policies", "last_k=5", "--reward-steps", "4"])
     with pytest.raises(SystemExit):
         real_scale.parse_args(["--reward-policies", "sdo-depth=2"])
+
+
+def test_main_prints_one_row_per_run_and_fails_on_a_failed_run(monkeypatch, capsys, tmp_path: Path) -> None:
+    def fake_run(config, args, log, tag="", extra=()):  # the process is not started: its result is given
+        code = 0 if config.name == "edit/celebahq" else 1
+        return real_scale.RunResult(config.name + tag, code, 10.0, 20.0, 1.5, ["results.json"], [],
+                                    tmp_path / "run.log", 0.5)
+
+    monkeypatch.setattr(real_scale, "run_config", fake_run)
+    assert real_scale.main(["--only", "edit/celebahq", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(real_scale.TABLE_HEADER)
+    assert "| edit/celebahq | PASS | 10 | 20 | 1.5 | 0.5 | results.json |" in printed
+    assert real_scale.main(["--only", "edit/celebahq,style/lcm", "--out", str(tmp_path)]) == 1
+    assert "| style/lcm | FAIL (exit 1) |" in capsys.readouterr().out
