@@ -91,7 +91,8 @@ def grad_wrt_latent(denoiser: DenoiserAdapter, scheduler_name: str, policy: Grad
 
 
 POLICIES = ["sdo", GradientPolicy("sdo", k=2), GradientPolicy("sdo", k="random"), "full", "checkpoint",
-            GradientPolicy("last_k", last_k=2), "random_truncation", GradientPolicy("random_truncation", seed=5)]
+            GradientPolicy("last_k", last_k=2), "sdo-recompute=true", "last_k=3-recompute=true",
+            "random_truncation", GradientPolicy("random_truncation", seed=5)]
 
 
 @pytest.mark.parametrize("scheduler_name", list(SCHEDULERS))
