@@ -25,7 +25,8 @@ lint: $(STAMP)
 	$(PY) -m ruff check lit_sdo tests benchmarks cli.py
 
 # Every paper config at full model size (random weights in the released layouts, built once into
-# runs/real_scale/models, ~17 GB), one optimisation step each on the CPU, plus one SD1.5 reward step SDO vs
-# AlignProp's random truncation. Not part of `make test`: about an hour on 2 cores. REAL_SCALE_ARGS="--only ..."
+# runs/real_scale/models, ~17 GB), one optimisation step each on the CPU, plus one SD1.5 reward step per policy:
+# SDO, and last_k = 1..4 with checkpointing (their mean: AlignProp-uniform's expected cost). Not part of
+# `make test`: about two hours on 2 cores. REAL_SCALE_ARGS="--only ..."
 real-scale: $(STAMP)
 	$(PY) benchmarks/real_scale.py --reward-cost $(REAL_SCALE_ARGS)
