@@ -248,18 +248,34 @@ def reward_cost_lines(steps: dict[str, dict], num_steps: int) -> list[str]:
     table += [f"| {p} | {s['cpu_seconds']:.1f} | {s['seconds']:.1f} | {s['peak_bytes'] / 1e9:.2f} |"
               for p, s in steps.items()]
     references: dict[str, float] = {}
+    fits: list[str] = []
     for flavour in ("", "-recompute=true"):
-        fixed = [f"last_k={k}{flavour}" for k in range(1, num_steps + 1)]
-        if all(name in steps for name in fixed):
+        fixed = {k: steps[name]["cpu_seconds"] for k in range(1, num_steps + 1)
+                 if (name := f"last_k={k}{flavour}") in steps}
+        if len(fixed) == num_steps:
             references[f"mean of last_k=1..{num_steps}{flavour} (AlignProp-uniform's expected cost)"] = (
-                sum(steps[name]["cpu_seconds"] for name in fixed) / num_steps)
+                sum(fixed.values()) / num_steps)
+        if len(fixed) >= 2:
+            fits.append(per_call_fit(fixed, flavour))
     references |= {f"{name} (one draw)": s["cpu_seconds"] for name, s in steps.items()
                    if name.startswith("random_truncation")}
-    lines = [*table, ""]
+    lines = [*table, "", *fits]
     for sdo in (name for name in steps if name.startswith("sdo")):
         lines += [f"reward step, N = {num_steps}: {sdo} / {ref} CPU time = {steps[sdo]['cpu_seconds'] / cpu:.2f}"
                   for ref, cpu in references.items()]
     return lines
+
+
+def per_call_fit(cost_by_k: dict[int, float], flavour: str) -> str:
+    """The least-squares line CPU s = a + b·K through the fixed-K runs: b is what each more kept call costs."""
+    ks, costs = list(cost_by_k), list(cost_by_k.values())
+    mean_k, mean_cost = sum(ks) / len(ks), sum(costs) / len(costs)
+    slope = (sum((k - mean_k) * (c - mean_cost) for k, c in zip(ks, costs, strict=True))
+             / sum((k - mean_k) ** 2 for k in ks))
+    intercept = mean_cost - slope * mean_k
+    residual = max(abs(c - intercept - slope * k) for k, c in cost_by_k.items())
+    return (f"last_k=K{flavour}: step CPU s = {intercept:.1f} + {slope:.1f}·K (least squares over K = "
+            f"{', '.join(map(str, ks))}; largest residual {residual:.1f} CPU s)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

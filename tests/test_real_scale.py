@@ -129,6 +129,7 @@ def test_reward_cost_compares_sdo_with_the_mean_over_k_of_the_fixed_k_runs() -> 
     assert any("sdo-random / mean of last_k=1..3 (AlignProp-uniform's expected cost) CPU time = 0.60" in line
                for line in lines)
     assert any("sdo-random / random_truncation (one draw) CPU time = 0.60" in line for line in lines)
+    assert "last_k=K: step CPU s = 0.0 + 50.0·K (least squares over K = 1, 2, 3; largest residual 0.0 CPU s)" in lines
     del steps["last_k=3"]  # an incomplete sweep gives no expectation
     assert not any("mean of" in line for line in real_scale.reward_cost_lines(steps, 3))
 
