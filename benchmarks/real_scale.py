@@ -198,8 +198,6 @@ def result_row(result: RunResult) -> str:
 
 
 REWARD_CONFIG = "reward/sd15_aesthetic"
-
-
 TABLE_HEADER = ("| config | status | wall s | CPU s | peak RSS GiB | load at start | written |\n"
                 "|---|---|---:|---:|---:|---:|---|")
 
@@ -233,7 +231,7 @@ def reward_cost(args: argparse.Namespace, log: callable) -> tuple[list[RunResult
         results.append(result)
         if not result.passed:
             return results, [f"reward cost: {policy} FAILED, see {result.log}"]
-        history = json.loads((args.out / (REWARD_CONFIG.replace("/", "_") + tag) / "history.json").read_text())
+        history = json.loads((result.log.parent / "history.json").read_text())  # the run's own folder
         steps[policy] = [row for row in history["steps"] if "reward" in row][0]
     return results, reward_cost_lines(steps, args.reward_steps)
 
@@ -291,7 +289,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")),
                         help="OMP_NUM_THREADS of the runs")
     parser.add_argument("--reward-cost", action="store_true",
-                        help="also time one SD1.5 reward step: SDO vs random_truncation (AlignProp), same N")
+                        help="also time one SD1.5 reward step per --reward-policies entry (SDO vs AlignProp), same N")
     parser.add_argument("--reward-steps", type=int, default=4, help="sampling steps N of the reward-cost runs")
     parser.add_argument("--reward-policies", default="",
                         help="comma-separated policy strings of the reward-cost runs; last_k=1..N (optionally all "
