@@ -75,14 +75,19 @@ def _cost_key(records: Records, steps: int) -> str:
 def is_sdo_tie(label: str) -> bool:
     """SDO's own variants counted as SDO's cost, not as rivals: the same N calls and the same one-step graph,
     with k drawn per call (``sdo-random``) or at most one more graph call (``sdo-tail=1``: step k and the last
-    call). A longer tail, any other policy, or a precision suffix (cheaper no-grad calls) is a rival."""
-    if "@" in label:
-        return False
+    call). A longer tail or any other policy is a rival. The precision suffix (``@bf16``) is ignored here:
+    labels are compared only within one precision (:func:`precision_of`)."""
     try:
-        policy = as_policy(label)
+        policy = as_policy(label.partition("@")[0])
     except ValueError:
         return False
     return policy.name == "sdo" and policy.tail <= 1
+
+
+def precision_of(label: str) -> str:
+    """The precision a benchmark label ran its no-grad calls in: ``sdo@bf16`` -> ``bf16``, ``sdo`` -> ``""``
+    (float32). A precision variant is the same policy run cheaper, not another policy."""
+    return label.partition("@")[2]
 
 
 def _gives_x_T_gradient(rec: dict[str, Any]) -> bool:
@@ -93,28 +98,34 @@ def _gives_x_T_gradient(rec: dict[str, Any]) -> bool:
 
 
 def baseline_targets(records: Records, tolerance: float = CHEAPEST_TOLERANCE) -> list[str]:
-    """PASS/FAIL/SKIP: SDO is the cheapest policy that gives x_T a gradient (at each N, within ``tolerance``,
-    on CPU seconds where measured; SDO's own variants of equal cost, :func:`is_sdo_tie`, are ties, not
-    rivals); adjoint and doodl peak memory flat in N (N=10 vs 50)."""
+    """PASS/FAIL/SKIP: SDO is the cheapest policy that gives x_T a gradient (at each N and within each
+    precision, within ``tolerance``, on CPU seconds where measured; SDO's own variants of equal cost,
+    :func:`is_sdo_tie`, are ties, not rivals); adjoint and doodl peak memory flat in N (N=10 vs 50)."""
     lines = []
 
     def verdict(name: str, value: float | None, ok: Callable[[float], bool], shown: str) -> None:
         status = "SKIP" if value is None else ("PASS" if ok(value) else "FAIL")
         lines.append(f"{status}  {name}: {shown.format(value) if value is not None else 'case not run'}")
 
+    precisions = sorted({precision_of(rec["policy"]) for rec in records})
     for n in sorted({rec["steps"] for rec in records}):
         key = _cost_key(records, n)
-        sdo = _value(records, "sdo", n, key)
-        rivals = {rec["policy"]: rec[key] for rec in records if rec["steps"] == n and rec["policy"] != "sdo"
-                  and rec.get(key) is not None and _gives_x_T_gradient(rec) and not is_sdo_tie(rec["policy"])}
-        ties = sorted(rec["policy"] for rec in records if rec["steps"] == n and rec["policy"] != "sdo"
-                      and is_sdo_tie(rec["policy"]))
-        cheapest = min(rivals, key=rivals.get) if rivals else None  # type: ignore[arg-type]
-        margin = _ratio(rivals[cheapest], sdo) if cheapest else None
-        tied = f"; ties, not rivals: {', '.join(ties)}" if ties else ""
-        verdict(f"sdo the cheapest policy with an x_T gradient at N={n}, on {key}, tolerance "
-                f"{tolerance:.0%} (next: {cheapest}{tied})", margin, lambda v: v >= 1.0 - tolerance,
-                "next costs {:.2f}x sdo")
+        for precision in precisions:
+            sdo_label = f"sdo@{precision}" if precision else "sdo"
+            if precision and _value(records, sdo_label, n, key) is None:
+                continue  # no SDO run at this precision: nothing to rank against
+            same = [rec for rec in records if rec["steps"] == n and precision_of(rec["policy"]) == precision
+                    and rec["policy"] != sdo_label]
+            rivals = {rec["policy"]: rec[key] for rec in same
+                      if rec.get(key) is not None and _gives_x_T_gradient(rec) and not is_sdo_tie(rec["policy"])}
+            ties = sorted(rec["policy"] for rec in same if is_sdo_tie(rec["policy"]))
+            cheapest = min(rivals, key=rivals.get) if rivals else None  # type: ignore[arg-type]
+            margin = _ratio(rivals[cheapest], _value(records, sdo_label, n, key)) if cheapest else None
+            tied = f"; ties, not rivals: {', '.join(ties)}" if ties else ""
+            at = f" in {precision}" if precision else ""
+            verdict(f"{sdo_label} the cheapest policy with an x_T gradient at N={n}{at}, on {key}, tolerance "
+                    f"{tolerance:.0%} (next: {cheapest}{tied})", margin, lambda v: v >= 1.0 - tolerance,
+                    f"next costs {{:.2f}}x {sdo_label}")
     for method in ("adjoint", "doodl"):
         verdict(f"{method} peak memory at N=50 within 10 % of N=10",
                 _ratio(_value(records, method, 50, "peak_mem_bytes"), _value(records, method, 10, "peak_mem_bytes")),

@@ -104,12 +104,16 @@ def test_policy_strings_are_benchmark_labels() -> None:
         gradient_cost.parse_args(["--policies", "sdo-tail=4", "--steps", "3,10"])  # a tail longer than N=3
 
 
-def _cheapest_line(rows: list[tuple[str, float, float, float | None]]) -> str:
+def _cheapest_lines(rows: list[tuple[str, float, float, float | None]]) -> list[str]:
     from benchmarks import baseline_report
 
     fake = [{"policy": p, "steps": 10, "seconds": s, "cpu_seconds": c, "peak_mem_bytes": 1, "grad_cosine": cos}
             for p, s, c, cos in rows]
-    return baseline_report.baseline_targets(fake)[0]
+    return baseline_report.baseline_targets(fake)
+
+
+def _cheapest_line(rows: list[tuple[str, float, float, float | None]]) -> str:
+    return _cheapest_lines(rows)[0]
 
 
 def test_sdo_cheapest_on_cpu_seconds_with_ties_and_tolerance() -> None:
@@ -119,9 +123,13 @@ def test_sdo_cheapest_on_cpu_seconds_with_ties_and_tolerance() -> None:
     line = _cheapest_line(base + [("sdo-tail=1", 8.9, 8.9, 0.6), ("sdo-tail=2", 8.0, 9.7, 0.8)])
     assert line == ("PASS  sdo the cheapest policy with an x_T gradient at N=10, on cpu_seconds, tolerance 5% "
                     "(next: sdo-tail=2; ties, not rivals: sdo-tail=1): next costs 0.97x sdo")
-    # a policy doing less work than SDO that still gives x_T a gradient must fail, tie or not
+    # a precision variant is SDO run cheaper, not a rival: each precision is ranked on its own
     assert _cheapest_line(base + [("sdo-tail=1", 8.9, 8.9, 0.6), ("sdo@bf16", 9.0, 9.0, 0.5)]).startswith(
-        "FAIL  sdo the cheapest policy with an x_T gradient at N=10, on cpu_seconds, tolerance 5% (next: sdo@bf16;")
+        "PASS  sdo the cheapest policy with an x_T gradient at N=10, on cpu_seconds, tolerance 5% (next: full;")
+    bf16 = [("sdo@bf16", 6.0, 6.0, 0.5), ("full@bf16", 20.0, 14.0, 1.0), ("sdo-tail=2@bf16", 5.0, 5.0, 0.8)]
+    assert _cheapest_lines(base + bf16)[1] == (
+        "FAIL  sdo@bf16 the cheapest policy with an x_T gradient at N=10 in bf16, on cpu_seconds, tolerance 5% "
+        "(next: sdo-tail=2@bf16): next costs 0.83x sdo@bf16")
     assert _cheapest_line(base + [("last_k=2", 9.0, 9.0, 0.2)]).startswith("FAIL")
     assert _cheapest_line(base + [("last_k=1", 5.0, 5.0, 0.0)]).startswith("PASS")  # no x_T gradient: no rival
     # wall seconds where any timed case lacks CPU seconds (e.g. CUDA)
