@@ -6,12 +6,13 @@ velocity), ``t`` is one scheduler timestep (0-d tensor) and ``cond`` a tensor of
 or text embeddings (B, L, D), or None. ``decode(x0)`` maps the sampler's output to an image in
 [-1, 1] (the VAE for latent models, identity for pixel models) with gradient.
 
-Classifier-free guidance lives here, once for all families: the batch is doubled with a null
-condition and ``uncond + s * (cond - uncond)`` is returned.
+Classifier-free guidance lives here, once for all families: one network call on the doubled batch
+``[null; cond]`` (diffusers' pipelines' order) and ``uncond + s * (cond - uncond)`` is returned.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -114,7 +115,11 @@ def guidance_embedding(w: Tensor, dim: int) -> Tensor:
 class LatentUNetDenoiser(DenoiserAdapter):
     """diffusers ``UNet2DConditionModel`` on VAE latents, conditioned on text embeddings (B, L, D).
 
-    ``null_embedding`` (1, L, D) is the embedding of the empty prompt, used for classifier-free guidance.
+    Classifier-free guidance needs the empty prompt's embedding: ``encode_prompt`` (prompts -> (B, L, D)) encodes
+    it as StableDiffusionPipeline encodes its negative prompt, ``[""] * B`` in one call per batch size B (cached),
+    so every GEMM of the text encoder sees the pipeline's shapes and the result equals the pipeline's bit for
+    bit on any CPU (a batch-1 encoding expanded to B differs in the last bits where the BLAS kernel depends on
+    the batch, e.g. MKL on AVX-512). Or a fixed ``null_embedding`` (1, L, D), expanded to B; not both.
     A guidance-distilled UNet (LCM: ``config.time_cond_proj_dim`` set) is instead told the guidance scale
     through ``timestep_cond`` = :func:`guidance_embedding` of w = ``guidance_scale`` − 1, in one call per
     step and without a null prompt, as diffusers' LCM and Stable Diffusion pipelines do for such UNets.
@@ -124,11 +129,15 @@ class LatentUNetDenoiser(DenoiserAdapter):
 
     def __init__(self, unet: nn.Module, vae: nn.Module, guidance_scale: float = 1.0,
                  null_embedding: Tensor | None = None, latent_size: int | None = None,
-                 guidance: GuidanceMode = "auto") -> None:
+                 guidance: GuidanceMode = "auto", encode_prompt: Callable[[list[str]], Tensor] | None = None) -> None:
         cfg = unet.config
         size = latent_size or (cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0])
         super().__init__(unet, (cfg.in_channels, size, size), guidance_scale, vae=vae)
+        if null_embedding is not None and encode_prompt is not None:
+            raise ValueError("pass null_embedding or encode_prompt (it encodes the empty prompt), not both")
         self.register_buffer("null_embedding", null_embedding, persistent=False)
+        self.encode_prompt = encode_prompt
+        self._null_by_batch: dict[int, Tensor] = {}  # B -> encode_prompt([""] * B), (B, L, D)
         self.embedding_dim: int | None = getattr(cfg, "time_cond_proj_dim", None)
         if guidance not in GUIDANCE_MODES:
             raise ValueError(f"guidance={guidance!r} is unknown; allowed values: {', '.join(GUIDANCE_MODES)}")
@@ -143,9 +152,19 @@ class LatentUNetDenoiser(DenoiserAdapter):
         return super().forward(x, t, cond)
 
     def null_condition(self, cond: Tensor) -> Tensor:
+        if self.encode_prompt is not None:
+            return self._encoded_null(cond.shape[0], cond.device.type).to(cond)
         if self.null_embedding is None:
-            raise ValueError("guidance_scale != 1 needs null_embedding (the empty prompt's text embedding)")
+            raise ValueError("guidance_scale != 1 needs null_embedding or encode_prompt (the empty prompt's "
+                             "text embedding)")
         return self.null_embedding.to(cond).expand(cond.shape[0], -1, -1)
+
+    def _encoded_null(self, batch: int, device_type: str) -> Tensor:
+        """``encode_prompt([""] * batch)`` once per batch size, in float32 even under a bf16 autocast."""
+        if batch not in self._null_by_batch:
+            with torch.no_grad(), torch.autocast(device_type, enabled=False):
+                self._null_by_batch[batch] = self.encode_prompt([""] * batch)  # (B, L, D)
+        return self._null_by_batch[batch]
 
     def predict(self, x: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         if cond is None:
