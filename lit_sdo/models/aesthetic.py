@@ -115,6 +115,43 @@ class ClipAestheticScore(nn.Module):
         return self.mlp(self.clip.image_embeddings(images))
 
 
+class ClipImageEmbedder(nn.Module):
+    """A CLIP's unit-norm image embeddings: images in [0, 1] -> (B, D)."""
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        self.clip = clip.requires_grad_(False)  # a registered module: it moves with its owner
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.clip.image_embeddings(images)  # type: ignore[operator]
+
+
+class ClassifierFeatures(nn.Module):
+    """A classifier's penultimate features: images in [0, 1] -> (B, F)."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier.requires_grad_(False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.classifier.features(images)  # type: ignore[operator]
+
+
+def load_image_embedder(spec: str, *, device: str | torch.device = "cpu") -> nn.Module:
+    """``clip:<name>`` (CLIP image embeddings) or ``classifier:<name>`` (penultimate classifier features) -> a
+    frozen module images in [0, 1] -> (B, D), the input of an embedding MLP."""
+    kind, _, name = spec.partition(":")
+    if kind == "clip":
+        from lit_sdo.models.clip import load_clip
+
+        return ClipImageEmbedder(load_clip(name, device=device))
+    if kind == "classifier":
+        from lit_sdo.models.classifiers import load_classifier
+
+        return ClassifierFeatures(load_classifier(name, device=device))
+    raise ValueError(f"embedder={spec!r} is unknown; use clip:<name> or classifier:<name>")
+
+
 def export_thickness_predictor(model: StrokeThicknessPredictor, folder: str | Path, image_size: int,
                                extra: dict | None = None) -> Path:
     folder = Path(folder)

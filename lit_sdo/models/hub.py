@@ -8,7 +8,13 @@ line that names the model and says how to provide it: a name that cannot be a hu
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+from torch import nn
+
+M = TypeVar("M", bound=nn.Module)
 
 EMBEDDED_PREFIX = "embedded:"
 # Shipped weights live in the repository's top-level data/models/ (override: LIT_SDO_MODELS).
@@ -20,6 +26,20 @@ def embedded_names() -> list[str]:
     if not EMBEDDED_ROOT.is_dir():
         return []
     return sorted(p.name for p in EMBEDDED_ROOT.iterdir() if p.is_dir())
+
+
+def as_module(model: M | str, load: Callable[[str], M], kind: type[nn.Module] = nn.Module) -> M:
+    """``model`` itself when it is built, else ``load(model)``; frozen and in eval mode either way.
+
+    Objectives take a built module (tests inject tiny ones, Python users their own) or a name that the
+    loader resolves (YAML); this is the one place that tells the two apart. ``kind`` is the class a built
+    module must be (e.g. :class:`~lit_sdo.models.Classifier`, which carries its input conventions).
+    """
+    if isinstance(model, str):
+        model = load(model)
+    elif not isinstance(model, kind):
+        raise TypeError(f"got a {type(model).__name__} where a model name or a built {kind.__name__} is expected")
+    return model.eval().requires_grad_(False)
 
 
 def not_available(name: str, what: str) -> FileNotFoundError:

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lit_sdo import metrics
-from lit_sdo.models import load_classifier
+from lit_sdo.models import Classifier, load_classifier
+from lit_sdo.models.hub import as_module
 from lit_sdo.objectives.base import Batch, Objective, Report
 
 
@@ -50,8 +51,10 @@ class ClassifierObjective(Objective):
     still shows y.
 
     Args:
-        classifier: the attacked classifier (``embedded:digits-resnet``, ``timm/<id>``, ``torchvision:<name>``).
-        transfer_classifier: a second classifier to measure transfer on, or None.
+        classifier: the attacked classifier: a name for :func:`lit_sdo.models.load_classifier`
+            (``embedded:digits-resnet``, ``timm/<id>``, ``torchvision:<name>``) or a built
+            :class:`~lit_sdo.models.Classifier`.
+        transfer_classifier: a second classifier (name or built) to measure transfer on, or None.
         loss: ``margin`` (C&W-style, bounded, the default) or ``ce``.
         targeted: attack towards a target class instead of away from the label.
         target: the target class (targeted only; None draws one per sample from its seed).
@@ -59,7 +62,8 @@ class ClassifierObjective(Objective):
         resize_for_classifier: allow generated images of another size than the classifier's input.
     """
 
-    def __init__(self, classifier: str = "embedded:digits-resnet", transfer_classifier: str | None = None,
+    def __init__(self, classifier: str | Classifier = "embedded:digits-resnet",
+                 transfer_classifier: str | Classifier | None = None,
                  loss: Literal["margin", "ce"] = "margin", targeted: bool = False, target: int | None = None,
                  kappa: float = 0.0, resize_for_classifier: bool = False) -> None:
         super().__init__()
@@ -69,12 +73,12 @@ class ClassifierObjective(Objective):
             raise ValueError(f"kappa={kappa} must be >= 0")
         self.loss, self.targeted, self.target, self.kappa = loss, targeted, target, kappa
         self.resize = resize_for_classifier
-        self.classifier = load_classifier(classifier).requires_grad_(False)
+        self.classifier = as_module(classifier, load_classifier, Classifier)
         if target is not None and not 0 <= target < self.classifier.num_classes:
             raise ValueError(f"target={target} is out of range for a {self.classifier.num_classes}-class classifier")
         self.transfer = None
         if transfer_classifier is not None:
-            self.transfer = load_classifier(transfer_classifier).requires_grad_(False)
+            self.transfer = as_module(transfer_classifier, load_classifier, Classifier)
 
     def prepare(self, image_size: int, channels: int, num_classes: int | None) -> None:
         """The classifiers' input size must match the generator's images unless a resize is asked for."""

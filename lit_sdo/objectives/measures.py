@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from lit_sdo.models import load_classifier
+from lit_sdo.models import Classifier, load_classifier
+from lit_sdo.models.hub import as_module
 from lit_sdo.objectives.base import Batch, Measure
 
 
@@ -12,12 +13,12 @@ class LabelAgreement(Measure):
     """1 where a frozen classifier labels the image as the sample's class, else 0 (B,): does an edit keep y?
 
     Args:
-        classifier: classifier name for :func:`lit_sdo.models.load_classifier`.
+        classifier: a name for :func:`lit_sdo.models.load_classifier` or a built :class:`~lit_sdo.models.Classifier`.
     """
 
-    def __init__(self, classifier: str = "embedded:digits-resnet") -> None:
+    def __init__(self, classifier: str | Classifier = "embedded:digits-resnet") -> None:
         super().__init__()
-        self.classifier = load_classifier(classifier).requires_grad_(False)
+        self.classifier = as_module(classifier, load_classifier, Classifier)
 
     def forward(self, images: Tensor, batch: Batch) -> dict[str, Tensor]:
         return {"label_agreement": (self.classifier(images).argmax(1) == batch["label"]).float()}

@@ -17,7 +17,10 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_sdo.models.aesthetic import LAION_HIDDEN, load_aesthetic_mlp
+from lit_sdo.models import Classifier, load_classifier
+from lit_sdo.models.aesthetic import LAION_HIDDEN, load_aesthetic_mlp, load_image_embedder
+from lit_sdo.models.hub import as_module
+from lit_sdo.models.preference import load_preference_clip
 from lit_sdo.objectives.base import Batch
 
 
@@ -32,17 +35,17 @@ class ClassLogProbReward(Reward):
     """log p(c | x) from a frozen classifier: c is ``target_class``, or the sample's own label when None.
 
     Args:
-        classifier: classifier name for :func:`lit_sdo.models.load_classifier` (``embedded:digits-resnet``).
+        classifier: a name for :func:`lit_sdo.models.load_classifier` (``embedded:digits-resnet``) or a built
+            :class:`~lit_sdo.models.Classifier`.
         target_class: the class every sample is pushed towards (None: the class it was generated for).
     """
 
-    def __init__(self, classifier: str = "embedded:digits-resnet", target_class: int | None = None) -> None:
+    def __init__(self, classifier: str | Classifier = "embedded:digits-resnet", target_class: int | None = None
+                 ) -> None:
         super().__init__()
-        from lit_sdo.models import load_classifier
-
-        self.classifier = load_classifier(classifier).requires_grad_(False)
+        self.classifier = as_module(classifier, load_classifier, Classifier)
         if target_class is not None and not 0 <= target_class < self.classifier.num_classes:
-            raise ValueError(f"target_class={target_class} is out of range for {classifier} with "
+            raise ValueError(f"target_class={target_class} is out of range for {self.classifier.name} with "
                              f"{self.classifier.num_classes} classes")
         self.target_class = target_class
 
@@ -80,18 +83,20 @@ class EmbeddingMLPReward(Reward):
 
     Args:
         weights: ``.safetensors`` or ``.pt`` state dict of :class:`lit_sdo.models.aesthetic.AestheticMLP`'s
-            layout (LAION's file loads as is).
+            layout (LAION's file loads as is), or a built head embeddings (B, D) -> scores (B,).
         embedder: image encoder: ``clip:<name or folder>`` (CLIP image features via
-            :func:`lit_sdo.models.load_clip`) or ``classifier:<name>`` (penultimate classifier features).
-        embed_dim: embedding size the MLP expects (768 for CLIP ViT-L/14).
-        hidden: hidden sizes of the MLP (LAION: 1024, 128, 64, 16); the last layer outputs one score.
+            :func:`lit_sdo.models.load_clip`), ``classifier:<name>`` (penultimate classifier features), or a
+            built module images in [0, 1] -> (B, D).
+        embed_dim: embedding size the MLP expects (768 for CLIP ViT-L/14); read with a weights file only.
+        hidden: hidden sizes of the MLP (LAION: 1024, 128, 64, 16); the last layer outputs one score; read
+            with a weights file only.
     """
 
-    def __init__(self, weights: str, embedder: str = "clip:openai/clip-vit-large-patch14", embed_dim: int = 768,
-                 hidden: Sequence[int] = LAION_HIDDEN) -> None:
+    def __init__(self, weights: str | nn.Module, embedder: str | nn.Module = "clip:openai/clip-vit-large-patch14",
+                 embed_dim: int = 768, hidden: Sequence[int] = LAION_HIDDEN) -> None:
         super().__init__()
-        self.mlp = load_aesthetic_mlp(weights, embed_dim, hidden)
-        self.embed = _build_embedder(embedder)
+        self.mlp = as_module(weights, lambda path: load_aesthetic_mlp(path, embed_dim, hidden))
+        self.embed = as_module(embedder, load_image_embedder)
 
     def score(self, embeddings: Tensor) -> Tensor:
         """(B, D) embeddings -> (B,) scores."""
@@ -106,15 +111,14 @@ class PreferenceReward(Reward):
     embeddings (HPS v2.1: ViT-H-14), weights from a user file; text models only (it needs the prompts).
 
     Args:
-        weights: the checkpoint (``HPS_v2.1_compressed.pt``) or a state dict / ``.safetensors`` file.
-        architecture: open_clip model config the weights belong to.
+        weights: the checkpoint (``HPS_v2.1_compressed.pt``) or a state dict / ``.safetensors`` file, or a built
+            scorer (images in [0, 1], prompts) -> (B,) such as :class:`lit_sdo.models.preference.PreferenceClip`.
+        architecture: open_clip model config the weights belong to; read with a weights file only.
     """
 
-    def __init__(self, weights: str, architecture: str = "ViT-H-14") -> None:
+    def __init__(self, weights: str | nn.Module, architecture: str = "ViT-H-14") -> None:
         super().__init__()
-        from lit_sdo.models.preference import load_preference_clip
-
-        self.scorer = load_preference_clip(weights, architecture)
+        self.scorer = as_module(weights, lambda path: load_preference_clip(path, architecture))
 
     def forward(self, images: Tensor, batch: Batch) -> Tensor:
         prompts = batch.get("prompt")
@@ -123,34 +127,3 @@ class PreferenceReward(Reward):
                              "data.init_args.prompts")
         return self.scorer(images, prompts)
 
-
-def _build_embedder(spec: str) -> nn.Module:
-    """``clip:<name>`` or ``classifier:<name>`` -> a frozen module images [0, 1] -> (B, D)."""
-    kind, _, name = spec.partition(":")
-    if kind == "clip":
-        from lit_sdo.models import load_clip
-
-        return _ClipImageEmbedder(load_clip(name))
-    if kind == "classifier":
-        from lit_sdo.models import load_classifier
-
-        return _ClassifierFeatures(load_classifier(name))
-    raise ValueError(f"embedder={spec!r} is unknown; use clip:<name> or classifier:<name>")
-
-
-class _ClipImageEmbedder(nn.Module):
-    def __init__(self, clip: nn.Module) -> None:
-        super().__init__()
-        self.clip = clip.requires_grad_(False)  # a registered module: it moves with the reward
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.clip.image_embeddings(images)  # type: ignore[attr-defined]
-
-
-class _ClassifierFeatures(nn.Module):
-    def __init__(self, classifier: nn.Module) -> None:
-        super().__init__()
-        self.classifier = classifier.requires_grad_(False)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.classifier.features(images)  # type: ignore[operator]

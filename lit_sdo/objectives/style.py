@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lit_sdo.datamodules.images import load_style_image
+from lit_sdo.models.hub import as_module
 from lit_sdo.models.text_image import load_text_image
 from lit_sdo.objectives.base import Batch, Objective
 
@@ -24,14 +25,17 @@ class GramStyleObjective(Objective):
 
     Args:
         style_image: ``digits:<test index>`` or an image file.
-        encoder: the image encoder whose layer gives the features (``embedded:digits-lit``, or a CLIP).
+        encoder: the image encoder whose layer gives the features: a name for
+            :func:`lit_sdo.models.text_image.load_text_image` (``embedded:digits-lit``, or a CLIP), or a built
+            module with ``block_features(images, layer) -> (B, C, N)``.
         layer: the encoder layer (paper: CLIP vision layer 3; embedded: image-tower block 1..3).
     """
 
-    def __init__(self, style_image: str = "digits:0", encoder: str = "embedded:digits-lit", layer: int = 2) -> None:
+    def __init__(self, style_image: str = "digits:0", encoder: str | nn.Module = "embedded:digits-lit",
+                 layer: int = 2) -> None:
         super().__init__()
         self.style_spec, self.layer = style_image, layer
-        self.encoder = load_text_image(encoder)
+        self.encoder = as_module(encoder, load_text_image)
         self.register_buffer("style", torch.zeros(0), persistent=False)
         self.register_buffer("style_gram", torch.zeros(0), persistent=False)
 

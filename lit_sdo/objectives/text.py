@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lit_sdo import metrics
+from lit_sdo.models.hub import as_module
 from lit_sdo.models.text_image import load_text_image
 from lit_sdo.objectives.base import Batch, Objective
 
@@ -42,19 +43,21 @@ class TextEditObjective(Objective):
     embeddings are computed once per distinct prompt and cached.
 
     Args:
-        text_image: ``embedded:digits-lit`` or a CLIP (transformers id or folder).
+        text_image: a name for :func:`lit_sdo.models.text_image.load_text_image` (``embedded:digits-lit``, or a
+            CLIP's transformers id or folder), or a built module with ``image_embeddings`` and ``text_embeddings``
+            (unit-norm, (B, D)).
         lam: λ in [0, 1], the weight of the text distance (paper: 0.5 for attribute prompts, 0.7 otherwise).
         fidelity_norm: ``l2`` (the paper's ‖x₀ − x_ref‖) or ``mse`` (mean squared pixel difference).
     """
 
-    def __init__(self, text_image: str = "embedded:digits-lit", lam: float = 0.5,
+    def __init__(self, text_image: str | nn.Module = "embedded:digits-lit", lam: float = 0.5,
                  fidelity_norm: Literal["l2", "mse"] = "l2") -> None:
         super().__init__()
         check_lambda(lam)
         if fidelity_norm not in ("l2", "mse"):
             raise ValueError(f"fidelity_norm={fidelity_norm!r} is unknown; allowed values: l2, mse")
         self.lam, self.fidelity_norm = lam, fidelity_norm
-        self.model = load_text_image(text_image)
+        self.model = as_module(text_image, load_text_image)
         self._text_cache: dict[str, Tensor] = {}
 
     def text(self, prompts: list[str], device: torch.device) -> Tensor:
