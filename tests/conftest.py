@@ -80,20 +80,15 @@ def tiny_classifier(name: str = "tiny-classifier", num_classes: int = 3) -> Clas
     return Classifier(network, name, num_classes=num_classes, input_size=8, channels=1, mean=(0.5,), std=(0.5,))
 
 
-def patch_loaders(monkeypatch: pytest.MonkeyPatch, generator=None, classifier=None) -> None:  # noqa: ANN001
-    """Make the sampler load ``generator(name)`` and every classifier objective/measure ``classifier(name)``."""
+def patch_loaders(monkeypatch: pytest.MonkeyPatch, generator=None) -> None:  # noqa: ANN001
+    """Make the sampler load ``generator(name)`` (objectives need no patch: tests give them built classifiers)."""
     import lit_sdo.models.sampler
-    import lit_sdo.objectives.classifier
-    import lit_sdo.objectives.measures
 
     make_generator = generator or (lambda name, **_: tiny_generator())
-    make_classifier = classifier or (lambda name, **_: tiny_classifier(name))
     monkeypatch.setattr(lit_sdo.models.sampler, "load_diffusion", make_generator)
-    monkeypatch.setattr(lit_sdo.objectives.classifier, "load_classifier", make_classifier)
-    monkeypatch.setattr(lit_sdo.objectives.measures, "load_classifier", make_classifier)
 
 
 @pytest.fixture
 def tiny_models(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tiny 3-class generator and classifiers in place of the named ones."""
+    """Tiny 3-class generator in place of the named one."""
     patch_loaders(monkeypatch)

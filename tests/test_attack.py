@@ -1,6 +1,7 @@
 """The attack (latent optimisation + classifier objective) on tiny random models: δ stays in the L∞ ball,
 the objective moves, results are written and agree with each other, checkpoints restore, bad input fails
-in one line. The loaders are patched to return tiny models (tests/conftest.py)."""
+in one line. The generator loader is patched to return a tiny model (tests/conftest.py); the objective is
+given tiny classifiers."""
 
 from __future__ import annotations
 
@@ -30,13 +31,17 @@ def make_trainer(tmp_path, max_epochs: int, **kwargs) -> L.Trainer:
                      enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1, **kwargs)
 
 
-def attack(tmp_path, **kwargs) -> LatentOptimizationModule:
+def attack(tmp_path, classifier: Classifier | None = None, **kwargs) -> LatentOptimizationModule:
     """The attack config of configs/attack/digits.yaml, tiny: 4 sampling steps, ce loss (never saturates on
-    random models), sign steps so δ reaches the bound."""
+    random models), sign steps so δ reaches the bound; the tiny classifiers are built here and injected."""
     arguments = {"num_steps": 4, "eps": 0.1, "lr": 0.5, "optimizer": "sign", "output_dir": str(tmp_path / "out"),
                  "transfer_classifier": "tiny-transfer", "loss": "ce", "model": "tiny-ddpm"} | kwargs
     sampler = SamplerSpec(**{k: v for k, v in arguments.items() if k in SAMPLER_KEYS})
-    objective = ClassifierObjective("tiny-classifier", **{k: v for k, v in arguments.items() if k in OBJECTIVE_KEYS})
+    options = {k: v for k, v in arguments.items() if k in OBJECTIVE_KEYS}
+    classifier = tiny_classifier("tiny-classifier") if classifier is None else classifier
+    transfer = options.pop("transfer_classifier")
+    transfer = None if transfer is None else tiny_classifier(transfer)
+    objective = ClassifierObjective(classifier, transfer_classifier=transfer, **options)
     rest = {k: v for k, v in arguments.items() if k not in SAMPLER_KEYS | OBJECTIVE_KEYS}
     return LatentOptimizationModule(sampler=sampler, objective=objective, **rest)
 
@@ -195,41 +200,38 @@ def test_bad_input_is_one_line(tmp_path, module_kwargs: dict, data_kwargs: dict,
     assert "\n" not in str(err.value)
 
 
-def test_classifier_size_mismatch_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
-    patch_loaders(monkeypatch, classifier=lambda name, **_: Classifier(nn.Flatten(), name, 3, 224, 3, (0.5,) * 3,
-                                                                       (0.5,) * 3))
+@pytest.mark.usefixtures("tiny_models")
+def test_classifier_size_mismatch_is_refused(tmp_path) -> None:
+    large = Classifier(nn.Flatten(), "tiny-classifier", 3, 224, 3, (0.5,) * 3, (0.5,) * 3)
     with pytest.raises(ValueError, match="classifier tiny-classifier takes 224×224 images but the generator makes 8×8"):
-        attack(tmp_path)
+        attack(tmp_path, classifier=large)
 
 
-def test_library_attack_returns_images_in_unit_range_within_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    patch_loaders(monkeypatch)
-    generator = tiny_generator()
-    result = SDOAttack(generator, "tiny-classifier", eps=0.1, steps=3, lr=0.05, num_sampling_steps=4,
+def test_library_attack_returns_images_in_unit_range_within_budget() -> None:
+    generator, classifier = tiny_generator(), tiny_classifier("tiny-classifier")
+    result = SDOAttack(generator, classifier, eps=0.1, steps=3, lr=0.05, num_sampling_steps=4,
                        optimizer="sign", loss="ce")([0, 1, 2], [10, 11, 12])  # lists, not tensors
     assert result.images.shape == result.clean.shape == (3, 1, 8, 8)
     assert result.images.min() >= 0 and result.images.max() <= 1
     assert 0 < result.delta.abs().max() <= 0.1 + 1e-7
-    classifier = tiny_classifier("tiny-classifier")
     labels = torch.tensor([0, 1, 2])
     with torch.no_grad():
         assert torch.equal(result.clean_pred, classifier(result.clean).argmax(1))
         assert torch.equal(result.adv_pred, classifier(result.images).argmax(1))
     assert torch.equal(result.success, (result.adv_pred != labels) & (result.clean_pred == labels))
-    again = SDOAttack(generator, "tiny-classifier", eps=0.1, steps=3, lr=0.05, num_sampling_steps=4,
+    again = SDOAttack(generator, classifier, eps=0.1, steps=3, lr=0.05, num_sampling_steps=4,
                       optimizer="sign", loss="ce")(labels, torch.tensor([10, 11, 12]))
     torch.testing.assert_close(again.delta, result.delta, rtol=0, atol=0)  # tensors give the same attack
     with pytest.raises(ValueError, match="got 2 labels and 1 seeds"):
-        SDOAttack(generator, "tiny-classifier", steps=1, num_sampling_steps=2)([0, 1], [0])
+        SDOAttack(generator, classifier, steps=1, num_sampling_steps=2)([0, 1], [0])
     with pytest.raises(ValueError, match="targets were given to an untargeted attack"):
-        SDOAttack(generator, "tiny-classifier", steps=1, num_sampling_steps=2)([0], [0], targets=[1])
+        SDOAttack(generator, classifier, steps=1, num_sampling_steps=2)([0], [0], targets=[1])
 
 
-def test_library_attack_takes_policy_strings_with_options(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_library_attack_takes_policy_strings_with_options() -> None:
     """``policy="sdo-tail=4"`` over 4 sampling steps keeps every call's graph: the attack equals ``full``'s."""
-    patch_loaders(monkeypatch)
-    generator = tiny_generator()
-    runs = {policy: SDOAttack(generator, "tiny-classifier", eps=0.1, steps=2, lr=0.05, num_sampling_steps=4,
+    generator, classifier = tiny_generator(), tiny_classifier("tiny-classifier")
+    runs = {policy: SDOAttack(generator, classifier, eps=0.1, steps=2, lr=0.05, num_sampling_steps=4,
                               loss="ce", policy=policy)([0, 1], [3, 4]) for policy in ("sdo-tail=4", "full", "sdo")}
     torch.testing.assert_close(runs["sdo-tail=4"].delta, runs["full"].delta, rtol=0, atol=0)
     assert not torch.equal(runs["sdo"].delta, runs["full"].delta)

@@ -31,9 +31,6 @@ from lit_sdo.models.text_image import (
     load_text_image,
 )
 from lit_sdo.objectives import AestheticObjective, GramStyleObjective, Objective, TextEditObjective, gram_matrix
-from lit_sdo.objectives import aesthetic as aesthetic_objective
-from lit_sdo.objectives import style as style_objective
-from lit_sdo.objectives import text as text_objective
 from lit_sdo.sampling import PixelUNetDenoiser
 from lit_sdo.tasks.latent import LatentOptimizationModule
 from lit_sdo.tasks.xhat_baseline import xhat_guided_images
@@ -60,19 +57,12 @@ def tiny_generator(*_args: object, **_kwargs: object) -> DiffusionModel:
                           num_classes=10, image_size=8, channels=1)
 
 
-def patch_text_image(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Text edit and style objectives load the hashed tiny text–image model, whatever its name."""
-    for module in (text_objective, style_objective):
-        monkeypatch.setattr(module, "load_text_image", lambda *_a, **_k: HashedTextModel())
-
-
 @pytest.fixture
 def tiny_models(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Tiny generator and text–image model; returns a tiny thickness-predictor folder."""
+    """Tiny generator (objectives get a HashedTextModel injected); returns a tiny thickness-predictor folder."""
     import lit_sdo.models.sampler
 
     monkeypatch.setattr(lit_sdo.models.sampler, "load_diffusion", tiny_generator)
-    patch_text_image(monkeypatch)
     torch.manual_seed(3)
     return export_thickness_predictor(StrokeThicknessPredictor(2.0, 4.5, channels=4), tmp_path / "thick", 8)
 
@@ -98,8 +88,7 @@ def task(objective: Objective, out: Path | None = None, lr: float = 0.05, **samp
 # ----- objectives ---------------------------------------------------------------------------------------
 
 
-def test_text_objective_is_the_weighted_sum_of_its_two_terms(monkeypatch: pytest.MonkeyPatch) -> None:
-    patch_text_image(monkeypatch)
+def test_text_objective_is_the_weighted_sum_of_its_two_terms() -> None:
     model = HashedTextModel()
     images, reference = torch.rand(3, 1, 8, 8), torch.rand(3, 1, 8, 8)
     prompts = ["a thick digit one", "a thin digit two", "a thick digit one"]
@@ -108,20 +97,19 @@ def test_text_objective_is_the_weighted_sum_of_its_two_terms(monkeypatch: pytest
     squared = ((images - reference) ** 2).flatten(1)
     for norm, fidelity in (("mse", squared.mean(1)), ("l2", squared.sum(1).sqrt())):
         for lam in (0.0, 0.7, 1.0):
-            torch.testing.assert_close(TextEditObjective("tiny", lam, norm)(images, batch),
+            torch.testing.assert_close(TextEditObjective(model, lam, norm)(images, batch),
                                        lam * distance + (1 - lam) * fidelity)
-    measured = TextEditObjective("tiny", 0.7, "mse").measure(images, batch)
+    measured = TextEditObjective(model, 0.7, "mse").measure(images, batch)
     torch.testing.assert_close(measured["clip_score"], 100 * (1 - distance).clamp(min=0))
     torch.testing.assert_close(measured["l2_to_reference"], squared.mean(1).sqrt())
-    identical = TextEditObjective("tiny", 0.7).measure(reference, batch)["ssim_to_reference"]
+    identical = TextEditObjective(model, 0.7).measure(reference, batch)["ssim_to_reference"]
     torch.testing.assert_close(identical, torch.ones(3))
 
 
-def test_gram_style_objective_is_zero_on_the_style_image_and_exact_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gram_style_objective_is_zero_on_the_style_image_and_exact_elsewhere() -> None:
     features = torch.randn(2, 3, 5)
     torch.testing.assert_close(gram_matrix(features), torch.einsum("bcn,bdn->bcd", features, features) / 5)
-    patch_text_image(monkeypatch)
-    objective = GramStyleObjective(style_image="digits:0", encoder="tiny", layer=1)
+    objective = GramStyleObjective(style_image="digits:0", encoder=HashedTextModel(), layer=1)
     with pytest.raises(RuntimeError, match="prepare"):
         objective(torch.rand(1, 1, 8, 8), {})
     objective.prepare(8, 1, 10)
@@ -136,10 +124,19 @@ def test_gram_style_objective_is_zero_on_the_style_image_and_exact_elsewhere(mon
     assert objective.reference_images(3)["style"].shape == (3, 1, 8, 8)
 
 
-def test_aesthetic_objective_and_the_laion_layout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    score = torch.tensor([2.0, 12.5])
-    monkeypatch.setattr(aesthetic_objective, "load_aesthetic", lambda *_a, **_k: lambda _x: score)
-    objective = AestheticObjective("any", target=10.0)
+class FixedScores(torch.nn.Module):
+    """A predictor that gives every batch the same scores."""
+
+    def __init__(self, scores: torch.Tensor) -> None:
+        super().__init__()
+        self.scores = scores
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.scores
+
+
+def test_aesthetic_objective_and_the_laion_layout(tmp_path: Path) -> None:
+    objective = AestheticObjective(FixedScores(torch.tensor([2.0, 12.5])), target=10.0)
     torch.testing.assert_close(objective(torch.zeros(2, 1, 8, 8), {}), torch.tensor([8.0, 2.5]))
     assert set(objective.measure(torch.zeros(2, 1, 8, 8), {})) == {"loss", "aesthetic_score"}
     mlp = AestheticMLP(8)
@@ -204,7 +201,7 @@ def read_results(folder: Path) -> dict:
 
 @pytest.mark.usefixtures("tiny_models")
 def test_edit_inverts_references_and_lowers_the_loss(tmp_path: Path) -> None:
-    module = task(TextEditObjective("tiny", lam=0.7, fidelity_norm="mse"), tmp_path / "out", lr=0.01)
+    module = task(TextEditObjective(HashedTextModel(), lam=0.7, fidelity_norm="mse"), tmp_path / "out", lr=0.01)
     trainer(tmp_path, 4).fit(module, datamodule=references())
     results = read_results(tmp_path / "out")
     assert results["objective"] == "TextEditObjective" and results["config"]["objective"]["lam"] == 0.7
@@ -223,7 +220,7 @@ def test_edit_inverts_references_and_lowers_the_loss(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("tiny_models")
 def test_style_from_an_intermediate_latent_lowers_the_gram_loss(tmp_path: Path) -> None:
-    module = task(GramStyleObjective("digits:0", "tiny", layer=1), tmp_path / "out", num_steps=8,
+    module = task(GramStyleObjective("digits:0", HashedTextModel(), layer=1), tmp_path / "out", num_steps=8,
                   start_timestep=600)
     assert module.sampler.start_step == 3  # DDIM-8 of 1000: timesteps 875, 750, 625, 500, ...
     trainer(tmp_path, 3).fit(module, datamodule=LabelSeedDataModule(num_classes=10, per_class=1, batch_size=5))
@@ -261,16 +258,16 @@ def one_line(err: pytest.ExceptionInfo) -> str:
 @pytest.mark.usefixtures("tiny_models")
 def test_bad_module_arguments_are_one_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"lam=1.5 must be in \[0, 1\]") as err:
-        TextEditObjective("tiny", lam=1.5)
+        TextEditObjective(HashedTextModel(), lam=1.5)
     one_line(err)
     with pytest.raises(ValueError, match=r"fidelity_norm='l1' is unknown; allowed values: l2, mse") as err:
-        TextEditObjective("tiny", fidelity_norm="l1")
+        TextEditObjective(HashedTextModel(), fidelity_norm="l1")
     one_line(err)
     with pytest.raises(ValueError, match=r"start_timestep=5000 is outside the schedule \[0, 1000\)") as err:
-        task(GramStyleObjective("digits:0", "tiny"), start_timestep=5000)
+        task(GramStyleObjective("digits:0", HashedTextModel()), start_timestep=5000)
     one_line(err)
     with pytest.raises(FileNotFoundError, match=r"style image 'missing.png' not found") as err:
-        task(GramStyleObjective(style_image="missing.png", encoder="tiny"))  # read when the task sizes it
+        task(GramStyleObjective(style_image="missing.png", encoder=HashedTextModel()))  # read when the task sizes it
     one_line(err)
     with pytest.raises(FileNotFoundError, match=r"download sac\+logos\+ava1-l14-linearMSE.pth") as err:
         AestheticObjective(predictor=str(tmp_path / "sac+logos+ava1-l14-linearMSE.pth"),
@@ -283,7 +280,7 @@ def test_bad_module_arguments_are_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("tiny_models")
 def test_bad_data_is_one_line(tmp_path: Path) -> None:
-    edit = TextEditObjective("tiny")
+    edit = TextEditObjective(HashedTextModel())
     with pytest.raises(ValueError, match=r"reference images are \(1, 16, 16\) but generator tiny-ddpm makes "
                                          r"\(1, 8, 8\); set data.init_args.image_size=8") as err:
         trainer(tmp_path, 1).fit(task(edit, num_steps=2), datamodule=references(image_size=16))
@@ -468,16 +465,15 @@ def test_two_ddp_ranks_give_the_same_per_sample_results_as_one_device(tmp_path: 
     assert one.abs().max() > 0
 
 
-def test_style_runs_on_a_shortcut_model_with_its_own_sampler(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_style_runs_on_a_shortcut_model_with_its_own_sampler(tmp_path: Path) -> None:
     from lit_sdo.models.shortcut import ShortcutDiT, save_shortcut
     from lit_sdo.sampling.shortcut import ShortcutScheduler
 
-    patch_text_image(monkeypatch)
     torch.manual_seed(0)
     network = ShortcutDiT(in_channels=1, sample_size=8, patch_size=2, hidden_size=16, depth=1, num_heads=2,
                           num_classes=10, max_steps=8)
     folder = save_shortcut(network, tmp_path / "shortcut")
-    module = task(GramStyleObjective("digits:0", "tiny", layer=1), tmp_path / "out", model=str(folder),
+    module = task(GramStyleObjective("digits:0", HashedTextModel(), layer=1), tmp_path / "out", model=str(folder),
                   scheduler="shortcut", num_steps=4, start_timestep=600)
     sampler = module.sampler
     assert isinstance(sampler.scheduler, ShortcutScheduler) and sampler.start_step == 2  # σ: 1, .75, .5, .25
