@@ -27,12 +27,12 @@ from typing import Any
 
 import torch.distributed as dist
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, get_loader
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_sdo.config_errors import flatten, one_line
+from lit_sdo.config_errors import find_leaf, flatten, one_line
 from lit_sdo.log_folders import LogFolderGuard
 
 # Errors lit_sdo raises for bad input (missing weights, bad values, unwritable paths): shown as one line.
@@ -68,41 +68,92 @@ def root_user_error(err: BaseException) -> BaseException | None:
 
 
 def nested_nulls_as_config(argv: list[str]) -> list[str]:
-    """Each ``--a.init_args.b.init_args.c=null`` (an option of a class inside a class) as the same key in a
-    ``--config`` string, where null parses as null.
-
-    jsonargparse hands such an option down one class at a time and writes the value it has already
-    parsed back into text with Python's ``str``: null becomes the string 'None', which a ``str | None``
-    parameter then accepts. A config string is parsed once, like a config file. Other values pass
-    through unchanged (and keep jsonargparse's error messages).
-    """
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        key, has_value, value = token.partition("=")
-        if not has_value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-            value = argv[i + 1]
-        if key.startswith("--") and key.count(".init_args.") >= 2 and not key.endswith("+") and _is_null(value):
-            tree: Any = None
-            for part in reversed(key[2:].split(".")):
-                tree = {part: tree}
-            out.append(f"--config={json.dumps(tree)}")
-            i += 1 if has_value else 2
-            continue
-        out.append(token)
-        i += 1
+    """Each option of ``argv`` whose null jsonargparse would read as the text 'None' (see :func:`nested_nulls`)
+    as the same key in a ``--config`` string, where null parses as null. Other options pass through unchanged
+    (and keep jsonargparse's error messages)."""
+    out = list(argv)
+    for tokens, key, value in reversed(nested_nulls(argv)):
+        tree: Any = value
+        for part in reversed(key.split(".")):
+            tree = {part: tree}
+        out[tokens] = [f"--config={json.dumps(tree, allow_nan=False)}"]
     return out
 
 
-def _is_null(value: str) -> bool:
-    """Whether a one-line option value is YAML's null (``null``, ``~``, ``Null``...; an empty value is '')."""
-    if not value.strip() or "\n" in value:
-        return False
+def nested_nulls(argv: list[str]) -> list[tuple[slice, str, Any]]:
+    """(tokens, dotted key, parsed value) of each ``--key=value`` / ``--key value`` holding a null (``null``, ``~``,
+    also inside a list or dict) two levels below a class argument.
+
+    jsonargparse hands such an option down one class at a time (``--model``, then ``--objective``...) and
+    writes the value it has already parsed back into text with Python's ``str``: null becomes 'None', which
+    a ``str | None`` argument accepts and an ``int | None`` one rejects. ``None`` itself stays the text
+    'None', as jsonargparse and YAML files read it everywhere else.
+    """
+    found = []
+    i = 0
+    while i < len(argv):
+        key, has_value, text = argv[i].partition("=")
+        width = 1
+        if not has_value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            text, width = argv[i + 1], 2
+        value = parsed_value(text)
+        if key.startswith("--") and not key.endswith("+") and below_a_class_argument(key[2:]) and holds_null(value):
+            found.append((slice(i, i + width), key[2:], value))
+            i += width
+        else:
+            i += 1
+    return found
+
+
+def below_a_class_argument(key: str) -> bool:
+    """Whether ``key`` is two levels below the class argument LightningCLI registers it under: ``--model``,
+    ``--data`` or a Trainer argument (``--trainer.logger``), then ``init_args`` (``model.init_args.sampler.seed``,
+    ``model.init_args.objective.init_args.target``; ``model.init_args.eps`` is one level)."""
+    parts = key.split(".")
+    rest = parts[2:] if parts[0] == "trainer" else parts[1:]
+    if rest[:1] == ["init_args"]:
+        rest = rest[1:]
+    return len(rest) > 1
+
+
+def parsed_value(text: str) -> Any:
+    """``text`` read as jsonargparse reads an option's value; the text itself where that is not plain data."""
+    if not text.strip():
+        return text  # an empty value is '' to jsonargparse, not null
     try:
-        return yaml.safe_load(value) is None
-    except yaml.YAMLError:
-        return False
+        value = get_loader("yaml")(text)
+        json.dumps(value, allow_nan=False)  # the rewrite must carry it unchanged
+    except (yaml.YAMLError, TypeError, ValueError):
+        return text
+    return value
+
+
+def holds_null(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(holds_null(item) for item in value)
+    if isinstance(value, dict):
+        return any(holds_null(item) for item in value.values())
+    return value is None
+
+
+def container_on_the_way(config: Namespace, key: str) -> tuple[str, str] | None:
+    """The list or dict (dotted key, "list" or "dict") that ``key`` reaches into in a parsed ``config``, if any.
+
+    A config string cannot say "the last item of this list" nor "this key, the others kept": a null there
+    must be given with the whole list or dict.
+    """
+    node: Any = config
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1], start=1):
+        node = node.get(part) if isinstance(node, Namespace) else None
+        if isinstance(node, (list, dict)):
+            return ".".join(parts[:depth]), type(node).__name__
+    return None
+
+
+def null_in_a_container(key: str, container: str, kind: str) -> str:
+    return (f"--{key}: a null inside the {kind} {container} cannot be given on the command line (it would arrive "
+            f"as the text 'None'); give {container} whole, e.g. in a --config file")
 
 
 class LitSdoCLI(LightningCLI):
@@ -126,12 +177,23 @@ class LitSdoCLI(LightningCLI):
             raise
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        argv = [] if isinstance(args, dict) else list(sys.argv[1:] if args is None else args)
+        command = argv[0] if argv and argv[0] in LIGHTNING_COMMANDS else None
+        nulls = [key for _, key, _ in nested_nulls(argv)]
         try:
             super().parse_arguments(parser, args if isinstance(args, dict) else self.rewritten_argv(args))
         except ArgumentError as err:
-            argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
-            command = argv[0] if argv and argv[0] in LIGHTNING_COMMANDS else None
+            leaf = find_leaf(str(err)) or ("", None, "")
+            inside = [key for key in nulls if key.startswith(f"{leaf[0]}.")]
+            if inside and "'list'" in leaf[2]:  # a list given a config string's dict: the null was for an item
+                raise ConfigError(null_in_a_container(inside[0], leaf[0], "list"), command) from err
             raise ConfigError(one_line(str(err), argv, self.option_names(command)), command) from err
+        subcommand = self.config.get("subcommand")
+        parsed = self.config.get(subcommand) if subcommand else self.config
+        for key in nulls:
+            container = container_on_the_way(parsed, key)
+            if container is not None:
+                raise ConfigError(null_in_a_container(key, *container), command)
         self.given_model_arguments = self.model_arguments()
 
     @staticmethod
