@@ -1,10 +1,12 @@
 """The paper's baselines (AdjointDPM, DOODL) and SDO with an exact tail, against exact references.
 
 - adjoint: with Euler on the scheduler's levels its forward IS the scheduler's chain; its gradient tends
-  to full backprop through a fine diffusers Euler chain of the same ODE as its solver steps grow; its
-  saved tensors do not grow with N;
-- doodl: EDICT inverts its own forward; with an input-blind denoiser EDICT is DDIM; the reconstructing
-  backward equals autograd through the same EDICT chain; saved tensors flat in N;
+  to full backprop through a fine diffusers Euler chain of the same ODE as its solver steps grow; with
+  ``states=ends`` its saved tensors do not grow with N, by default they grow by one latent per level;
+- doodl: EDICT inverts its own forward; with an input-blind denoiser EDICT is DDIM; the backward (inputs kept,
+  or rebuilt) equals autograd through the same EDICT chain; saved tensors flat in N with ``states=ends``,
+  two latents per step by default;
+(the official code's defaults, call counts and DOODL's two-image loss: tests/test_official_baselines.py)
 - sdo tail: tail = N is ``full`` bit for bit, forward values are plain sampling's; recompute gives the same
   gradient without the kept graph in the forward;
 - policy strings and one-line errors.
@@ -97,10 +99,12 @@ def held_for_backward(model: nn.Module, policy: str, steps: int) -> tuple[int, i
 
 # ---------------------------------------------------------------- adjoint
 @pytest.mark.parametrize(("scheduler_name", "start_step"), [("ddim", 0), ("ddim", 2), ("euler", 1), ("flow_euler", 0)])
-def test_adjoint_euler_forward_is_the_scheduler_chain(scheduler_name: str, start_step: int) -> None:
+@pytest.mark.parametrize("states", ["all", "ends"])
+def test_adjoint_euler_forward_is_the_scheduler_chain(scheduler_name: str, start_step: int, states: str) -> None:
     model, scheduler, labels = denoiser(), build_scheduler(scheduler_name, 5), torch.tensor([0, 2])
     plain = sample(model, scheduler, latent(), labels, policy="none", start_step=start_step).sample
-    adjoint = sample(model, scheduler, latent().requires_grad_(), labels, policy="adjoint", start_step=start_step)
+    policy = f"adjoint-solver=euler-states={states}"
+    adjoint = sample(model, scheduler, latent().requires_grad_(), labels, policy=policy, start_step=start_step)
     # the schedulers keep ᾱ/σ in float32; the ODE view reads them in float64
     torch.testing.assert_close(adjoint.sample.detach(), plain, rtol=1e-5, atol=1e-5)
 
@@ -142,17 +146,30 @@ def test_adjoint_equals_full_when_the_denoiser_ignores_its_input(scheduler_name:
     torch.testing.assert_close(adjoint, full, rtol=1e-6, atol=1e-9)
 
 
-def test_adjoint_saved_memory_is_flat_in_the_number_of_steps() -> None:
-    model, labels = denoiser(trainable=True), torch.tensor([0, 1])
+@pytest.mark.parametrize("solver", ["euler", "explicit_adams"])
+def test_adjoint_ends_saved_memory_is_flat_in_the_number_of_steps(solver: str) -> None:
+    model, labels, policy = denoiser(trainable=True), torch.tensor([0, 1]), f"adjoint-solver={solver}-states=ends"
 
-    def run(policy: str, steps: int) -> None:
-        sample(model, build_scheduler("ddim", steps), latent().requires_grad_(), labels, policy=policy)
+    def run(name: str, steps: int) -> None:
+        sample(model, build_scheduler("ddim", steps), latent().requires_grad_(), labels, policy=name)
 
-    assert saved_bytes(lambda: run("adjoint", 3)) == saved_bytes(lambda: run("adjoint", 12))
+    assert saved_bytes(lambda: run(policy, 3)) == saved_bytes(lambda: run(policy, 12))
     assert saved_bytes(lambda: run("full", 12)) > 3 * saved_bytes(lambda: run("full", 3))  # the hook counts
     # backward included, where the adjoint ODE rebuilds one call's graph per step and frees it
-    assert held_for_backward(model, "adjoint", 3) == held_for_backward(model, "adjoint", 12)
+    assert held_for_backward(model, policy, 3) == held_for_backward(model, policy, 12)
     assert held_for_backward(model, "full", 12)[0] > 3 * held_for_backward(model, "full", 3)[0]
+
+
+def test_adjoint_all_states_keep_one_latent_per_level() -> None:
+    """The official way stores the state at each of the N + 1 levels (and the level itself, one float64)."""
+    model, labels = denoiser(trainable=True), torch.tensor([0, 1])
+
+    def run(steps: int) -> int:
+        return saved_bytes(lambda: sample(model, build_scheduler("ddim", steps), latent().requires_grad_(), labels,
+                                          policy="adjoint"))
+
+    one_level = latent().numel() * 8 + 8  # (B, C, H, W) float64 and its σ
+    assert run(12) - run(3) == 9 * one_level
 
 
 # ---------------------------------------------------------------- doodl / EDICT
@@ -177,32 +194,47 @@ def test_edict_with_an_input_blind_denoiser_is_ddim() -> None:
 
 
 @pytest.mark.parametrize(("scheduler_name", "start_step"), [("ddim", 0), ("ddim", 3), ("euler", 1), ("flow_euler", 0)])
-def test_doodl_gradient_equals_autograd_through_the_same_edict_chain(scheduler_name: str, start_step: int) -> None:
+@pytest.mark.parametrize(("states", "images"), [("all", "both"), ("all", "first"), ("ends", "both"), ("ends", "first")])
+def test_doodl_gradient_equals_autograd_through_the_same_edict_chain(scheduler_name: str, start_step: int,
+                                                                     states: str, images: str) -> None:
     model = ShiftConditionedDenoiser(make_tiny_unet(num_class_embeds=None).double())
     model.requires_grad_(False)
     model.network.conv_out.requires_grad_(True)
     scheduler = build_scheduler(scheduler_name, 6)
     x, cond = latent(), latent(seed=5)
-    doodl = gradients(model, scheduler, "doodl", x, cond, wrt_cond=True, start_step=start_step)
+    doodl = gradients(model, scheduler, f"doodl-states={states}-images={images}", x, cond, wrt_cond=True,
+                      start_step=start_step)
 
     chain = EdictChain(model, probability_flow(scheduler, start_step), cond.clone().requires_grad_())
     x_in = x.clone().requires_grad_()
-    y0 = chain.flow.to_state(x_in)
-    x0 = chain.flow.from_state(chain.run(y0, y0)[0])  # the same chain, differentiated by autograd
+    y_start = chain.flow.to_state(x_in)
+    x0, y0 = (chain.flow.from_state(z) for z in chain.run(y_start, y_start))  # the same chain, by autograd
+    # <w, ·> is linear, so the loss at x₀ and y₀ is exactly the mean of <w, x₀> and <w, y₀>
+    loss_of = x0 if images == "first" else (x0 + y0) / 2
     inputs = [x_in, chain.cond, model.network.conv_out.weight, model.network.conv_out.bias]
-    reference = torch.autograd.grad((x0 * weights()).sum(), inputs)
-    for got, expected in zip(doodl, reference, strict=True):
+    reference = torch.autograd.grad((loss_of * weights()).sum(), inputs)
+    for got, expected in zip(doodl, reference, strict=True):  # float64: only the order of the sums differs
         torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-10)
 
 
-def test_doodl_saved_memory_is_flat_in_the_number_of_steps() -> None:
+def test_doodl_ends_saved_memory_is_flat_in_the_number_of_steps() -> None:
     model, labels = denoiser(trainable=True), torch.tensor([0, 1])
 
     def run(steps: int) -> None:
-        sample(model, build_scheduler("ddim", steps), latent().requires_grad_(), labels, policy="doodl")
+        sample(model, build_scheduler("ddim", steps), latent().requires_grad_(), labels, policy="doodl-states=ends")
 
     assert saved_bytes(lambda: run(3)) == saved_bytes(lambda: run(12))
-    assert held_for_backward(model, "doodl", 3) == held_for_backward(model, "doodl", 12)
+    assert held_for_backward(model, "doodl-states=ends", 3) == held_for_backward(model, "doodl-states=ends", 12)
+
+
+def test_doodl_kept_inputs_are_two_latents_per_step() -> None:
+    model, labels = denoiser(trainable=True), torch.tensor([0, 1])
+
+    def run(steps: int) -> int:
+        return saved_bytes(lambda: sample(model, build_scheduler("ddim", steps), latent().requires_grad_(), labels,
+                                          policy="doodl"))
+
+    assert run(12) - run(3) == 9 * 2 * latent().numel() * 8  # the pair (x_i, y_i) of each step, float64
 
 
 # ---------------------------------------------------------------- sdo with an exact tail
@@ -273,8 +305,10 @@ def test_truncation_recompute_is_the_same_weight_gradient_with_one_call_graph_at
     GradientPolicy("sdo", recompute=True), GradientPolicy("sdo", k="random", tail=2, seed=3),
     GradientPolicy("last_k", last_k=2), GradientPolicy("last_k", last_k=3, recompute=True),
     GradientPolicy("random_truncation", recompute=True, seed=2),
-    GradientPolicy("adjoint", solver="rk4", substeps=4),
+    GradientPolicy("adjoint", solver="rk4", substeps=4), GradientPolicy("adjoint", solver="explicit_adams"),
+    GradientPolicy("adjoint", states="ends"), GradientPolicy("adjoint", solver="euler", substeps=2, states="ends"),
     GradientPolicy("adjoint", solver="dopri5", rtol=1e-4), GradientPolicy("doodl", mixing=0.9, leapfrog=False),
+    GradientPolicy("doodl", states="ends", images="first"),
 ])
 def test_policy_string_form_round_trips(policy: GradientPolicy) -> None:
     assert as_policy(policy.label) == policy
@@ -284,7 +318,9 @@ def test_policy_strings_read_the_benchmark_labels() -> None:
     assert as_policy("sdo-tail=4") == GradientPolicy("sdo", tail=4)
     assert as_policy("sdo-random") == GradientPolicy("sdo", k="random")
     assert as_policy("last_k=1") == GradientPolicy("last_k", last_k=1)
-    assert as_policy("doodl") == GradientPolicy("doodl", mixing=0.93)
+    assert as_policy("doodl") == GradientPolicy("doodl", mixing=0.93, states="all", images="both")
+    assert as_policy("adjoint") == GradientPolicy("adjoint", solver=None, states="all")
+    assert as_policy("adjoint-states=ends").label == "adjoint-states=ends"
 
 
 @pytest.mark.parametrize(("policy", "scheduler_name", "message"), [
@@ -301,6 +337,13 @@ def test_policy_strings_read_the_benchmark_labels() -> None:
     ("doodl", "ddpm", "policy 'doodl' cannot run on DDPMScheduler: .*allowed schedulers: DDIMScheduler"),
     ("doodl", "dpm", "policy 'doodl' cannot run on DPMSolverMultistepScheduler"),
     ("doodl", "lcm", "policy 'doodl' cannot run on LCMScheduler"),
+    ("doodl-states=ends", "ddpm", "policy 'doodl' cannot run on DDPMScheduler"),
+    ("adjoint-solver=explicit_adams-substeps=2", "ddim",
+     "policy substeps=2 cannot refine solver='explicit_adams' .*e.g. adjoint-solver=rk4-substeps=2"),
+    ("adjoint-substeps=3", "ddim", "policy substeps=3 cannot refine solver='explicit_adams'"),  # the pixel default
+    ("adjoint-states=some", "ddim", "policy states='some' is unknown; allowed values: all, ends"),
+    ("sdo-states=ends", "ddim", "policy states='ends' applies to adjoint, doodl only, not 'sdo'"),
+    ("doodl-images=second", "ddim", "policy images='second' is unknown; allowed values: both, first"),
 ])
 def test_bad_policy_input_gives_one_line_value_error(policy: str, scheduler_name: str, message: str) -> None:
     with pytest.raises(ValueError, match=message) as error:

@@ -1,16 +1,25 @@
 """AdjointDPM (Pan et al., ICLR 2024): gradients through the probability-flow ODE by the adjoint method.
 
-Forward: the ODE of :mod:`lit_sdo.sampling.flow_ode` solved without a graph (torchdiffeq ``odeint_adjoint``,
-as in the official code). Backward: the adjoint ODE solved from σ_end back to σ_start, re-computing the
-state on the way, with one vector-Jacobian product of the denoiser per solver evaluation. Only the two
-end states are stored, so memory does not grow with the number of steps. Gradients reach the start
-latent (x_T or an intermediate latent), every trainable parameter of the denoiser (LoRA included) and a
-floating-point condition (text embeddings) that requires grad.
+Forward: the ODE of :mod:`lit_sdo.sampling.flow_ode` solved without a graph by torchdiffeq's ``odeint_adjoint``,
+as in the official code (HanshuYAN/AdjointDPM). Backward: the adjoint ODE, one vector-Jacobian product of the
+denoiser per solver evaluation. Gradients reach the start latent (x_T or an intermediate latent), every
+trainable parameter of the denoiser (LoRA included) and a floating-point condition (text embeddings) that
+requires grad.
 
-The official code integrates over the sigmas of the inference timesteps with torchdiffeq's ``euler``
-(its scheduler's default ``solver_type``), i.e. one solver step per sampling step: the defaults here.
-With ``euler`` the forward is the scheduler's DDIM / Euler chain; the adjoint's gradient of it is exact
-only as the solver steps grow (``substeps``), which is the method's known trade-off.
+What the backward starts each piece from (``states``):
+
+- ``all``, the official code's way (its pixel ``NODE_Solver.sample`` and its latent scheduler both pass every
+  sampling level as ``t``): the forward keeps the state at every level, N + 1 latents, and torchdiffeq solves
+  the adjoint one interval at a time, resetting the state to the stored one at each level;
+- ``ends``: only the two end states are kept (memory flat in N), and the backward rebuilds x_t by integrating the
+  ODE backwards over the whole run, which at a few coarse steps drifts (cosine 0.72 to the exact gradient at
+  N = 10 on the digits DDPM with ``euler``, benchmarks/RESULTS.md).
+
+The solver defaults to the official one for the model's family (:func:`default_solver`): ``explicit_adams`` for
+pixel models (``NODE_Solver.sample``'s default, not overridden by the pixel runner; torchdiffeq starts
+Adams–Bashforth with RK4 steps, and as each backward interval is a fresh solve, each is one RK4 step: 4 model
+calls and 4 VJPs), ``euler`` for latent models (the latent scheduler's ``solver_type`` default: the forward is
+the scheduler's DDIM / Euler chain up to rounding).
 """
 
 from __future__ import annotations
@@ -24,10 +33,22 @@ from torchdiffeq import odeint, odeint_adjoint
 
 from lit_sdo.sampling.denoisers import DenoiserAdapter
 from lit_sdo.sampling.flow_ode import ProbabilityFlow, probability_flow, refine_levels
+from lit_sdo.sampling.policies import (
+    ADJOINT_SOLVERS,
+    BASELINE_STATES,
+    AdjointSolver,
+    BaselineStates,
+    check_substeps,
+)
 
-FIXED_GRID_SOLVERS: tuple[str, ...] = ("euler", "midpoint", "rk4", "heun3")
-ADAPTIVE_SOLVERS: tuple[str, ...] = ("dopri5", "bosh3", "adaptive_heun", "dopri8")
-ADJOINT_SOLVERS: tuple[str, ...] = FIXED_GRID_SOLVERS + ADAPTIVE_SOLVERS
+FIXED_GRID_SOLVERS: tuple[str, ...] = ("euler", "midpoint", "rk4", "heun3", "explicit_adams")
+ADAPTIVE_SOLVERS: tuple[str, ...] = tuple(s for s in ADJOINT_SOLVERS if s not in FIXED_GRID_SOLVERS)
+
+
+def default_solver(denoiser: DenoiserAdapter) -> AdjointSolver:
+    """The official code's solver for the denoiser's family: ``explicit_adams`` for a pixel model (an adapter
+    without a VAE), ``euler`` for a latent one."""
+    return "explicit_adams" if getattr(denoiser, "vae", None) is None else "euler"
 
 
 class _FlowField(nn.Module):
@@ -45,47 +66,58 @@ class _FlowField(nn.Module):
 
 
 def _grid_constructor(levels: Tensor) -> Callable[[object, Tensor, Tensor], Tensor]:
-    """A fixed grid through every level, in whichever direction/sign torchdiffeq asks for it.
+    """The solver grid for any span torchdiffeq asks for: the levels between the span's two ends, in its order.
 
-    torchdiffeq negates decreasing time spans and flips them again for the adjoint pass; the span it
-    hands over is always (±levels[0], ±levels[-1]) or its reverse, and the grid must hit both ends exactly.
+    torchdiffeq may hand over the span negated or flipped (decreasing spans, the adjoint's reversed ones); with
+    every level passed as ``t``, the adjoint asks for one interval at a time.
     """
 
     def construct(func: object, y0: Tensor, t: Tensor) -> Tensor:
-        grid = levels.to(t)
-        for candidate in (grid, -grid, grid.flip(0), -grid.flip(0)):
-            if candidate[0] == t[0] and candidate[-1] == t[-1]:
-                return candidate
-        raise RuntimeError(f"time span {t.tolist()} does not match the solver grid's ends")
+        increasing = bool(t[0] <= t[-1])
+        low, high = (t[0], t[-1]) if increasing else (t[-1], t[0])
+        for candidate in (levels.to(t), -levels.to(t)):
+            grid = candidate.sort().values  # increasing
+            inside = grid[(grid >= low) & (grid <= high)]
+            if len(inside) >= 2 and inside[0] == low and inside[-1] == high:
+                return inside if increasing else inside.flip(0)
+        raise RuntimeError(f"time span {t.tolist()} does not start and end on the solver grid's levels")
 
     return construct
 
 
 def adjoint_sample(denoiser: DenoiserAdapter, scheduler: SchedulerMixin, x: Tensor, cond: Tensor | None,
-                   *, start_step: int = 0, solver: str = "euler", substeps: int = 1, rtol: float = 1e-5,
-                   atol: float = 1e-5) -> Tensor:
-    """x₀ from ``x`` by the probability-flow ODE; its backward is the adjoint ODE (constant memory in N).
+                   *, start_step: int = 0, solver: AdjointSolver | None = None, substeps: int = 1,
+                   states: BaselineStates = "all", rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
+    """x₀ from ``x`` by the probability-flow ODE; its backward is the adjoint ODE.
 
     Args:
         denoiser, scheduler, x, cond, start_step: as for :func:`lit_sdo.sampling.sample`.
-        solver: a torchdiffeq method: fixed-grid ``euler``, ``midpoint``, ``rk4``, ``heun3`` step on the
-            scheduler's levels (each cut into ``substeps`` pieces); adaptive ``dopri5``, ``bosh3``,
-            ``adaptive_heun``, ``dopri8`` choose their own steps within ``rtol``/``atol``.
+        solver: a torchdiffeq method: fixed-grid ``euler``, ``midpoint``, ``rk4``, ``heun3``, ``explicit_adams``
+            step on the scheduler's levels (the one-step ones cut each into ``substeps`` pieces); adaptive
+            ``dopri5``, ``bosh3``, ``adaptive_heun``, ``dopri8`` choose their own steps within ``rtol``/``atol``.
+            None: :func:`default_solver`.
         substeps: fixed-grid solver steps per sampling step.
+        states: ``all`` keeps the state at every sampling level for the backward (N + 1 latents), ``ends`` the
+            two end states only (see the module docstring).
     """
+    solver = solver or default_solver(denoiser)
     if solver not in ADJOINT_SOLVERS:
         raise ValueError(f"adjoint solver={solver!r} is unknown; allowed values: {', '.join(ADJOINT_SOLVERS)}")
+    if states not in BASELINE_STATES:
+        raise ValueError(f"adjoint states={states!r} is unknown; allowed values: {', '.join(BASELINE_STATES)}")
+    check_substeps(solver, substeps)
     flow = probability_flow(scheduler, start_step)
-    levels = refine_levels(flow.sigmas, substeps).to(device=x.device, dtype=x.dtype)  # (N·m + 1,)
-    span = levels[[0, -1]]  # (2,): only the end states are kept
-    options = {"grid_constructor": _grid_constructor(levels)} if solver in FIXED_GRID_SOLVERS else None
+    levels = flow.sigmas.to(device=x.device, dtype=x.dtype)  # (N + 1,) the sampling levels
+    grid = refine_levels(flow.sigmas, substeps).to(device=x.device, dtype=x.dtype)  # (N·m + 1,) the solver's
+    t = levels if states == "all" else levels[[0, -1]]  # the states the forward keeps
+    options = {"grid_constructor": _grid_constructor(grid)} if solver in FIXED_GRID_SOLVERS else None
     field = _FlowField(denoiser, flow, cond)
     y0 = flow.to_state(x)  # (B, C, H, W)
     if not torch.is_grad_enabled():
-        return flow.from_state(odeint(field, y0, span, method=solver, options=options, rtol=rtol, atol=atol)[-1])
+        return flow.from_state(odeint(field, y0, t, method=solver, options=options, rtol=rtol, atol=atol)[-1])
     trainable = [p for p in denoiser.parameters() if p.requires_grad]
     if cond is not None and cond.is_floating_point() and cond.requires_grad:
         trainable.append(cond)
-    y = odeint_adjoint(field, y0, span, method=solver, options=options, rtol=rtol, atol=atol,
+    y = odeint_adjoint(field, y0, t, method=solver, options=options, rtol=rtol, atol=atol,
                        adjoint_params=tuple(trainable))[-1]
     return flow.from_state(y)

@@ -34,8 +34,8 @@ def sample_baseline(denoiser: DenoiserAdapter, scheduler: SchedulerMixin, x: Ten
     """x₀ by AdjointDPM (``adjoint``) or DOODL (``doodl``), with that method's own backward."""
     if policy.name == "adjoint":
         return adjoint_sample(denoiser, scheduler, x, cond, start_step=start_step, solver=policy.solver,
-                              substeps=policy.substeps, rtol=policy.rtol, atol=policy.atol)
+                              substeps=policy.substeps, states=policy.states, rtol=policy.rtol, atol=policy.atol)
     if policy.name == "doodl":
         return doodl_sample(denoiser, scheduler, x, cond, start_step=start_step, mixing=policy.mixing,
-                            leapfrog=policy.leapfrog)
+                            leapfrog=policy.leapfrog, states=policy.states, images=policy.images)
     raise ValueError(f"policy {policy.name!r} is not a baseline sampler; baselines: adjoint, doodl")

@@ -7,11 +7,19 @@ coordinates of :mod:`lit_sdo.sampling.flow_ode`; this is DDIM's a_t·z + b_t·ε
     x' = x + h·f(y);   y' = y + h·f(x');   x'' = p·x' + (1-p)·y';   y'' = p·y' + (1-p)·x''
 
 Each line can be solved for its input, so the step is invertible and (x_i, y_i) is reconstructed exactly
-from (x_{i+1}, y_{i+1}). DOODL's backward uses that: the forward keeps no graph and only the final pair;
-the backward walks the chain back, reconstructs each pair, re-runs that one step with a graph and takes
-one vector-Jacobian product. Memory does not grow with N; every model call is run about three times.
-p = 0.93 is EDICT's and DOODL's mixing coefficient; ``leapfrog`` alternates which sequence is updated
-first on odd steps, as EDICT's reference pipeline does by default. The sample is the x sequence.
+from (x_{i+1}, y_{i+1}). The forward keeps no graph; the backward walks the chain back, re-runs one step at a
+time with a graph and takes one vector-Jacobian product. Where each step's inputs come from (``states``):
+``all``, as DOODL's official code runs (it sets memcnn's ``keep_input = True``): stored by the forward, 2N
+latents, every model call run twice; ``ends``: only the final pair is stored and each pair is rebuilt by the
+inverse step, memory flat in N, every model call run three times (and, in float32, the inverse divides by p
+twice per step; EDICT itself runs its UNet in float64).
+
+DOODL's loss is over both decoded images, x₀ and y₀ (``optimize_first_edict_image_only`` restricts it to x₀).
+:func:`doodl_pair` returns both with their exact gradients; the sampler's contract is one sample, so
+:func:`doodl_sample` returns x₀ and, with ``images="both"``, sends the loss gradient at x₀ to both outputs,
+½ each: the mean of the two losses when the loss is linear in the sample, and to first order in ‖x₀ - y₀‖
+otherwise. p = 0.93 is EDICT's and DOODL's mixing coefficient; ``leapfrog`` alternates which sequence is
+updated first on odd steps, as EDICT's reference pipeline does by default. The sample is the x sequence.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from torch import Tensor
 
 from lit_sdo.sampling.denoisers import DenoiserAdapter
 from lit_sdo.sampling.flow_ode import ProbabilityFlow, probability_flow
+from lit_sdo.sampling.policies import BASELINE_STATES, EDICT_IMAGES, BaselineStates, EdictImages
 
 # Deterministic single-step schedulers whose step is z -> z + h·f(z) in the flow coordinates.
 EDICT_SCHEDULERS: tuple[type, ...] = (DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler)
@@ -80,28 +89,42 @@ class EdictChain:
 
 
 class _EdictFunction(torch.autograd.Function):
-    """x_T (state coordinates) -> x₀ with DOODL's reconstructing backward; cond and params are inputs only
-    so that autograd routes their gradients here."""
+    """x_T (state coordinates) -> the final EDICT pair (x₀, y₀), with DOODL's step-by-step backward; cond and
+    params are inputs only so that autograd routes their gradients here.
+
+    ``keep_inputs`` (memcnn's ``keep_input``, which DOODL's ``gen`` sets): every step's input pair is stored and
+    the backward re-runs each step from it with a graph. Otherwise only the final pair is stored and each step's
+    inputs are rebuilt by :meth:`EdictChain.inverse_step` (two more model calls per step, memory flat in N).
+    """
 
     @staticmethod
-    def forward(ctx: Any, chain: EdictChain, y0: Tensor, cond: Tensor | None, *params: Tensor) -> Tensor:
+    def forward(ctx: Any, chain: EdictChain, keep_inputs: bool, y0: Tensor, cond: Tensor | None,
+                *params: Tensor) -> tuple[Tensor, Tensor]:
+        inputs: list[Tensor] = []
         with torch.no_grad():
-            x, y = chain.run(y0, y0)
-        ctx.chain, ctx.cond, ctx.params = chain, cond, params
-        ctx.save_for_backward(x, y)  # the final pair only: memory flat in N
-        return x.clone()
+            x, y = y0, y0
+            for i in range(chain.flow.num_steps):
+                if keep_inputs:
+                    inputs += [x, y]
+                x, y = chain.step(x, y, i)
+        ctx.chain, ctx.keep_inputs, ctx.cond, ctx.params = chain, keep_inputs, cond, params
+        ctx.save_for_backward(*(inputs if keep_inputs else [x, y]))  # 2N latents, or 2
+        return x.clone(), y.clone()
 
     @staticmethod
-    def backward(ctx: Any, grad_x: Tensor) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, grad_x: Tensor, grad_y: Tensor) -> tuple[Tensor | None, ...]:
         chain: EdictChain = ctx.chain
-        x, y = ctx.saved_tensors
-        cond = ctx.cond if ctx.needs_input_grad[2] else None
+        saved = ctx.saved_tensors
+        cond = ctx.cond if ctx.needs_input_grad[3] else None
         wrt_extra = ([cond] if cond is not None else []) + list(ctx.params)
         extra_grads = [torch.zeros_like(t) for t in wrt_extra]
-        grad_y = torch.zeros_like(y)
+        x, y = (None, None) if ctx.keep_inputs else saved
         for i in reversed(range(chain.flow.num_steps)):
-            with torch.no_grad():
-                x, y = chain.inverse_step(x, y, i)
+            if ctx.keep_inputs:
+                x, y = saved[2 * i], saved[2 * i + 1]
+            else:
+                with torch.no_grad():
+                    x, y = chain.inverse_step(x, y, i)
             with torch.enable_grad():
                 x_in, y_in = x.detach().requires_grad_(), y.detach().requires_grad_()
                 x_out, y_out = chain.step(x_in, y_in, i)
@@ -113,7 +136,20 @@ class _EdictFunction(torch.autograd.Function):
                     acc += g
         grad_cond = extra_grads[0] if cond is not None else None
         grad_params = extra_grads[1:] if cond is not None else extra_grads
-        return (None, grad_x + grad_y, grad_cond, *grad_params)
+        return (None, None, grad_x + grad_y, grad_cond, *grad_params)
+
+
+class _ShareGradient(torch.autograd.Function):
+    """x₀ in value; its gradient g reaches x₀ and y₀ as g/2 each: the mean of DOODL's two image losses, with
+    y₀'s loss gradient taken at x₀ (the sampler returns one sample)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor) -> Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        return grad / 2, grad / 2
 
 
 def check_edict_scheduler(scheduler: SchedulerMixin) -> None:
@@ -124,14 +160,31 @@ def check_edict_scheduler(scheduler: SchedulerMixin) -> None:
                          f"deterministic single-step z -> z + h·f(z) update; allowed schedulers: {allowed}")
 
 
-def doodl_sample(denoiser: DenoiserAdapter, scheduler: SchedulerMixin, x: Tensor, cond: Tensor | None, *,
-                 start_step: int = 0, mixing: float = 0.93, leapfrog: bool = True) -> Tensor:
-    """x₀ of the EDICT chain started at (x, x); gradients by DOODL's reconstructing backward."""
+def doodl_pair(denoiser: DenoiserAdapter, scheduler: SchedulerMixin, x: Tensor, cond: Tensor | None, *,
+               start_step: int = 0, mixing: float = 0.93, leapfrog: bool = True,
+               states: BaselineStates = "all") -> tuple[Tensor, Tensor]:
+    """Both EDICT outputs (x₀, y₀) of the chain started at (x, x), with DOODL's backward (exact for any loss of
+    both; ``states`` as in :class:`~lit_sdo.sampling.policies.GradientPolicy`)."""
     check_edict_scheduler(scheduler)
+    if states not in BASELINE_STATES:
+        raise ValueError(f"doodl states={states!r} is unknown; allowed values: {', '.join(BASELINE_STATES)}")
     chain = EdictChain(denoiser, probability_flow(scheduler, start_step), cond, mixing, leapfrog)
-    y0 = chain.flow.to_state(x)  # (B, C, H, W)
+    y_start = chain.flow.to_state(x)  # (B, C, H, W)
     if not torch.is_grad_enabled():
-        return chain.flow.from_state(chain.run(y0, y0)[0])
-    params = [p for p in denoiser.parameters() if p.requires_grad]
-    cond_input = cond if cond is not None and cond.is_floating_point() else None
-    return chain.flow.from_state(_EdictFunction.apply(chain, y0, cond_input, *params))
+        x0, y0 = chain.run(y_start, y_start)
+    else:
+        params = [p for p in denoiser.parameters() if p.requires_grad]
+        cond_input = cond if cond is not None and cond.is_floating_point() else None
+        x0, y0 = _EdictFunction.apply(chain, states == "all", y_start, cond_input, *params)
+    return chain.flow.from_state(x0), chain.flow.from_state(y0)
+
+
+def doodl_sample(denoiser: DenoiserAdapter, scheduler: SchedulerMixin, x: Tensor, cond: Tensor | None, *,
+                 start_step: int = 0, mixing: float = 0.93, leapfrog: bool = True, states: BaselineStates = "all",
+                 images: EdictImages = "both") -> Tensor:
+    """x₀ of the EDICT chain started at (x, x); its gradient reaches x₀ and y₀ (``both``) or x₀ only (``first``)."""
+    if images not in EDICT_IMAGES:
+        raise ValueError(f"doodl images={images!r} is unknown; allowed values: {', '.join(EDICT_IMAGES)}")
+    x0, y0 = doodl_pair(denoiser, scheduler, x, cond, start_step=start_step, mixing=mixing, leapfrog=leapfrog,
+                        states=states)
+    return _ShareGradient.apply(x0, y0) if images == "both" and x0.requires_grad else x0

@@ -17,6 +17,17 @@ import torch
 
 PolicyName = Literal["none", "sdo", "full", "checkpoint", "last_k", "random_truncation", "adjoint", "doodl"]
 POLICY_NAMES: tuple[str, ...] = get_args(PolicyName)  # the one list, read off the type
+# torchdiffeq methods the adjoint runs: fixed-grid ones step on the scheduler's levels, adaptive ones choose their own.
+AdjointSolver = Literal["euler", "midpoint", "rk4", "heun3", "explicit_adams", "dopri5", "bosh3", "adaptive_heun",
+                        "dopri8"]
+ADJOINT_SOLVERS: tuple[str, ...] = get_args(AdjointSolver)
+# What a baseline keeps for its backward: every level's state ("all", as the official code runs) or the end states
+# only, rebuilt in backward ("ends": memory flat in N).
+BaselineStates = Literal["all", "ends"]
+BASELINE_STATES: tuple[str, ...] = get_args(BaselineStates)
+# Which EDICT outputs DOODL's loss gradient reaches: x₀ and y₀ (DOODL's default) or x₀ only.
+EdictImages = Literal["both", "first"]
+EDICT_IMAGES: tuple[str, ...] = get_args(EdictImages)
 # The paper's baselines replace the scheduler's step loop by their own sampler (lit_sdo.sampling.baselines).
 BASELINE_NAMES: tuple[str, ...] = ("adjoint", "doodl")
 # The policies whose kept calls may be rebuilt in backward instead of keeping their graph.
@@ -46,7 +57,7 @@ class GradientPolicy:
             (AlignProp-uniform).
             ``adjoint`` AdjointDPM (Pan et al., ICLR 2024): the probability-flow ODE forward, the adjoint
             ODE backward (:mod:`lit_sdo.sampling.adjoint`); ``doodl`` DOODL (Wallace et al., ICCV 2023):
-            EDICT's invertible coupled sampler, reconstructed step by step in backward
+            EDICT's invertible coupled sampler, one step at a time re-run with a graph in backward
             (:mod:`lit_sdo.sampling.edict`). These two are their own samplers: their forward is the ODE /
             EDICT chain, which equals the scheduler's chain only approximately (adjoint with ``euler`` and
             ``substeps=1`` on DDIM, Euler or flow-matching Euler: up to rounding; on DDPM, DPM-Solver or
@@ -65,14 +76,26 @@ class GradientPolicy:
             two graphs instead of their sum; the truncation policies hold one call's graph at a time (how
             AlignProp fits K calls in memory: gradient checkpointing).
         solver: for ``adjoint`` (AdjointDPM), the torchdiffeq method of the forward and adjoint ODE solves;
-            ``euler`` as in the official code (its scheduler's default solver).
+            None: the official code's default for the model's family, ``explicit_adams`` for pixel models
+            (no VAE), ``euler`` for latent models (:func:`lit_sdo.sampling.adjoint.default_solver`).
         substeps: for ``adjoint``, fixed-grid solver steps per sampling step (1: the official code's grid,
-            the scheduler's own levels; more steps make the adjoint's gradient exact).
+            the scheduler's own levels; more steps make the adjoint's gradient exact). Not with
+            ``explicit_adams``, a multistep method the official code runs on the levels themselves.
+        states: for ``adjoint`` and ``doodl``, what the forward keeps for the backward. ``all`` (the official
+            code): every level's state, N + 1 latents for ``adjoint`` (torchdiffeq restarts the backward from
+            the stored state at each level), each step's input pair, 2N latents, for ``doodl`` (memcnn's
+            ``keep_input``: each step re-run with a graph from its stored inputs, no inverse calls). ``ends``:
+            the end states only, rebuilt in backward (the adjoint ODE integrated back / EDICT's inverse step,
+            two more model calls per step): memory flat in N.
         rtol: for ``adjoint`` with an adaptive solver (dopri5, ...), the relative tolerance.
         atol: for ``adjoint`` with an adaptive solver, the absolute tolerance.
         mixing: for ``doodl``, EDICT's mixing coefficient p (0.93 in EDICT, Sec. 4, and DOODL).
         leapfrog: for ``doodl``, alternate which EDICT sequence is updated first on odd steps (EDICT's
             reference pipeline default).
+        images: for ``doodl``, which EDICT outputs the loss's gradient reaches: ``both`` x₀ and y₀ (DOODL's
+            loss over both decoded images, each weighted ½; the one sample returned is x₀, so y₀'s share is
+            the gradient at x₀: exact for a loss linear in x₀, see :mod:`lit_sdo.sampling.edict`) or
+            ``first``, x₀ only (DOODL's ``optimize_first_edict_image_only``).
         seed: seeds the policy's own generator, which draws the random k / K whenever ``plan`` is
             given no generator. The draws never touch torch's global RNG, which stochastic schedulers
             (DDPM, LCM) use for their noise when sampling without a generator: otherwise a random
@@ -84,12 +107,14 @@ class GradientPolicy:
     last_k: int = 1
     tail: int = 0
     recompute: bool = False
-    solver: str = "euler"
+    solver: AdjointSolver | None = None
     substeps: int = 1
+    states: BaselineStates = "all"
     rtol: float = 1e-5
     atol: float = 1e-5
     mixing: float = 0.93
     leapfrog: bool = True
+    images: EdictImages = "both"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -113,8 +138,6 @@ class GradientPolicy:
 
     def _check_options(self) -> None:
         """One-line errors for the options of SDO's tail and the paper's baselines."""
-        from lit_sdo.sampling.adjoint import ADJOINT_SOLVERS
-
         if not isinstance(self.tail, int) or self.tail < 0:
             raise ValueError(f"policy tail={self.tail!r} must be an integer >= 0")
         if self.tail and self.name != "sdo":
@@ -122,10 +145,19 @@ class GradientPolicy:
         if self.recompute and self.name not in RECOMPUTABLE_NAMES:
             raise ValueError(f"policy recompute={self.recompute} applies to {', '.join(RECOMPUTABLE_NAMES)} only, "
                              f"not {self.name!r}; use 'checkpoint' for every call")
-        if self.solver not in ADJOINT_SOLVERS:
+        if self.solver is not None and self.solver not in ADJOINT_SOLVERS:
             raise ValueError(f"policy solver={self.solver!r} is unknown; allowed values: {', '.join(ADJOINT_SOLVERS)}")
         if not isinstance(self.substeps, int) or self.substeps < 1:
             raise ValueError(f"policy substeps={self.substeps!r} must be an integer >= 1")
+        if self.solver is not None:
+            check_substeps(self.solver, self.substeps)
+        if self.states not in BASELINE_STATES:
+            raise ValueError(f"policy states={self.states!r} is unknown; allowed values: {', '.join(BASELINE_STATES)}")
+        if self.states != "all" and self.name not in BASELINE_NAMES:
+            raise ValueError(f"policy states={self.states!r} applies to {', '.join(BASELINE_NAMES)} only, "
+                             f"not {self.name!r}")
+        if self.images not in EDICT_IMAGES:
+            raise ValueError(f"policy images={self.images!r} is unknown; allowed values: {', '.join(EDICT_IMAGES)}")
         if not (self.rtol > 0 and self.atol > 0):
             raise ValueError(f"policy rtol={self.rtol}, atol={self.atol} must both be > 0")
         if not 0 < self.mixing <= 1:
@@ -191,6 +223,14 @@ class GradientPolicy:
         return int(torch.randint(num_steps, (1,), generator=own if generator is None else generator).item())
 
 
+def check_substeps(solver: str, substeps: int) -> None:
+    """One-line error for substeps on a multistep solver: Adams–Bashforth runs on the levels themselves."""
+    if solver == "explicit_adams" and substeps > 1:
+        raise ValueError(f"policy substeps={substeps} cannot refine solver='explicit_adams' (a multistep method, "
+                         "the official AdjointDPM default for pixel models, run on the sampling levels): use "
+                         f"substeps=1, or name a one-step solver, e.g. adjoint-solver=rk4-substeps={substeps}")
+
+
 def as_policy(policy: GradientPolicy | str) -> GradientPolicy:
     """Accept a policy object or its string form (see :func:`parse_policy`; ``"sdo"`` is SDO at step 0).
 
@@ -206,8 +246,8 @@ def _policy_named(text: str) -> GradientPolicy:
 
 # Options a policy string may set, with the type each value is read as.
 _OPTION_TYPES: dict[str, type] = {"k": int, "last_k": int, "tail": int, "recompute": bool, "solver": str,
-                                  "substeps": int, "rtol": float, "atol": float, "mixing": float, "leapfrog": bool,
-                                  "seed": int}
+                                  "substeps": int, "states": str, "rtol": float, "atol": float, "mixing": float,
+                                  "leapfrog": bool, "images": str, "seed": int}
 
 
 def parse_policy(text: str) -> GradientPolicy:
@@ -215,7 +255,8 @@ def parse_policy(text: str) -> GradientPolicy:
 
     ``name`` then ``-option=value`` pairs, e.g. ``sdo``, ``sdo-random`` (k drawn per call), ``sdo-k=3``,
     ``sdo-tail=4``, ``sdo-recompute=true``, ``last_k=2`` (the name's own option),
-    ``adjoint-solver=rk4-substeps=4``, ``doodl-mixing=0.9``. :attr:`GradientPolicy.label` writes this form back.
+    ``adjoint-solver=rk4-substeps=4``, ``adjoint-states=ends``, ``doodl-mixing=0.9``, ``doodl-images=first``.
+    :attr:`GradientPolicy.label` writes this form back.
     """
     head, *options = re.split(r"-(?=[a-z_]+(?:=|-|$))", text.strip())  # "-" before an option (not in 1e-5)
     name, _, own = head.partition("=")
