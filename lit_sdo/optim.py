@@ -13,12 +13,21 @@ is ever averaged.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor
 
-OptimizerName = Literal["sgd", "sign", "adam"]
+OptimizerName = Literal["sgd", "sign", "adam", "doodl"]
+OPTIMIZER_NAMES: tuple[str, ...] = get_args(OptimizerName)
+
+# DOODL's latent optimiser (Wallace et al., ICCV 2023). The values are the defaults of ``gen()`` in the official
+# code (salesforce/DOODL, doodl.py), which its latent-traversal loop applies in this order: use_momentum=True with
+# "mom = 0.9" and no dampening; clip_grad_val=1e-3 on each element of the loss-scaled gradient; the latent plus
+# perturb_grad_scale=1e-4 times unit Gaussian noise; renormalize_latents=True, back to the latent's norm at the start.
+DOODL_MOMENTUM = 0.9
+DOODL_CLIP = 1e-3
+DOODL_NOISE = 1e-4
 
 
 def project_linf(delta: Tensor, eps: float) -> Tensor:
@@ -48,26 +57,37 @@ class RowState:
 
 
 class PerSampleOptimizer(RowState):
-    """Row-wise SGD, sign-SGD (PGD's step) or Adam over a tensor of per-sample variables (N, ...).
+    """Row-wise SGD, sign-SGD (PGD's step), Adam or DOODL's optimiser over per-sample variables (N, ...).
+
+    ``doodl`` optimises a latent x = base + δ as DOODL does (constants above): g = clip(lr·∇, ±1e-3) element-wise
+    (lr scales the gradient before the clip, as DOODL's ``grad_scale`` scales its loss), b ← 0.9·b + g,
+    x ← x − b + 1e-4·ξ, then x rescaled to ‖base‖, the norm of the latent it started from (DOODL's x_T; for
+    an intermediate or inverted latent, its own). ξ is drawn from (seed, row, the row's step count), so a row's
+    noise does not depend on which rows share its batch, on the rank, or on a resume.
 
     Args:
-        shape: shape of the whole variable, first dimension = number of samples.
-        name: ``sgd`` (x -= lr·g, the paper's Sec. 5.1.4), ``sign`` (x -= lr·sign(g), PGD), ``adam``.
+        shape: shape of the whole variable, first dimension = number of samples; (N, C, H, W) for ``doodl``.
+        name: ``sgd`` (x -= lr·g, the paper's Sec. 5.1.4), ``sign`` (x -= lr·sign(g), PGD), ``adam``, ``doodl``.
         lr: learning rate.
         betas: Adam's (β1, β2).
         eps: Adam's ε.
+        seed: seeds ``doodl``'s per-step noise.
     """
 
     def __init__(self, shape: tuple[int, ...], name: OptimizerName = "sgd", lr: float = 0.1,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-        if name not in ("sgd", "sign", "adam"):
-            raise ValueError(f"optimizer={name!r} is unknown; allowed values: sgd, sign, adam")
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, seed: int = 0) -> None:
+        if name not in OPTIMIZER_NAMES:
+            raise ValueError(f"optimizer={name!r} is unknown; allowed values: {', '.join(OPTIMIZER_NAMES)}")
         if lr <= 0:
             raise ValueError(f"lr={lr} must be > 0")
-        self.name, self.lr, self.betas, self.eps = name, lr, betas, eps
-        moments = shape if name == "adam" else (shape[0], 0)
+        if name == "doodl" and len(shape) != 4:
+            raise ValueError(f"optimizer='doodl' optimises latents (N, C, H, W), renormalising each to its starting "
+                             f"norm; got a variable of shape {tuple(shape)}: use sgd, sign or adam")
+        self.name, self.lr, self.betas, self.eps, self.seed = name, lr, betas, eps, seed
+        first = shape if name in ("adam", "doodl") else (shape[0], 0)  # Adam's m, or DOODL's momentum b
+        second = shape if name == "adam" else (shape[0], 0)
         self.tensors = {"steps": torch.zeros(shape[0], dtype=torch.long),
-                        "exp_avg": torch.zeros(moments), "exp_avg_sq": torch.zeros(moments)}
+                        "exp_avg": torch.zeros(first), "exp_avg_sq": torch.zeros(second)}
 
     @property
     def steps(self) -> Tensor:
@@ -75,9 +95,18 @@ class PerSampleOptimizer(RowState):
         return self.tensors["steps"]
 
     @torch.no_grad()
-    def step(self, variable: Tensor, grad: Tensor, rows: Tensor) -> None:
-        """Update ``variable[rows]`` in place with ``grad`` (len(rows), ...) for those rows."""
+    def step(self, variable: Tensor, grad: Tensor, rows: Tensor, base: Tensor | None = None) -> None:
+        """Update ``variable[rows]`` in place with ``grad`` (len(rows), ...) for those rows.
+
+        ``base`` (len(rows), ...): the latent each row's variable is added to; ``doodl`` needs it (to renormalise
+        base + δ), the others ignore it.
+        """
+        if self.name == "doodl":
+            self._check_base(base, grad)
         self.steps[rows] += 1
+        if self.name == "doodl":
+            variable[rows] = self._doodl_update(variable[rows], grad, rows, base)
+            return
         if self.name == "sgd":
             update = grad
         elif self.name == "sign":
@@ -90,6 +119,32 @@ class PerSampleOptimizer(RowState):
             t = self.steps[rows].to(grad.dtype).view(-1, *([1] * (grad.dim() - 1)))
             update = (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + self.eps)
         variable[rows] -= self.lr * update
+
+    @staticmethod
+    def _check_base(base: Tensor | None, grad: Tensor) -> None:
+        if base is None:
+            raise ValueError("optimizer='doodl' renormalises the latent base + δ after every step: step() needs "
+                             "base=the latent δ is added to; for a parameter that is not a latent use sgd, sign, adam")
+        if base.shape != grad.shape:
+            raise ValueError(f"optimizer='doodl': base has shape {tuple(base.shape)}, the gradient "
+                             f"{tuple(grad.shape)}; pass the start latent of the rows stepped")
+
+    def _doodl_update(self, delta: Tensor, grad: Tensor, rows: Tensor, base: Tensor) -> Tensor:
+        """δ of the rows after one DOODL step (see the class docstring)."""
+        g = (self.lr * grad).clamp(-DOODL_CLIP, DOODL_CLIP)
+        momentum = self.tensors["exp_avg"][rows].mul_(DOODL_MOMENTUM).add_(g)  # b ← 0.9·b + g
+        self.tensors["exp_avg"][rows] = momentum
+        latent = base + delta - momentum + DOODL_NOISE * self._noise(rows, grad)  # (B, C, H, W)
+        scale = base.flatten(1).norm(dim=1) / latent.flatten(1).norm(dim=1)  # (B,)
+        return latent * scale.view(-1, 1, 1, 1) - base
+
+    def _noise(self, rows: Tensor, like: Tensor) -> Tensor:
+        """Unit Gaussian (len(rows), ...) drawn from (seed, row, the row's step count)."""
+        draws = []
+        for row, step in zip(rows.tolist(), self.steps[rows].tolist(), strict=True):
+            key = ((self.seed * 1_000_003 + row) * 1_000_003 + step) % 2**63
+            draws.append(torch.randn(like.shape[1:], generator=torch.Generator().manual_seed(key)))
+        return torch.stack(draws).to(like)
 
 
 class BestTracker(RowState):

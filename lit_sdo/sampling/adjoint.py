@@ -12,8 +12,12 @@ What the backward starts each piece from (``states``):
   sampling level as ``t``): the forward keeps the state at every level, N + 1 latents, and torchdiffeq solves
   the adjoint one interval at a time, resetting the state to the stored one at each level;
 - ``ends``: only the two end states are kept (memory flat in N), and the backward rebuilds x_t by integrating the
-  ODE backwards over the whole run, which at a few coarse steps drifts (cosine 0.72 to the exact gradient at
-  N = 10 on the digits DDPM with ``euler``, benchmarks/RESULTS.md).
+  ODE backwards over the whole run.
+
+Measured once on the digits DDPM at N = 10 (float64, cosine to full backprop through DDIM, all / ends):
+``explicit_adams`` 0.938 / -0.05, ``rk4`` 0.995 / 0.995, ``euler`` 0.709 / 0.736 (a backward Euler step takes
+its Jacobian at the end of the interval the forward step arrives at, whichever state it starts from). There
+``explicit_adams``'s x₀ is 98 % (relative L2) away from DDIM's, ``rk4``'s 5 %.
 
 The solver defaults to the official one for the model's family (:func:`default_solver`): ``explicit_adams`` for
 pixel models (``NODE_Solver.sample``'s default, not overridden by the pixel runner; torchdiffeq starts
