@@ -10,7 +10,8 @@ first non-finite loss or gradient, before it reaches the weights.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,9 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only, rank_zero_warn
 from torch import Tensor
 
-from lit_sdo.images import image_grid, mark_rows, save_png
+from lit_sdo.images import labelled_grid, save_png, to_uint8
 from lit_sdo.io import keep_previous, writable_folder, write_json, write_tensors
+from lit_sdo.metrics import lp_distances
 from lit_sdo.objectives import Report
 
 RESULT_FILES = ("results.json", "delta.safetensors", "grid.png")
@@ -264,11 +266,12 @@ class LatentResultsWriter(L.Callback):
                                              "samples": report.samples})
         write_tensors(folder / "delta.safetensors", tensors,
                       metadata={"model": module.sampler.spec.model, "eps": str(module.hparams.eps)})
-        grid, columns = results_grid(records, report, module.hparams.grid_samples)
-        save_png(folder / "grid.png", grid, scale=4 if grid.shape[-1] < 256 else 1)
+        grid, _ = results_grid(records, report, module.hparams.grid_samples,
+                               getattr(trainer.datamodule, "class_names", None))
+        save_png(folder / "grid.png", grid)
         experiment = getattr(trainer.logger, "experiment", None)
         if hasattr(experiment, "add_image"):
-            experiment.add_image("results/" + "|".join(columns), grid, trainer.current_epoch)
+            experiment.add_image("results/grid", to_uint8(grid), trainer.current_epoch)  # the pixels of grid.png
             for key, value in report.summary.items():
                 if isinstance(value, (int, float)):
                     experiment.add_scalar(f"result/{key}", value, trainer.current_epoch)
@@ -314,14 +317,64 @@ def generic_report(records: dict[str, Tensor], datamodule: Any) -> Report:
     return Report(summary, samples, headline)
 
 
-def results_grid(records: dict[str, Tensor], report: Report, rows: int) -> tuple[Tensor, list[str]]:
-    """One row per sample: [reference] [style] | before | after | difference ×5; rows whose sample succeeded
-    are framed green, failed ones red (when the task has a success rule)."""
-    columns = {name: records[name][:rows] for name in ("reference", "style") if name in records}
-    columns |= {"original": records["original"][:rows], "optimized": records["optimized"][:rows]}
-    columns["difference×5"] = ((columns["optimized"] - columns["original"]) * 5 + 0.5).clamp(0, 1)
-    cells = torch.stack(list(columns.values()), dim=1)  # (rows, columns, C, H, W)
-    success = [row.get("success") for row in report.samples[:rows]]
-    if all(s is not None for s in success) and success:
-        cells = mark_rows(cells, torch.tensor(success, dtype=torch.bool))
-    return image_grid(cells.flatten(0, 1), nrow=len(columns)), list(columns)
+DIFFERENCE_GAIN = 5  # |after - before| is enlarged this much in the grid: an attack's change is faint
+
+
+@dataclass
+class GridText:
+    """The words of a results grid, taken from the records and the report (tests read them here)."""
+
+    columns: list[str]
+    rows: list[str]  # each row's class name (or prompt), seed and, for an attack, its verdict
+    captions: list[list[str]]  # under each image: prediction and confidence, or loss; L2 under the difference
+    frames: list[bool | None]  # success (green), failure (red), no rule or not counted (None: no frame)
+
+
+def results_grid(records: dict[str, Tensor], report: Report, rows: int,
+                 class_names: Sequence[str] | None = None) -> tuple[Tensor, GridText]:
+    """One row per sample: [reference] [style] | before | after | |difference|, with a title per column, the
+    sample's class (``class_names[label]``, else the label or prompt) per row, what the attacked classifier
+    reads (class and confidence) under each image, and a green / red frame where the task has a success rule
+    (none around an attacked sample whose clean image is already misread: the success rate does not count it).
+    An attack's columns are "clean" and "adversarial"; PIL's default font has no "×", hence "x5"."""
+    n = min(rows, len(records["original"]))
+    samples = report.samples[:n] if report.samples else [{} for _ in range(n)]
+    attack = "success" in samples[0]
+    before, after = ("clean", "adversarial") if attack else ("before", "after")
+    original, optimized = records["original"][:n], records["optimized"][:n]
+    images = {name: records[name][:n] for name in ("reference", "style") if name in records}
+    images |= {before: original, after: optimized,
+               f"|difference| x{DIFFERENCE_GAIN}": ((optimized - original).abs() * DIFFERENCE_GAIN).clamp(0, 1)}
+    l2, _ = lp_distances(optimized.float(), original.float())
+
+    def name(label: int) -> str:
+        return class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
+
+    def reading(which: str, i: int) -> str:
+        if f"pred_{which}" in records:
+            confidence = records.get(f"confidence_{which}")
+            text = name(int(records[f"pred_{which}"][i]))
+            return text if confidence is None else f"{text} {float(confidence[i]):.0%}"
+        loss = records.get(f"loss_{which}")
+        return "" if loss is None else f"loss {float(loss[i]):.3g}"
+
+    titles, captions, frames = [], [], []
+    for i, sample in enumerate(samples):
+        label = int(records["label"][i])
+        lines = [name(label) if label >= 0 else _shorten(sample.get("prompt") or f"sample {i}"),
+                 f"seed {int(records['seed'][i])}"]
+        frame = sample.get("success")
+        if attack:
+            counted = "pred_original" not in records or int(records["pred_original"][i]) == label
+            lines.append("fooled" if frame else "not fooled" if counted else "clean misread")
+            frame = frame if counted else None
+        titles.append("\n".join(lines))
+        frames.append(frame)
+        captions.append([""] * (len(images) - 3) + [reading("original", i), reading("optimized", i), f"L2 {l2[i]:.3f}"])
+    text = GridText(list(images), titles, captions, frames)
+    cells = torch.stack([image.float().cpu() for image in images.values()], dim=1)  # (rows, columns, C, H, W)
+    return labelled_grid(cells, text.columns, text.rows, text.captions, text.frames), text
+
+
+def _shorten(text: str, length: int = 24) -> str:
+    return text if len(text) <= length else text[:length - 3] + "..."

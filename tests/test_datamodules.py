@@ -45,6 +45,10 @@ def test_label_seed_bad_input_is_one_line() -> None:
         LabelSeedDataModule(classes=[0], per_class=0)
     with pytest.raises(ValueError, match="class labels must be >= 0, got -1"):
         LabelSeedDataModule(classes=[-1, 2])
+    with pytest.raises(ValueError, match=r"^class_names has 2 names but the labels go up to 2; give one name per label "
+                                         r"0\.\.2$"):
+        LabelSeedDataModule(num_classes=3, class_names=["ant", "bee"])
+    assert LabelSeedDataModule(classes=[1], class_names=["ant", "bee"]).class_names == ["ant", "bee"]
 
 
 def test_fingerprint_names_the_sample_set() -> None:

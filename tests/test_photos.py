@@ -1,4 +1,6 @@
-"""The photo-crop data module: shipped photographs, exact crops, a held-out strip, and one-line bad input."""
+"""The photo-crop data module: shipped photographs, exact crops, a held-out strip, and one-line bad input.
+
+Bit for bit: crops and splits are slices of the same pixels, seeded draws repeat, shipped weights are copies."""
 
 from __future__ import annotations
 
@@ -124,3 +126,26 @@ def test_a_diffusion_run_continues_from_an_export_and_refuses_another_architectu
         assert all(torch.equal(network.state_dict()[k], v) for k, v in shipped.items())
     with pytest.raises(ValueError, match="has another architecture .*in_channels"):
         DiffusionTrainingModule(**args | {"init_from": str(EMBEDDED_ROOT / "digits-ddpm")})
+
+
+def test_training_on_more_photographs_than_the_model_has_classes_is_one_line(tmp_path) -> None:
+    import lightning as L
+
+    from lit_sdo.tasks.train_classifier import ClassifierTrainingModule
+
+    module = ClassifierTrainingModule("resnet", {"in_chans": 3, "channels": [4, 8, 8, 8]}, num_classes=3, input_size=8)
+    trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"^the model is trained for num_classes=3 but the data has 2 classes \(one "
+                                         r"per photograph: coins, chelsea\); give the data 3 classes or set the "
+                                         r"model's num_classes to 2$"):
+        trainer.fit(module, PhotoCropsDataModule(**SMALL))  # before any step: a label would miss its row
+    assert trainer.global_step == 0
+
+
+def test_photo_crops_name_their_classes_and_refuse_an_unknown_photograph_when_built() -> None:
+    assert PhotoCropsDataModule(**SMALL).class_names == ["coins", "chelsea"]  # class c is photos[c]
+    with pytest.raises(ValueError, match=r"^photograph 'lena' is not shipped with the installed packages; allowed: "
+                                         r"astronaut, ") as info:
+        PhotoCropsDataModule(photos=["astronaut", "lena"])  # at construction: no setup, no photo read
+    assert "\n" not in str(info.value)

@@ -136,11 +136,17 @@ PHOTOGRAPHS: dict[str, tuple[str, str]] = {
 }
 
 
+def check_photographs(names: list[str] | tuple[str, ...]) -> None:
+    """One-line error naming the first name that is not in ``PHOTOGRAPHS`` and listing the allowed ones."""
+    unknown = [name for name in names if name not in PHOTOGRAPHS]
+    if unknown:
+        raise ValueError(f"photograph {unknown[0]!r} is not shipped with the installed packages; allowed: "
+                         f"{', '.join(PHOTOGRAPHS)}")
+
+
 def read_photograph(name: str) -> Tensor:
     """One shipped photograph (see ``PHOTOGRAPHS``) -> (3, H, W) in [0, 1]; grey textures are repeated to RGB."""
-    if name not in PHOTOGRAPHS:
-        raise ValueError(f"photograph {name!r} is not shipped with the installed packages; allowed: "
-                         f"{', '.join(PHOTOGRAPHS)}")
+    check_photographs([name])
     package, item = PHOTOGRAPHS[name]
     if package == "skimage":
         from skimage import data

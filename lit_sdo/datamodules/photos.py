@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from lit_sdo.datamodules.images import read_photograph
+from lit_sdo.datamodules.images import check_photographs, read_photograph
+from lit_sdo.datamodules.training import check_model_classes
 
 # Ten photographs whose mean colours overlap (a logistic regression on a crop's mean RGB scores far below a
 # CNN on them: see tests/test_photos.py); very dark / single-hue ones (hubble_deep_field, retina) are left out.
@@ -120,6 +121,7 @@ class PhotoCropsDataModule(L.LightningDataModule):
                  num_workers: int = 0) -> None:
         super().__init__()
         photos = list(PHOTOS if photos is None else photos)
+        check_photographs(photos)  # at construction: a misspelt name stops the run before any work
         if len(photos) < 2 or len(set(photos)) != len(photos):
             raise ValueError(f"photos={photos} must name at least 2 distinct photographs (one class each)")
         if image_size < 8 or not 0 < scale[0] <= scale[1] or not 0 <= jitter < 1 or not 0 < holdout_fraction < 1:
@@ -128,6 +130,7 @@ class PhotoCropsDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.photos, self.image_size, self.batch_size, self.num_workers = photos, image_size, batch_size, num_workers
         self.num_classes = len(photos)
+        self.class_names = photos  # class c is photograph photos[c]
         self._regions: dict[str, list[Tensor]] = {}
         self._fixed: dict[str, TensorDataset] = {}
 
@@ -166,6 +169,7 @@ class PhotoCropsDataModule(L.LightningDataModule):
         return self._fixed[name].tensors  # type: ignore[return-value]
 
     def setup(self, stage: str | None = None) -> None:
+        check_model_classes(self, f"one per photograph: {', '.join(self.photos)}")
         self.regions("train")
 
     def train_dataloader(self) -> DataLoader:

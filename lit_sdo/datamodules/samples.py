@@ -83,10 +83,12 @@ class LabelSeedDataModule(SampleSetDataModule):
         per_class: samples per class.
         seed: first seed.
         batch_size: samples optimised together in one step.
+        class_names: the name of each label (``class_names[c]``), shown in the results grid; None shows the
+            label itself (the digits' names).
     """
 
     def __init__(self, classes: list[int] | None = None, num_classes: int = 10, per_class: int = 10, seed: int = 0,
-                 batch_size: int = 100) -> None:
+                 batch_size: int = 100, class_names: list[str] | None = None) -> None:
         super().__init__()
         classes = list(range(num_classes)) if classes is None else list(classes)
         if not classes or per_class < 1 or batch_size < 1:
@@ -94,7 +96,10 @@ class LabelSeedDataModule(SampleSetDataModule):
                              f"{batch_size})")
         if min(classes) < 0:
             raise ValueError(f"class labels must be >= 0, got {min(classes)}")
-        self.classes, self.batch_size = classes, batch_size
+        if class_names is not None and len(class_names) <= max(classes):
+            raise ValueError(f"class_names has {len(class_names)} names but the labels go up to {max(classes)}; "
+                             f"give one name per label 0..{max(classes)}")
+        self.classes, self.batch_size, self.class_names = classes, batch_size, class_names
         labels = [c for _ in range(per_class) for c in classes]
         seeds = [seed + i for i in range(len(labels))]
         self.dataset = LabelSeedDataset(labels, seeds)

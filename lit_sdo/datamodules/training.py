@@ -37,6 +37,22 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     return order[n_test + n_val :], order[n_test : n_test + n_val], order[:n_test]
 
 
+def check_model_classes(datamodule: L.LightningDataModule, classes: str) -> None:
+    """One-line error when the module being trained on ``datamodule`` expects another class count.
+
+    A label the model has no row for fails deep inside an embedding or the loss, and a class the model
+    keeps but never sees makes its export claim a class it cannot draw; ``classes`` says what the data's
+    classes are. Nothing is checked outside a Trainer or for a module without ``num_classes``.
+    """
+    trainer = getattr(datamodule, "trainer", None)
+    module = trainer.lightning_module if trainer is not None else None
+    expected = getattr(module, "hparams", {}).get("num_classes")
+    if expected is not None and expected != datamodule.num_classes:
+        raise ValueError(f"the model is trained for num_classes={expected} but the data has {datamodule.num_classes} "
+                         f"classes ({classes}); give the data {expected} classes or set the model's num_classes to "
+                         f"{datamodule.num_classes}")
+
+
 class DigitsDataModule(L.LightningDataModule):
     """scikit-learn digits resized to ``image_size``, in [-1, 1], with labels; splits fixed by seed.
 
@@ -60,9 +76,11 @@ class DigitsDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.image_size, self.batch_size, self.augment, self.num_workers = image_size, batch_size, augment, num_workers
         self.num_classes = DIGITS_CLASSES
+        self.class_names = [str(c) for c in range(DIGITS_CLASSES)]
         self._splits: dict[str, Dataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
+        check_model_classes(self, "the digits 0-9")
         if self._splits:
             return
         images, labels = load_digits_tensors(self.image_size)
@@ -146,7 +164,8 @@ class ImageFolderDataModule(L.LightningDataModule):
         full = datasets.ImageFolder(hp.root, transform=tf)
         if len(full) == 0:
             raise ValueError(f"image folder {hp.root!r} holds no images")
-        self.num_classes = len(full.classes)
+        self.num_classes, self.class_names = len(full.classes), list(full.classes)
+        check_model_classes(self, f"the sub-folders of {hp.root}")
         train, val, _ = split_indices(len(full), hp.val_fraction, 0.0, hp.seed) if hp.val_fraction else (
             torch.arange(len(full)), torch.arange(0), None)
         self._splits = {"train": Subset(full, train.tolist()), "val": Subset(full, val.tolist())}
