@@ -117,7 +117,8 @@ class ClassifierObjective(Objective):
         logits = self.classifier(images)
         targets = self.targets(batch)
         out = {"loss": attack_loss(logits, batch["label"], targets, self.loss, self.kappa),
-               "pred": logits.argmax(1), "features": self.classifier.features(images),
+               "pred": logits.argmax(1), "confidence": logits.softmax(1).amax(1),  # shown in the results grid
+               "features": self.classifier.features(images),
                "target": targets if targets is not None else torch.full_like(batch["label"], -1)}
         if self.transfer is not None:
             out["transfer_pred"] = self.transfer(images).argmax(1)
