@@ -1,7 +1,13 @@
 """The attack (latent optimisation + classifier objective) on tiny random models: δ stays in the L∞ ball,
 the objective moves, results are written and agree with each other, checkpoints restore, bad input fails
 in one line. The generator loader is patched to return a tiny model (tests/conftest.py); the objective is
-given tiny classifiers."""
+given tiny classifiers.
+
+Bit for bit, by construction (the same operations on the same shapes in the same order): resume vs an
+uninterrupted run (the checkpoint restores δ, the optimiser state and the tracker exactly, and the same
+batches follow); the library attack from lists vs from tensors; ``sdo-tail=N`` vs ``full`` (the same call
+modes, hence the same calls); predictions recomputed by the same classifier on the same images and batch.
+"""
 
 from __future__ import annotations
 

@@ -10,6 +10,11 @@
 - sdo tail: tail = N is ``full`` bit for bit, forward values are plain sampling's; recompute gives the same
   gradient without the kept graph in the forward;
 - policy strings and one-line errors.
+
+Bit for bit, by construction: tail = N plans the same call modes as ``full``, so it runs the same calls; a
+checkpointed call re-runs the kept call's operations on the same inputs in backward; forward values with a
+kept tail are plain sampling's (grad mode changes no kernel or shape). The adjoint and EDICT references use
+other arithmetic (float64 ODE levels, another chain's autograd): their tolerances are stated where compared.
 """
 
 from __future__ import annotations

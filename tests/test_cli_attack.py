@@ -1,4 +1,8 @@
-"""The attack job through the CLI, on tiny models exported to folders: one device vs two DDP ranks."""
+"""The attack job through the CLI, on tiny models exported to folders: one device vs two DDP ranks.
+
+Not bit for bit: each rank sees another batch composition and float32 convolutions round differently by
+batch size, so δ, ‖δ‖∞ and SSIM agree to a stated tolerance; predictions exactly (that rounding is far
+smaller than these samples' logit margins)."""
 
 from __future__ import annotations
 

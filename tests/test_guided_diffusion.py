@@ -4,6 +4,9 @@ References: the parameter names/shapes of the released 128×128 files (``tests/d
 listed from openai/guided-diffusion's ``UNetModel`` / ``EncoderUNetModel`` at the README's flags, which load those
 files with strict=True); the guidance formula of Dhariwal & Nichol Alg. 2 with ∇ log p by central finite
 differences in float64; attention written out head by head; diffusers' own DDIMScheduler for ᾱ_t.
+
+Bit for bit, by construction: the loaded network and classifier against the modules they were saved from
+(the same weights, the same operations on the same inputs). Elsewhere tolerances, stated where compared.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""DDIM inversion: exact where the approximation is exact, close on a tiny UNet with enough steps."""
+"""DDIM inversion: exact where the approximation is exact, close on a tiny UNet with enough steps.
+
+"Exact" is exact arithmetic: inversion and the scheduler's step order their float32 operations differently,
+so an x-blind ε̂ reconstructs x₀ to 1e-5 after 10 + 10 steps and one level to 1e-6; nothing is bitwise."""
 
 from __future__ import annotations
 

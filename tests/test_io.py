@@ -1,5 +1,7 @@
 """Result writers: atomic (a failed write leaves the old file and no temporary), earlier results kept,
-tensors round-trip, weights files read safely, markdown sections replaced in place."""
+tensors round-trip, weights files read safely, markdown sections replaced in place.
+
+Bit for bit: tensors read back from their file (a copy, no arithmetic)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """The one loader: tiny random diffusers / timm / torchvision / transformers models saved to tmp_path and
-loaded back; hub ids offline give one clear line; the shipped zoo matches its MANIFEST."""
+loaded back; hub ids offline give one clear line; the shipped zoo matches its MANIFEST.
+
+Bit for bit: exported parameters read back (copies). Outputs of loaded models use float32 tolerances."""
 
 from __future__ import annotations
 

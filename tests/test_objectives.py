@@ -1,5 +1,7 @@
 """Classifier objectives: signs, targets, success, measures, and one-line errors; the base contract; every
-objective takes a built module or a name the loader resolves, from Python and from YAML."""
+objective takes a built module or a name the loader resolves, from Python and from YAML.
+
+Exact comparisons: seeded target draws (integers) and margins of small integer logits (exact in float32)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Per-sample optimisation state: rows are independent, Adam matches torch's, merging picks owners."""
+"""Per-sample optimisation state: rows are independent, Adam matches torch's, merging picks owners.
+
+Exact comparisons: untouched rows and points inside the ball are left as they are (no arithmetic), and the
+tracked scores are small integers; Adam against torch's at a float32 tolerance (other operation order)."""
 
 from __future__ import annotations
 

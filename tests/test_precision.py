@@ -1,6 +1,7 @@
 """Low-precision no-grad calls (lit_sdo.sampling.precision) against float32 references.
 
-- the default path is the plain diffusers loop, bit for bit;
+- the default path is the plain diffusers loop, bit for bit (by construction: the same UNet calls on the
+  same batch, the same scheduler steps);
 - bf16 no-grad calls stay within a stated tolerance of float32, really run in bf16, and the one
   graph-keeping call runs in float32 (its saved tensors, its outputs, the gradient's dtype);
 - the SDO gradient with bf16 skip calls points where the float32 SDO gradient points;

@@ -4,6 +4,10 @@ Black-box on purpose: every check goes through ``cli.py`` (a real subprocess whe
 or several ranks must meet, the in-process entry point ``cli.main`` elsewhere, to pay the imports once)
 and reads only what a run leaves on disk: results.json, delta.safetensors, the LoRA, history.json, the
 TensorBoard events and last.ckpt. The configs are the shipped ones with size-reducing overrides only.
+
+Kill + resume is compared bit for bit, by construction: the checkpoint restores every number the remaining
+steps read, and they run the same operations on the same shapes in the same order, with the same thread
+count (conftest's OMP_NUM_THREADS=1 reaches the subprocess). Printed rates are compared to their rounding.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """The sampler and its gradient policies: forward values, policies, schedulers, adapters, errors.
 
 - forward: every policy gives the same x₀, bit for bit, for every scheduler, stochastic ones included, with
-  and without a generator (equality with diffusers' own pipelines: test_pipeline_reference.py);
+  and without a generator (equality with diffusers' own pipelines: test_pipeline_reference.py); by
+  construction: a policy switches grad mode and what is kept, never the operations or their shapes (the same
+  holds for last_k(K=N) vs full, a reused scheduler, and the loop against the same calls written out);
 - policies: random k and K are uniform (chi-square with a fixed generator), seeded, and never touch the
   global RNG; last_k(K=N) == full; SDO == closed form on a 3-channel linear denoiser;
 Gradient references (finite differences, an independent SDO loop, Eq. 20): test_sampling_gradients.py.

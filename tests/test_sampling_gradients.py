@@ -8,7 +8,8 @@
 - gradients to the text embedding through classifier-free guidance at the kept step.
 
 The guided model functions here call the raw network twice (conditional, null) instead of the adapter's
-batched call, so the adapter's guidance is checked too.
+batched call, so the adapter's guidance is checked too: other shapes, hence float64 tolerances. Bit for bit
+only where the arithmetic is the same by construction: a run continued from its own trajectory.
 """
 
 from __future__ import annotations

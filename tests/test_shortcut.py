@@ -3,6 +3,10 @@
 References are exact: the self-consistency target against the paper's Eq. 5 written out by hand (this
 pins the second half-step's start time at t + d), the sampler against a hand-written Euler loop, and
 SDO/full gradients against autograd through that loop.
+
+Bit for bit, by construction: x_t and the clipped target written with the library's operations in its
+order; a saved-and-loaded network and ``load_diffusion``'s sampler against the originals (same weights,
+same operations). The hand loops order their sums differently: float64 tolerances.
 """
 
 from __future__ import annotations

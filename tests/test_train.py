@@ -1,6 +1,8 @@
 """Training modules on tiny networks: the diffusion targets, EMA, export that diffusers loads, classifier
 export that the loader rebuilds exactly, and the CLI fits, checkpoints and samples (tests/test_configs.py
-loads every YAML)."""
+loads every YAML).
+
+Bit for bit: exported weights read back are the EMA's (copies)."""
 
 from __future__ import annotations
 
