@@ -10,7 +10,9 @@ LightningCLI's own subcommands are the Trainer's methods (each gets the trainer,
 options), so the jobs are dispatched here by their name instead of being forced into it.
 
 Bad input (a config mistake, a missing model, an unwritable folder) is ``lit-sdo: error: <one line>``
-(parse errors add one hint line) with exit code 2; LIT_SDO_DEBUG=1 shows the traceback.
+(parse errors add one hint line) with exit code 2; LIT_SDO_DEBUG=1 shows the traceback. A SIGTERM (a cluster
+preempting the job) stops ``fit`` at the end of its step with a checkpoint, exit code 143 and the resume
+command (:mod:`lit_sdo.preemption`, registered here for every config).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_sdo.config_errors import find_leaf, flatten, one_line
 from lit_sdo.log_folders import LogFolderGuard
+from lit_sdo.preemption import Preemption
 
 # Errors lit_sdo raises for bad input (missing weights, bad values, unwritable paths): shown as one line.
 USER_ERRORS = (ValueError, OSError)
@@ -271,12 +274,15 @@ def build_cli(args: list[str] | None = None, run: bool = True,
                    f"{', '.join(JOBS)} (jobs: lit-sdo JOB --help).")
     parser_kwargs: dict[str, Any] = {**STRICT_PARSER, "prog": "lit-sdo", "description": description}
     parser_kwargs |= {command: dict(STRICT_PARSER) for command in LIGHTNING_COMMANDS}
+    command = list(sys.argv[1:] if args is None else args)  # as given: the parse rewrites nested nulls
     try:
         return cli_class(
             LightningModule,
             None,  # any LightningDataModule by class_path, and optional (sampling jobs need none)
             subclass_mode_model=True,
             subclass_mode_data=True,
+            # Every job, whatever its config: a SIGTERM (cluster preemption) stops it at a step's end, resumable.
+            trainer_defaults={"callbacks": [Preemption(command)]},
             # A second run in the same folder must not stop on "config.yaml to NOT exist".
             save_config_kwargs={"overwrite": True},
             parser_kwargs=parser_kwargs,
