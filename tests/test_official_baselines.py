@@ -5,6 +5,9 @@
   recursion); model calls counted; the official default's gradient against the exact DDIM one;
 - doodl: keeping each step's inputs costs two model calls per step fewer than rebuilding them (counted);
   :func:`doodl_pair` gives the exact gradient of a nonlinear loss of both EDICT images.
+
+Bit for bit, by construction: the default adjoint solver against the same solver named (one code path).
+The references (hand-written adjoint recursion, exact DDIM gradient) are other arithmetic: stated tolerances.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 Official code (salesforce/DOODL, doodl.py, ``gen``): g = clip(∇, ±1e-3) of the loss-scaled gradient,
 b ← 0.9·b + g, x ← x − b + 1e-4·ξ, x rescaled to its starting norm. Here x = base + δ, rows independent.
+
+Bit for bit, by construction: a row updated alone or in a batch (elementwise operations, a per-row norm over
+the same row length, and noise drawn from the row's own seed and step), and a step after a state reload.
+The optimiser keeps its momentum in float32, the hand-written update in float64: a stated 1e-9 tolerance.
 """
 
 from __future__ import annotations

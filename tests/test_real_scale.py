@@ -1,5 +1,7 @@
 """The CPU-checkable parts of the full-size runs (benchmarks/real_scale.py, benchmarks/gpu_check.sh): which configs
-they cover, the offline CLIP tokenizer, and that every command the GPU script prints parses with its script."""
+they cover, the offline CLIP tokenizer, and that every command the GPU script prints parses with its script.
+
+Bit for bit: a weight the randomiser must not touch is compared with its copy (no arithmetic)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,10 @@
 """The sample-quality monitor on a tiny DDPM training: it leaves training untouched, samples the EMA exactly as
-the exported model samples, logs its curve everywhere it says, and refuses what it cannot watch in one line."""
+the exported model samples, logs its curve everywhere it says, and refuses what it cannot watch in one line.
+
+Bit for bit, by construction: training with and without the monitor (it restores the random state), and the
+monitor's samples against the exported model sampled in the monitor's batches (a batch of 6 and batches of
+4 + 2 call the UNet on other shapes: GEMM kernels may round those differently). The FID's features are
+batched otherwise by feature_fid: a stated tolerance."""
 
 from __future__ import annotations
 
