@@ -6,7 +6,8 @@ local cache (nothing is downloaded); a missing model is a one-line ``FileNotFoun
 
 from lit_sdo.models.classifiers import Classifier, load_classifier
 from lit_sdo.models.clip import ClipModel, load_clip
-from lit_sdo.models.diffusion import DiffusionModel, build_sampler, load_diffusion
+from lit_sdo.models.diffusion import build_sampler, load_diffusion
+from lit_sdo.models.diffusion_model import DiffusionModel
 from lit_sdo.models.hub import EMBEDDED_ROOT, embedded_names
 
 __all__ = [

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_sdo.models.shortcut import sinusoidal_embedding
+from lit_sdo.models.embeddings import sinusoidal_embedding
 
 
 class GroupNorm32(nn.GroupNorm):

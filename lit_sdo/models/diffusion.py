@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from torch import Tensor
 
+from lit_sdo.models.diffusion_model import DiffusionModel
 from lit_sdo.models.guided_diffusion import GUIDED_DIFFUSION_PREFIX, load_guided_diffusion
 from lit_sdo.models.hub import resolve_folder
 from lit_sdo.models.shortcut import SHORTCUT_KIND, load_shortcut
@@ -33,32 +33,6 @@ from lit_sdo.sampling.shortcut import build_shortcut_sampler
 
 LIT_SDO_CONFIG = "lit_sdo.json"  # beside diffusers' config: the null label of lit_sdo's class-conditional models
 PROMPT_MAX_LENGTH = 120  # cap for tokenizers that report no practical maximum (T5)
-
-
-@dataclass
-class DiffusionModel:
-    """A loaded diffusion model: the denoiser adapter and what a sampler needs to drive it.
-
-    Attributes:
-        name: the name it was loaded by.
-        denoiser: adapter with the ``denoiser(x, t, cond)`` contract; eval mode, frozen weights.
-        scheduler_config: the model's scheduler config, for ``build_scheduler(name, N, base_config=...)``.
-        num_classes: labels 0..num_classes-1 for class-conditional models, else None.
-        image_size: side of the decoded image.
-        channels: channels of the decoded image.
-        encode_prompt: prompts -> text embeddings (B, L, D) for text-conditioned models, else None.
-        is_shortcut: a shortcut or flow-matching network, sampled by its own scheduler (``scheduler="shortcut"``);
-            its ``scheduler_config`` is empty.
-    """
-
-    name: str
-    denoiser: DenoiserAdapter
-    scheduler_config: dict
-    num_classes: int | None
-    image_size: int
-    channels: int
-    encode_prompt: Callable[[list[str]], Tensor] | None = None
-    is_shortcut: bool = False
 
 
 def load_diffusion(name: str, *, guidance_scale: float = 1.0, device: str | torch.device = "cpu") -> DiffusionModel:

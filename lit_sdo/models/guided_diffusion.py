@@ -14,17 +14,15 @@ another architecture is one line naming what differs.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import parse_qsl
 
 import torch
 from torch import nn
 
 from lit_sdo.models.adm import ADMClassifier, ADMUNet
+from lit_sdo.models.diffusion_model import DiffusionModel
 from lit_sdo.sampling.classifier_guidance import ClassifierGuidedDenoiser
-
-if TYPE_CHECKING:
-    from lit_sdo.models.diffusion import DiffusionModel
 
 GUIDED_DIFFUSION_PREFIX = "guided-diffusion:"
 RELEASE_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/"
@@ -138,13 +136,11 @@ def parse_name(name: str) -> tuple[str, dict[str, str]]:
 
 
 def load_guided_diffusion(name: str, guidance_scale: float = 1.0) -> DiffusionModel:
-    """A :class:`~lit_sdo.models.diffusion.DiffusionModel` for ``guided-diffusion:<arch>[?options]``.
+    """A :class:`~lit_sdo.models.diffusion_model.DiffusionModel` for ``guided-diffusion:<arch>[?options]``.
 
     ``classifier_scale`` defaults to 0 (no guidance); ``classifier=none`` loads no classifier (then a
     non-zero scale is refused). ADM has no null label, so ``guidance_scale`` (classifier-free) must be 1.
     """
-    from lit_sdo.models.diffusion import DiffusionModel  # noqa: F811 - diffusion.py imports this module
-
     arch, options = parse_name(name)
     if guidance_scale != 1.0:
         raise ValueError(f"{name!r} has no null label, so classifier-free guidance needs guidance_scale=1.0 (got "

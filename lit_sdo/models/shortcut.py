@@ -20,21 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from lit_sdo.io import read_tensors, write_json, write_tensors
+from lit_sdo.models.embeddings import sinusoidal_embedding
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 SHORTCUT_KIND = "shortcut_dit"  # config.json "kind" of these networks (shortcut and flow-matching)
 CONFIG_KEYS = ("in_channels", "sample_size", "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio",
                "num_classes", "max_steps", "step_conditioned")  # ShortcutDiT's constructor arguments, in order
-
-
-def sinusoidal_embedding(values: Tensor, dim: int, scale: float = 1000.0) -> Tensor:
-    """(B,) scalars in about [0, 1] -> (B, dim) sin/cos features (DDPM/DiT timestep embedding)."""
-    half = dim // 2
-    dtype = torch.float64 if values.dtype == torch.float64 else torch.float32  # never in half precision
-    freqs = torch.exp(-math.log(10_000.0) * torch.arange(half, device=values.device, dtype=dtype) / half)
-    angles = scale * values.to(dtype)[:, None] * freqs[None]  # (B, half)
-    return torch.cat([angles.cos(), angles.sin()], dim=1)
 
 
 def sincos_positions(grid: int, dim: int) -> Tensor:
