@@ -24,7 +24,7 @@ from lit_sdo.io import read_tensors
 from lit_sdo.models import Classifier, DiffusionModel
 from lit_sdo.models.sampler import SamplerSpec
 from lit_sdo.objectives import ClassifierObjective
-from lit_sdo.sampling import PixelUNetDenoiser
+from lit_sdo.sampling import PixelUNetDenoiser, parse_policy
 from lit_sdo.tasks.attack import SDOAttack
 from lit_sdo.tasks.latent import LatentOptimizationModule
 
@@ -250,3 +250,22 @@ def test_truncated_policy_warns_and_leaves_delta_at_zero(tmp_path) -> None:
         module = attack(tmp_path, policy="last_k", last_k=1)
     make_trainer(tmp_path, 2).fit(module, datamodule=data())
     assert module.delta.abs().max() == 0
+
+
+@pytest.mark.parametrize(("policy", "scheduler", "message"), [
+    ("sdo-tail=5", "ddim", r"^policy tail=5 exceeds the run's 4 steps; allowed: 0 to 4$"),
+    ("last_k=5", "ddim", r"^policy last_k=5 exceeds the run's 4 steps; allowed: 1 to 4$"),
+    ("doodl", "ddpm", r"^policy 'doodl' cannot run on DDPMScheduler"),
+])
+def test_library_attack_refuses_a_policy_its_run_cannot_take_when_built(policy: str, scheduler: str,
+                                                                       message: str) -> None:
+    """The attack's sampler is built with its policy, so the build-time checks run before any step."""
+    with pytest.raises(ValueError, match=message) as err:
+        SDOAttack(tiny_generator(), tiny_classifier(), num_sampling_steps=4, scheduler=scheduler, policy=policy)
+    assert "\n" not in str(err.value)
+
+
+def test_library_attack_spec_holds_the_policy_it_runs() -> None:
+    attack_ = SDOAttack(tiny_generator(), tiny_classifier(), num_sampling_steps=4, policy="sdo-tail=4")
+    assert attack_.sampler.spec.policy == attack_.sampler.policy == parse_policy("sdo-tail=4")
+    assert attack_.sampler.spec.as_dict()["policy"] == "sdo-tail=4"

@@ -61,6 +61,15 @@ class DenoiserAdapter(nn.Module):
         scale = getattr(self.vae.config, "scaling_factor", 1.0)
         return self.vae.decode(x0 / scale).sample
 
+    def encode(self, images: Tensor) -> Tensor:
+        """Image in [-1, 1] -> the sampler's space, the inverse of :meth:`decode`: the VAE posterior's mean,
+        scaled (latent models; the mean, not a draw, so a reference always maps to the same latent); identity
+        for pixel models."""
+        if self.vae is None:
+            return images
+        scale = getattr(self.vae.config, "scaling_factor", 1.0)
+        return self.vae.encode(images).latent_dist.mean * scale
+
     def check_latent(self, x: Tensor) -> None:
         """One-line error for a latent that does not fit the network."""
         if x.dim() != 4 or tuple(x.shape[1:]) != self.sample_shape:

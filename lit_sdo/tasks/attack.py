@@ -18,11 +18,11 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lit_sdo.models import DiffusionModel
+from lit_sdo.models import Classifier, DiffusionModel
 from lit_sdo.models.sampler import Sampler, SamplerSpec
 from lit_sdo.objectives import ClassifierObjective
 from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer
-from lit_sdo.sampling import GradientPolicy, as_policy
+from lit_sdo.sampling import GradientPolicy
 from lit_sdo.tasks.latent_step import optimisation_step, score_current
 
 
@@ -50,12 +50,13 @@ class AttackResult:
 class SDOAttack:
     """The attack as a plain callable: ``SDOAttack(generator, classifier, eps=0.1)(labels, seeds)``.
 
-    Names follow torchattacks (eps, steps, lr, targeted). ``classifier`` is a name for
-    :func:`lit_sdo.models.load_classifier`; a targeted attack takes ``targets`` per call (or draws one per
-    sample from its seed when none are given).
+    Names follow torchattacks (eps, steps, lr, targeted). ``classifier`` is a built
+    :class:`~lit_sdo.models.Classifier` or a name for :func:`lit_sdo.models.load_classifier`; a targeted attack
+    takes ``targets`` per call (or draws one per sample from its seed when none are given). ``policy`` is part
+    of the sampler it builds, so a policy the run cannot take is refused here, before any step.
     """
 
-    def __init__(self, generator: DiffusionModel, classifier: str, eps: float = 0.1, steps: int = 30,
+    def __init__(self, generator: DiffusionModel, classifier: Classifier | str, eps: float = 0.1, steps: int = 30,
                  lr: float = 0.1, num_sampling_steps: int = 30, scheduler: str = "ddim",
                  policy: GradientPolicy | str = "sdo", optimizer: OptimizerName = "sgd",
                  loss: Literal["margin", "ce"] = "margin", targeted: bool = False, resize: bool = False) -> None:
@@ -64,9 +65,8 @@ class SDOAttack:
         if steps < 1:
             raise ValueError(f"steps={steps} must be >= 1")
         self.eps, self.steps, self.lr, self.optimizer = eps, steps, lr, optimizer
-        spec = SamplerSpec(model=generator.name, scheduler=scheduler, num_steps=num_sampling_steps)
-        self.sampler = Sampler(spec, model=generator)
-        self.policy = policy
+        spec = SamplerSpec(model=generator.name, scheduler=scheduler, num_steps=num_sampling_steps, policy=policy)
+        self.sampler = Sampler(spec, model=generator)  # refuses a policy this run cannot take, before any work
         self.objective = ClassifierObjective(classifier, loss=loss, targeted=targeted, resize_for_classifier=resize)
         self.objective.prepare(generator.image_size, generator.channels, generator.num_classes)
         self.objective.to(self.sampler.device).eval()
@@ -92,21 +92,21 @@ class SDOAttack:
     def __call__(self, labels: Sequence[int] | Tensor, seeds: Sequence[int] | Tensor,
                  targets: Sequence[int] | Tensor | None = None) -> AttackResult:
         batch = self._batch(labels, seeds, targets)
-        rows, cond = batch["index"], batch["label"]
-        x_t = self.sampler.initial_noise(batch["seed"])
+        rows, cond = batch["index"], self.sampler.condition(batch["label"])
+        x_t = self.sampler.start_latent(cond, seeds=batch["seed"])
         delta = torch.zeros_like(x_t)
         optim = PerSampleOptimizer(tuple(delta.shape), self.optimizer, self.lr).to(x_t.device)
         tracker = BestTracker(tuple(delta.shape)).to(x_t.device)
-        self.sampler.policy = as_policy(self.policy)  # a string in its full form: sdo-tail=4, adjoint-solver=rk4
-        for _ in range(self.steps):
-            optimisation_step(self.sampler, self.objective, x_t, cond, batch, delta, rows, optim, tracker, self.eps)
+        for step in range(self.steps):
+            optimisation_step(self.sampler, self.objective, x_t, cond, batch, delta, rows, optim, tracker, self.eps,
+                              policy_key=step)
             if tracker.succeeded.all():
                 break
         else:
             score_current(self.sampler, self.objective, x_t, cond, batch, delta, rows, tracker)
         with torch.no_grad():
-            clean = self.sampler.generate(x_t, cond, policy="none")
-            images = self.sampler.generate(x_t + tracker.best, cond, policy="none")
+            clean = self.sampler.evaluate(x_t, cond)
+            images = self.sampler.evaluate(x_t + tracker.best, cond)
             classifier = self.objective.classifier
             clean_pred, adv_pred = classifier(clean).argmax(1), classifier(images).argmax(1)
         return AttackResult(images, clean, tracker.best.clone(), tracker.attack_success.clone(), clean_pred, adv_pred)

@@ -28,8 +28,6 @@ from lit_sdo.callbacks import LatentResultsWriter, StepCost
 from lit_sdo.models.sampler import Sampler, SamplerSpec
 from lit_sdo.objectives import Batch, Measure, Objective
 from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer, merge_across_ranks
-from lit_sdo.sampling.inversion import invert_ddim
-from lit_sdo.sampling.precision import check_supported
 from lit_sdo.tasks.latent_step import optimisation_step, score_current
 
 
@@ -84,7 +82,6 @@ class LatentOptimizationModule(L.LightningModule):
         self.optim: PerSampleOptimizer | None = None
         self.tracker: BestTracker | None = None
         self._start_cache: dict[int, Tensor] = {}  # sample index -> start latent (deterministic, so not saved)
-        self._prompt_cache: dict[str, Tensor] = {}
         self.records: list[dict[str, Tensor]] = []  # evaluation records, gathered by the results writer
 
     def configure_callbacks(self) -> list[L.Callback]:
@@ -100,13 +97,12 @@ class LatentOptimizationModule(L.LightningModule):
         """Allocate δ and the per-sample state once the number of samples is known (before a restore)."""
         if self.delta is not None:
             return
-        if self.sampler.precision is not None:  # a precision the device lacks: one line before any work
-            check_supported(self.sampler.precision, self.device)
+        self.sampler.check_precision(self.trainer.strategy.root_device)  # one line before any work
         datamodule = self.trainer.datamodule
         if datamodule is None or not hasattr(datamodule, "num_samples"):
             raise ValueError("this task needs a sample-set data module, e.g. lit_sdo.datamodules.LabelSeedDataModule")
         self.check_samples(datamodule.dataset)
-        shape = (datamodule.num_samples, *self.sampler.denoiser.sample_shape)
+        shape = (datamodule.num_samples, *self.sampler.latent_shape)
         self.delta = torch.nn.Parameter(torch.zeros(shape, device=self.device))
         self.optim = PerSampleOptimizer(shape, self.hparams.optimizer, self.hparams.lr).to(self.device)
         self.tracker = BestTracker(shape).to(self.device)
@@ -133,15 +129,7 @@ class LatentOptimizationModule(L.LightningModule):
     # ----- the forward pass -----------------------------------------------------------------------
     def condition(self, batch: Batch) -> Tensor | None:
         """Prompt embeddings (text generators), class labels (class-conditional ones) or None."""
-        model = self.sampler.model
-        if model.encode_prompt is not None:
-            prompts = batch.get("prompt") or [""] * len(batch["index"])
-            missing = [p for p in dict.fromkeys(prompts) if p not in self._prompt_cache]
-            if missing:
-                for p, e in zip(missing, model.encode_prompt(missing), strict=True):
-                    self._prompt_cache[p] = e
-            return torch.stack([self._prompt_cache[p] for p in prompts]).to(self.device)
-        return batch["label"] if model.num_classes is not None else None
+        return self.sampler.condition(batch["label"], batch.get("prompt"))
 
     @torch.no_grad()
     def start_latent(self, batch: Batch) -> Tensor:
@@ -156,32 +144,18 @@ class LatentOptimizationModule(L.LightningModule):
         return torch.stack([self._start_cache[r] for r in rows]).to(self.device)
 
     def _start_latents(self, batch: Batch, todo: list[int]) -> Tensor:
-        sampler, cond = self.sampler, self.condition(batch)
+        cond = self.condition(batch)
         cond = None if cond is None else cond[todo]
         if "image" in batch:
-            reference = self._encode_reference(batch["image"][todo].to(self.device))
-            return invert_ddim(sampler.denoiser, sampler.scheduler, reference, cond, start_step=sampler.start_step)
-        noise = sampler.initial_noise(batch["seed"][todo], dtype=self.dtype)
-        return sampler.trajectory(noise, cond)[sampler.start_step] if sampler.start_step > 0 else noise
-
-    def _encode_reference(self, images: Tensor) -> Tensor:
-        """Reference images in [-1, 1] -> the sampler's space (VAE latents for latent models)."""
-        vae = self.sampler.denoiser.vae
-        if vae is None:
-            return images
-        return vae.encode(images).latent_dist.mean * getattr(vae.config, "scaling_factor", 1.0)
-
-    def policy_generator(self) -> torch.Generator:
-        """The policy's draws (random k) for this step: a function of the run's seed and the step, so the
-        same after a resume and on every rank."""
-        return torch.Generator().manual_seed(self.sampler.spec.policy_seed * 1_000_003 + self.current_epoch)
+            return self.sampler.start_latent(cond, images=batch["image"][todo].to(self.device))
+        return self.sampler.start_latent(cond, seeds=batch["seed"][todo], dtype=self.dtype)
 
     # ----- one optimisation step ------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         rows = batch["index"]
         loss, success = optimisation_step(self.sampler, self.objective, self.start_latent(batch),
                                           self.condition(batch), batch, self.delta.data, rows, self.optim,
-                                          self.tracker, self.hparams.eps, self.policy_generator())
+                                          self.tracker, self.hparams.eps, policy_key=self.current_epoch)
         self.optimizers().step()  # counts the step (zero lr): Lightning's global_step drives checkpoints
         self.merge_ranks()
         self.log_step(loss, success, rows)
@@ -220,7 +194,7 @@ class LatentOptimizationModule(L.LightningModule):
             record["reference"] = ((batch["image"] + 1) / 2).clamp(0, 1)
         record |= {k: v.to(self.device) for k, v in self.objective.reference_images(len(rows)).items()}
         for name, delta in (("original", torch.zeros_like(best)), ("optimized", best)):
-            images = self.sampler.generate(x_start + delta, cond, policy="none")
+            images = self.sampler.evaluate(x_start + delta, cond)
             record[name] = images
             measured = self.objective.measure(images, batch)
             for measure in self.measures:

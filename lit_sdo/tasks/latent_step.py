@@ -25,15 +25,15 @@ def latent_gradient(loss: Tensor, delta: Tensor) -> Tensor:
 
 def optimisation_step(sampler: Sampler, objective: Objective, x_start: Tensor, cond: Tensor | None, batch: Batch,
                       delta: Tensor, rows: Tensor, optim: PerSampleOptimizer, tracker: BestTracker,
-                      eps: float | None, policy_generator: torch.Generator | None = None
-                      ) -> tuple[Tensor, Tensor | None]:
+                      eps: float | None, *, policy_key: int = 0) -> tuple[Tensor, Tensor | None]:
     """Score ``x_start + δ[rows]``, offer it to ``tracker``, and update ``delta[rows]`` in place.
 
     Gradients come from ``torch.autograd.grad`` on a per-batch leaf, so nothing accumulates in ``.grad``
-    and DDP never reduces them (each sample is its own problem). Returns the loss (B,) and success.
+    and DDP never reduces them (each sample is its own problem). ``policy_key`` names the optimisation step
+    (the policy's random draws derive from it, see :meth:`Sampler.generate`). Returns the loss (B,) and success.
     """
     leaf = delta.detach()[rows].clone().requires_grad_(True)
-    images = sampler.generate(x_start + leaf, cond, policy_generator=policy_generator)
+    images = sampler.generate(x_start + leaf, cond, policy_key=policy_key)
     loss, success = objective.evaluate(images, batch)
     tracker.update(rows, leaf.detach(), loss.detach(), success)
     grad = latent_gradient(loss, leaf)
@@ -47,6 +47,6 @@ def optimisation_step(sampler: Sampler, objective: Objective, x_start: Tensor, c
 @torch.no_grad()
 def score_current(sampler: Sampler, objective: Objective, x_start: Tensor, cond: Tensor | None, batch: Batch,
                   delta: Tensor, rows: Tensor, tracker: BestTracker) -> None:
-    """Offer the δ of the last update (not scored by any step yet) to ``tracker``."""
-    images = sampler.generate(x_start + delta[rows], cond, policy="none")
+    """Offer the δ of the last update (not scored by any step yet) to ``tracker``, measured in float32."""
+    images = sampler.evaluate(x_start + delta[rows], cond)
     tracker.update(rows, delta[rows], *objective.evaluate(images, batch))

@@ -17,7 +17,7 @@ history.json carries StepCost's numbers beside the rewards when it is registered
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, Literal
 
 import lightning as L
@@ -30,7 +30,6 @@ from lit_sdo.io import writable_folder, write_json
 from lit_sdo.lora import DEFAULT_TARGETS, inject_lora, lora_parameters, save_lora
 from lit_sdo.models.sampler import Sampler, SamplerSpec
 from lit_sdo.objectives import Reward
-from lit_sdo.sampling import GradientPolicy
 
 GRID_SEED_OFFSET = 10_000_000  # fixed-seed grid/eval samples never share noise with training samples
 
@@ -41,7 +40,8 @@ class RewardFinetuneModule(L.LightningModule):
     Args:
         sampler: generator, scheduler (paper: DDIM-50), guidance (paper: 7.5 for SD 1.5), gradient policy
             (``sdo`` with ``k: random`` is the paper's Fig. 5; ``random_truncation`` AlignProp-uniform; ``last_k``
-            DRaFT-K; ``checkpoint`` the exact gradient) and ``policy_seed`` (the policy's random draws).
+            DRaFT-K; ``checkpoint`` the exact gradient), ``seed`` (the run seed the policy's random draws derive
+            from) and ``precision`` (the no-grad calls of each sampling run).
         reward: module ``(images in [0, 1], batch) -> reward (B,)`` to maximise (default: log p(label) under
             the embedded digits ResNet, :class:`lit_sdo.objectives.ClassLogProbReward`).
         lora_rank: LoRA rank r.
@@ -67,7 +67,6 @@ class RewardFinetuneModule(L.LightningModule):
         if grid_every_n_steps < 1 or grid_samples < 1:
             raise ValueError(f"grid_every_n_steps={grid_every_n_steps} and grid_samples={grid_samples} must be >= 1")
         self.sampler = Sampler(sampler)
-        self.policy = self.sampler.policy
         inject_lora(self.denoiser.network, lora_targets or DEFAULT_TARGETS, lora_rank, lora_alpha)
         if reward is None:
             from lit_sdo.objectives import ClassLogProbReward
@@ -77,7 +76,6 @@ class RewardFinetuneModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the LoRA only; frozen networks load from their names
         self.history: list[dict[str, float]] = []  # one row per optimiser step (rank 0's view, synced rewards)
         self._step_rewards: list[Tensor] = []
-        self._prompt_embeddings: Tensor | None = None
         self._autocast_dtype: torch.dtype | None = None
 
     # ----- construction ---------------------------------------------------------------------------
@@ -109,11 +107,12 @@ class RewardFinetuneModule(L.LightningModule):
                 f"= {per_step}; set --trainer.accumulate_grad_batches="
                 f"{datamodule.samples_per_step / (datamodule.batch_size * self.trainer.world_size):g} or change "
                 "batch_size/samples_per_step so they divide")
+        self.sampler.check_precision(self.trainer.strategy.root_device)  # one line before any work
         model = self.sampler.model
         if datamodule.prompts is not None:
             if model.encode_prompt is None:
                 raise ValueError(f"generator {model.name} takes no text; use classes, not prompts")
-            self._prompt_embeddings = model.encode_prompt(datamodule.prompts)  # (P, L, D)
+            self.sampler.condition(prompts=datamodule.prompts)  # every prompt embedded once, in one call
         else:
             n = model.num_classes
             if n is None:
@@ -137,18 +136,15 @@ class RewardFinetuneModule(L.LightningModule):
     def condition(self, positions: Tensor) -> Tensor:
         """Condition positions (B,) -> class labels (B,) or prompt embeddings (B, L, D)."""
         datamodule = self.trainer.datamodule
-        if self._prompt_embeddings is not None:
-            return self._prompt_embeddings.to(self.device)[positions.cpu()]
-        return torch.tensor(datamodule.classes, device=self.device)[positions.to(self.device)]
+        if datamodule.prompts is not None:
+            return self.sampler.condition(prompts=[datamodule.prompts[i] for i in positions.tolist()])
+        return self.sampler.condition(torch.tensor(datamodule.classes, device=self.device)[positions.to(self.device)])
 
-    def generate(self, seeds: Tensor, cond: Tensor, policy: GradientPolicy | str,
-                 policy_generator: torch.Generator | None = None) -> Tensor:
-        """Seeds -> images in [0, 1] through the sampler (gradient where ``policy`` keeps it)."""
-        autocast = (torch.autocast(self.device.type, dtype=self._autocast_dtype) if self._autocast_dtype
-                    else nullcontext())
-        with autocast:
-            return self.sampler.generate(self.sampler.initial_noise(seeds), cond, policy,
-                                         policy_generator=policy_generator)
+    def base_precision(self) -> AbstractContextManager[Any]:
+        """bf16 autocast around the sampler when the frozen base weights are bf16 (``base_dtype``), else nothing."""
+        if self._autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self._autocast_dtype)
 
     def score(self, images: Tensor, positions: Tensor, cond: Tensor) -> Tensor:
         """The reward of each image, given its class label (class models) or prompt text (text models)."""
@@ -163,10 +159,10 @@ class RewardFinetuneModule(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         positions, seeds = self.trainer.datamodule.conditions(self.current_epoch, batch["index"].cpu())
         cond = self.condition(positions)
-        # The policy's draws are a function of the run's seed and the micro-batch's first noise seed:
-        # the same after a resume and different on every rank and micro-batch.
-        policy_generator = torch.Generator().manual_seed(self.sampler.spec.policy_seed * 1_000_003 + int(seeds[0]))
-        images = self.generate(seeds, cond, self.policy, policy_generator)
+        # The micro-batch's first noise seed names its sampling run: the policy's draws are the same after a
+        # resume and differ on every rank and micro-batch.
+        with self.base_precision():
+            images = self.sampler.generate(self.sampler.initial_noise(seeds), cond, policy_key=int(seeds[0]))
         reward = self.score(images, positions, cond)  # (B,)
         self._step_rewards.append(reward.detach().mean())
         return -reward.mean()
@@ -209,7 +205,8 @@ class RewardFinetuneModule(L.LightningModule):
         positions = torch.arange(n) % datamodule.num_conditions
         seeds = GRID_SEED_OFFSET + torch.arange(n)
         cond = self.condition(positions)
-        images = self.generate(seeds, cond, "none")
+        with self.base_precision():
+            images = self.sampler.evaluate(self.sampler.initial_noise(seeds), cond)
         return images, self.score(images, positions, cond)
 
     def log_grid(self) -> float:
@@ -230,7 +227,7 @@ class RewardFinetuneModule(L.LightningModule):
         if not self.trainer.is_global_zero:
             return
         save_lora(self.denoiser.network, out / "lora", metadata={"model": self.sampler.spec.model,
-                                                                 "policy": str(self.policy)})
+                                                                 "policy": str(self.sampler.policy)})
         images, _ = self.fixed_samples()
         save_png(out / "grid.png", image_grid(images, nrow=8), scale=4)
         write_json(out / "history.json", {"config": {"sampler": self.sampler.spec.as_dict()} | {
