@@ -26,8 +26,6 @@ or reported runs in float32: :meth:`Sampler.evaluate` (results, the best-δ trac
 the start latent (:meth:`Sampler.start_latent`: DDIM inversion, the run down to an intermediate step).
 """
 
-from __future__ import annotations
-
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
