@@ -4,7 +4,8 @@
 Two levels: a tiny LightningModule in this process that sends itself SIGTERM in the first micro-batch of an
 accumulated step (Lightning alone would stop right after that micro-batch and exit 0), and the shipped attack
 and reward jobs started as a user starts them, sent SIGTERM from outside once they have saved a checkpoint,
-and resumed with the command their exit line prints (as tests/test_reliability.py does with SIGKILL).
+and resumed with the command their exit line prints (as tests/test_reliability.py does with SIGKILL). Under DDP
+a SIGTERM to rank 0 alone must stop both ranks at the same step (a rank left behind hangs the other).
 
 Bit for bit by construction: the resumed run restores δ / the LoRA and the optimiser state exactly and then
 runs the same operations on the same shapes in the same order as the uninterrupted one, one thread each.
@@ -12,6 +13,7 @@ runs the same operations on the same shapes in the same order as the uninterrupt
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -101,22 +103,26 @@ def test_the_resume_command_replaces_a_ckpt_path_given_before() -> None:
 
 
 def terminate_after_first_checkpoint(args: list[str], out: Path, timeout: float = 600) -> tuple[int, str]:
-    """Start the CLI as a user would, SIGTERM it once a last.ckpt exists; its exit code and output."""
+    """Start the CLI as a user would, SIGTERM its first process once a last.ckpt exists (as Kubernetes signals a
+    container's first process); its exit code and output. A run still going ``timeout`` s later fails the test."""
     log = out.with_suffix(".log")
-    with log.open("w") as sink:
+    with log.open("w") as sink:  # a session of its own: DDP ranks are cleaned up with it
         process = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args], cwd=ROOT, env=ENV,
-                                   stdout=sink, stderr=subprocess.STDOUT)
+                                   stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout
     try:
         while process.poll() is None and time.monotonic() < deadline:
             if any(out.glob("*/version_*/checkpoints/last.ckpt")):
                 os.kill(process.pid, signal.SIGTERM)
-                return process.wait(timeout=timeout), log.read_text()
+                try:
+                    return process.wait(timeout=timeout), log.read_text()
+                except subprocess.TimeoutExpired:
+                    pytest.fail(f"still running {timeout} s after SIGTERM; log: {log.read_text()[-2000:]}")
             time.sleep(0.01)
     finally:
-        if process.poll() is None:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
     pytest.fail(f"no checkpoint appeared while the run was going (exit code {process.returncode}); "
                 f"log: {log.read_text()[-2000:]}")
 
@@ -148,3 +154,15 @@ def test_a_terminated_job_resumes_with_its_printed_command_to_the_uninterrupted_
     assert resumed["tensors"].keys() == expected["tensors"].keys()
     for key, value in expected["tensors"].items():
         assert torch.equal(resumed["tensors"][key], value), f"{key} differs after SIGTERM + resume"
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_rank_zero_stops_every_ddp_rank_at_the_same_step(tmp_path: Path) -> None:
+    """Kubernetes signals only the container's first process: the other rank learns at the step's end."""
+    two_ranks = ["--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.accelerator=cpu"]
+    code, log = terminate_after_first_checkpoint(
+        job_args(ATTACK, tmp_path, f"--trainer.max_epochs={MAX_EPOCHS}", *QUIET, *two_ranks), tmp_path, timeout=180)
+    assert code == EXIT_CODE, log[-2000:]
+    assert len([line for line in log.splitlines() if "stopped by SIGTERM" in line]) == 1, "one line, from rank 0"
+    (ckpt,) = tmp_path.glob(f"*/version_0/checkpoints/{CHECKPOINT_NAME}")
+    assert 0 < torch.load(ckpt, map_location="cpu", weights_only=False)["epoch"] < MAX_EPOCHS
