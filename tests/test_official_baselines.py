@@ -1,8 +1,9 @@
 """AdjointDPM and DOODL as their official code runs them (HanshuYAN/AdjointDPM, salesforce/DOODL).
 
-- adjoint: the solver defaults by model family (pixel: ``explicit_adams``, latent: ``euler``); with every level
-  kept, each backward step starts from the forward's stored state (checked against the hand-written adjoint
-  recursion); model calls counted; the official default's gradient against the exact DDIM one;
+- adjoint: the solver defaults by model family (pixel: ``explicit_adams``, latent: ``euler``); the pixel ODE is
+  the official code's (its time variable and state re-expressed); with every level kept, each backward step
+  starts from the forward's stored state (checked against the hand-written adjoint recursion); model calls
+  counted; the official default's gradient against the exact DDIM one;
 - doodl: keeping each step's inputs costs two model calls per step fewer than rebuilding them (counted);
   :func:`doodl_pair` gives the exact gradient of a nonlinear loss of both EDICT images.
 
@@ -17,6 +18,7 @@ import torch
 from conftest import make_tiny_unet
 from torch import Tensor, nn
 from torch.nn.functional import cosine_similarity
+from torchdiffeq import odeint
 
 from lit_sdo.sampling import DenoiserAdapter, PixelUNetDenoiser, build_scheduler, sample
 from lit_sdo.sampling.adjoint import default_solver
@@ -87,6 +89,30 @@ def test_adjoint_official_default_gradient_is_close_to_the_exact_ddim_gradient()
     exact = latent_gradient(model, 10, "full")
     adjoint = latent_gradient(model, 10, "adjoint")
     assert float(cosine_similarity(adjoint.flatten(), exact.flatten(), dim=0)) >= 0.95
+
+
+@pytest.mark.parametrize("solver", ["explicit_adams", "rk4"])
+def test_adjoint_integrates_the_official_pixel_codes_ode(solver: str) -> None:
+    """The official pixel sampler's arithmetic, re-expressed: time ρ = α_T·σ − σ_T, state Y = (α_T/α_t)·x,
+    dY/dρ = ε̂(x, t), every level as ``t``, x₀ = (α_end/α_T)·Y_end (α_t = √ᾱ, σ_t = √(1−ᾱ), σ = σ_t/α_t; T the
+    first level). t(σ) is read through our ProbabilityFlow, so only the variable and state differ: an affine change
+    of time and a scaling of the state, which fixed-grid steps carry through exactly; float64 rounding only."""
+    model, scheduler = denoiser(), build_scheduler("ddim", 10, {})
+    flow = probability_flow(scheduler)
+    sigmas = flow.sigmas  # (N + 1,) float64, decreasing
+    alpha = (1 + sigmas**2).rsqrt()  # (N + 1,) α_t at each level
+    alpha_T, sigma_T = alpha[0], sigmas[0] * alpha[0]
+    rho = alpha_T * sigmas - sigma_T  # (N + 1,) the official time at the levels
+
+    def official_field(r: Tensor, y: Tensor) -> Tensor:
+        sigma = (r + sigma_T) / alpha_T
+        return model((1 + sigma**2).rsqrt() / alpha_T * y, flow.timestep(sigma), LABELS)
+
+    x = latent()
+    with torch.no_grad():
+        expected = alpha[-1] / alpha_T * odeint(official_field, x, rho, method=solver)[-1]
+        got = sample(model, scheduler, x, LABELS, policy=f"adjoint-solver={solver}").sample
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("start_step", [0, 2])
