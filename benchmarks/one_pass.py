@@ -7,7 +7,8 @@ benchmark's forkserver, so no tensors or allocator state are inherited). The chi
    thread pools) and measures that warm-up's peak RSS;
 2. predicts the case's peak as that 1-step peak times the model calls that keep a graph at N
    (:func:`graph_calls`: N for ``full``, ``min(1 + tail, N)`` for ``sdo-tail=m``, 1 for SDO, checkpoint,
-   adjoint, DOODL) and SKIPS a case of more than one graph call (one: its warm-up has just run it), with
+   adjoint, DOODL, whose defaults also keep every level's state, N + 1 or 2N latents, small beside one call's
+   graph and not counted) and SKIPS a case of more than one graph call (one: its warm-up has just run it), with
    its reason in ``skipped``, when the prediction exceeds the memory budget: ``MemAvailable`` minus 4 GiB
    unless ``--mem-budget-gib`` says otherwise. An upper bound, since each graph call is charged the whole
    1-step peak (which also holds the VAE decode's graph, once); an OOM kill on a shared machine would take
@@ -66,7 +67,9 @@ def graph_calls(policy: GradientPolicy, steps: int) -> int:
         return min(policy.last_k, steps)
     if policy.name == "sdo":
         return min(1 + policy.tail, steps)  # step k and the last ``tail`` calls (k may be among them)
-    return 1  # none, checkpoint (one call recomputed at a time), adjoint, doodl (constant in N)
+    # none, checkpoint (one call recomputed at a time), adjoint, doodl: one call's graph at a time; the baselines'
+    # defaults also keep every level's state (adjoint N + 1 latents, doodl 2N), not graphs: flat only with states=ends
+    return 1
 
 
 def _one_step(policy: GradientPolicy) -> GradientPolicy:

@@ -76,10 +76,14 @@ def test_bad_arguments() -> None:
 def test_baseline_report_lines(tmp_path: Path) -> None:
     from benchmarks import baseline_report
 
-    fake = [{"policy": p, "steps": n, "seconds": s * n, "peak_mem_bytes": m * (n if p == "full" else 1),
+    # full's memory grows as N; the baselines' defaults keep every level's state (memory here x N/10),
+    # their states=ends variants only the end states (flat)
+    grows = {"full": lambda n: n, "adjoint": lambda n: n / 10, "doodl": lambda n: n / 10}
+    fake = [{"policy": p, "steps": n, "seconds": s * n, "peak_mem_bytes": m * grows.get(p, lambda n: 1)(n),
              "grad_cosine": c}
             for p, s, m, c in [("none", 1.0, 1, None), ("sdo", 1.05, 10, 0.3), ("full", 3.0, 50, 1.0),
                                ("adjoint", 12.0, 15, 0.99), ("doodl", 19.0, 18, 0.999), ("last_k=1", 1.0, 9, 0.0),
+                               ("adjoint-states=ends", 14.0, 15, 0.5), ("doodl-states=ends", 21.0, 18, 0.999),
                                ("sdo-tail=2", 1.5, 12, 0.6), ("sdo-tail=8", 2.5, 30, 0.93)]
             for n in (10, 50)]
     ratios = baseline_report.paper_ratio_lines(fake, "ddpm-256")
@@ -88,7 +92,19 @@ def test_baseline_report_lines(tmp_path: Path) -> None:
     # last_k=1 is cheaper but gives x_T no gradient (cosine 0): the next is sdo-tail=2
     assert targets[0] == ("PASS  sdo the cheapest policy with an x_T gradient at N=10, on seconds, tolerance 5% "
                           "(next: sdo-tail=2): next costs 1.43x sdo")
-    assert targets[-2].startswith("PASS  adjoint peak memory") and targets[-1].startswith("PASS  doodl")
+    # flat memory is checked where it is the policy's property: the end states only
+    assert targets[-4:] == [
+        "PASS  adjoint-states=ends peak memory at N=50 within 10 % of N=10: 1.000x",
+        "NOTE  adjoint (the default) keeps every level's state, N + 1 latents: peak memory at N=50 is 5.000x N=10, "
+        "not flat by design",
+        "PASS  doodl-states=ends peak memory at N=50 within 10 % of N=10: 1.000x",
+        "NOTE  doodl (the default) keeps every level's state, 2N latents: peak memory at N=50 is 5.000x N=10, "
+        "not flat by design"]
+    growing_ends = [dict(rec, peak_mem_bytes=rec["peak_mem_bytes"] * 1.2) if rec["policy"] == "adjoint-states=ends"
+                    and rec["steps"] == 50 else rec for rec in fake if rec["policy"] != "doodl-states=ends"]
+    targets = baseline_report.baseline_targets(growing_ends)
+    assert targets[-4] == "FAIL  adjoint-states=ends peak memory at N=50 within 10 % of N=10: 1.200x"
+    assert targets[-2] == "SKIP  doodl-states=ends peak memory at N=50 within 10 % of N=10: case not run"
     assert baseline_report.tail_frontier_lines(fake)[0].startswith("N=10: smallest sdo tail with cosine >= 0.9: m = 8")
     path = baseline_report.plot_frontier(fake, tmp_path / "frontier.png", "fake")
     assert path.read_bytes()[:4] == b"\x89PNG"
@@ -186,6 +202,7 @@ def test_one_pass_reference_falls_back_to_checkpoint() -> None:
                                                                                       grad)
     assert exact_reference({"full": {"skipped": "too big"}, "sdo": {"grad": grad}}) == (None, None)
     assert [graph_calls(gradient_cost.policy_for(p), 10) for p in ("full", "sdo", "sdo-tail=4", "checkpoint",
-                                                                   "adjoint")] == [10, 1, 5, 1, 1]
+                                                                   "adjoint", "adjoint-states=ends", "doodl")
+            ] == [10, 1, 5, 1, 1, 1, 1]
     with pytest.raises(SystemExit):
         gradient_cost.parse_args(["--mem-budget-gib", "2"])  # needs --one-pass
