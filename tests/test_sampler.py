@@ -186,3 +186,14 @@ def test_encode_maps_images_to_the_latents_decode_reads() -> None:
     pixel = pixel_sampler()
     x = torch.rand(2, 1, 8, 8)
     assert pixel.encode(x) is x and pixel.decode(x) is x
+
+
+def test_the_command_line_type_checks_the_policy_fields() -> None:
+    """``k`` / ``last_k`` / ``tail`` are constructor arguments, not fields: the CLI still checks their types."""
+    import cli
+
+    root = Path(__file__).resolve().parents[1]
+    for option, message in (("k=abc", "expected an int"), ("last_k=two", "expected an int")):
+        with pytest.raises(cli.ConfigError, match=rf"model.init_args.sampler.{option.split('=')[0]}: .*{message}"):
+            cli.parse_command_line(["fit", "--config", str(root / "configs/attack/digits.yaml"),
+                                    f"--model.init_args.sampler.{option}"])
