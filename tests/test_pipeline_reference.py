@@ -165,8 +165,6 @@ def test_stable_diffusion_sampling_equals_the_pipeline(tmp_path: Path, name: str
 
 
 @pytest.mark.slow  # a subprocess: ~20 s on a busy 2-core machine
-@pytest.mark.xfail(strict=True, reason="load_diffusion still gives LatentUNetDenoiser a batch-1 null_embedding; "
-                   "it must pass encode_prompt=encode (then remove this mark)")
 def test_stable_diffusion_equality_holds_where_the_gemm_depends_on_the_batch(tmp_path: Path) -> None:
     """The comparison above under ``MKL_CBWR=COMPATIBLE``, whose GEMM rounds a row differently in a batch of 1
     and of 2 (as MKL's AVX-512 kernels do): equality must come from equal shapes, not from the CPU's kernel."""

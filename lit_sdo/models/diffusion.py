@@ -117,13 +117,15 @@ def _load_pipeline_folder(name: str, folder: Path, guidance_scale: float) -> Dif
     if vae is None:
         raise FileNotFoundError(f"pipeline {name!r} has no vae/ folder; latent models need their VAE")
     encode = _prompt_encoder(folder, index)
-    null_embedding = encode([""]) if encode is not None and guidance_scale != 1.0 else None
     scheduler_config = _read_json(scheduler_path)
     if "unet" in index:
         network = _load_component(folder, index, "unet")
-        denoiser: DenoiserAdapter = LatentUNetDenoiser(network, vae, guidance_scale, null_embedding=null_embedding)
+        # The null prompt is encoded per batch as StableDiffusionPipeline encodes its negative prompt ([""] * B in
+        # one call), so guidance equals the pipeline's by construction on a CPU whose GEMM depends on the batch.
+        denoiser: DenoiserAdapter = LatentUNetDenoiser(network, vae, guidance_scale, encode_prompt=encode)
         num_classes = None
     elif "transformer" in index:
+        null_embedding = encode([""]) if encode is not None and guidance_scale != 1.0 else None
         network = _load_component(folder, index, "transformer")
         text = getattr(network.config, "caption_channels", None) is not None
         num_classes = None if text else network.config.num_embeds_ada_norm

@@ -38,7 +38,7 @@ def optimisation_step(sampler: Sampler, objective: Objective, x_start: Tensor, c
     tracker.update(rows, leaf.detach(), loss.detach(), success)
     grad = latent_gradient(loss, leaf)
     with torch.no_grad():
-        optim.step(delta, grad, rows)
+        optim.step(delta, grad, rows, base=x_start)  # DOODL renormalises x_T + δ to the start latent's norm
         if eps is not None:
             delta[rows] = project_linf(delta[rows], eps)
     return loss.detach(), success
