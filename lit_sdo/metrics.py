@@ -112,21 +112,37 @@ def lpips_distance(a: Tensor, b: Tensor) -> Tensor | None:
 # ----- attacks --------------------------------------------------------------------------------------
 
 
+def reaches_goal(pred: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
+    """Bool (B,): a prediction reaches the attack's goal (untargeted: not y; targeted: the target)."""
+    return pred == targets if targets is not None else pred != labels
+
+
+def attack_successes(clean_pred: Tensor, adv_pred: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor:
+    """An attack's success per sample (B,), as the README defines it: the adversarial image reaches the goal
+    (untargeted: not labelled y; targeted: labelled the target) and the clean image is labelled y, so a sample
+    the classifier already misreads is no success of the attack, whatever its δ does.
+
+    The one meaning of success: the optimisation reads it as the objective's goal
+    (:meth:`~lit_sdo.objectives.ClassifierObjective.reached`) kept by the best-δ tracker for the samples that
+    count (:attr:`lit_sdo.optim.BestTracker.success`); reports, the results grid and the library attack read it
+    here, from the predictions of the published images.
+    """
+    return reaches_goal(adv_pred, labels, targets) & (clean_pred == labels)
+
+
 def attack_success(clean_pred: Tensor, adv_pred: Tensor, labels: Tensor, targets: Tensor | None = None
                    ) -> dict[str, Any]:
     """Success rate as the README defines it.
 
-    success_rate: among samples whose CLEAN generation the classifier labels y, the fraction whose
-    adversarial generation it no longer labels y (targeted: labels as the target).
-    raw_success_rate: the same fraction over all samples, whatever the clean prediction.
+    success_rate: among samples whose CLEAN generation the classifier labels y, the fraction that are a success
+    (:func:`attack_successes`). raw_success_rate: the fraction of all samples whose adversarial generation
+    reaches the goal, whatever the clean prediction.
     """
-    clean_correct = clean_pred == labels
-    fooled = adv_pred == targets if targets is not None else adv_pred != labels
-    n_correct = int(clean_correct.sum())
-    n_success = int((fooled & clean_correct).sum())
+    n_correct = int((clean_pred == labels).sum())
+    n_success = int(attack_successes(clean_pred, adv_pred, labels, targets).sum())
     return {"num_samples": len(labels), "num_clean_correct": n_correct, "num_success": n_success,
             "success_rate": n_success / n_correct if n_correct else float("nan"),
-            "raw_success_rate": float(fooled.float().mean())}
+            "raw_success_rate": float(reaches_goal(adv_pred, labels, targets).float().mean())}
 
 
 def fid_if_defined(features_a: Tensor, features_b: Tensor) -> float | None:
@@ -151,12 +167,11 @@ def attack_report(records: dict[str, Tensor], targeted: bool, features_from: str
     clean_pred, adv_pred = records["pred_original"], records["pred_optimized"]
     targets = records["target_original"] if targeted else None
     summary = attack_success(clean_pred, adv_pred, labels, targets)
-    fooled = (adv_pred == targets) if targeted else (adv_pred != labels)
-    success = fooled & (clean_pred == labels)
+    success = attack_successes(clean_pred, adv_pred, labels, targets)
     transfer = "transfer_pred_optimized" in records
     if transfer:
         transfer_pred = records["transfer_pred_optimized"]
-        transferred = transfer_pred == targets if targeted else transfer_pred != labels
+        transferred = reaches_goal(transfer_pred, labels, targets)
         summary["transfer_rate"] = float(transferred[success].float().mean()) if success.any() else float("nan")
         kept = transfer_pred[success] == labels[success]
         summary["success_still_labelled_y_by_transfer"] = float(kept.float().mean()) if success.any() else float("nan")

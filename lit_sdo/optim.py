@@ -148,49 +148,68 @@ class PerSampleOptimizer(RowState):
 
 
 class BestTracker(RowState):
-    """Keeps, per sample, the best variable seen: the first that succeeds, else the lowest score.
+    """Keeps, per sample, the best variable seen: the first that reaches the goal, else the lowest score.
 
     The paper keeps the best-loss result (Sec. 5.1.4); for an attack "best" is the first success, the
-    smallest change that works. ``initial_success`` records whether a sample already succeeded at its
-    first offer (δ = 0: a clean image the classifier gets wrong), which is no success of the attack.
+    smallest change that works, so a sample's result is fixed once it reaches the goal (:attr:`succeeded`).
+    Whether a sample counts in success rates is read at its first offer, δ = 0 (an attack counts the samples
+    whose clean image is labelled y), and kept in :attr:`counted`; :attr:`success` combines the two.
     """
 
     def __init__(self, shape: tuple[int, ...]) -> None:
         self.tensors = {"best": torch.zeros(shape), "best_score": torch.full((shape[0],), float("inf")),
                         "succeeded": torch.zeros(shape[0], dtype=torch.bool),
-                        "initial_success": torch.zeros(shape[0], dtype=torch.bool),
+                        "counted": torch.ones(shape[0], dtype=torch.bool),
                         "offered": torch.zeros(shape[0], dtype=torch.bool)}
-
-    @property
-    def initial_success(self) -> Tensor:
-        return self.tensors["initial_success"]
-
-    @property
-    def attack_success(self) -> Tensor:
-        """Bool (N,): succeeded, and not already at the first offer."""
-        return self.succeeded & ~self.initial_success
 
     @property
     def best(self) -> Tensor:
         return self.tensors["best"]
 
     @property
+    def best_score(self) -> Tensor:
+        """Score of the kept variable (N,): for a sample that succeeded, its score at the first success."""
+        return self.tensors["best_score"]
+
+    @property
     def succeeded(self) -> Tensor:
+        """Bool (N,): the goal was reached at some offer, so the kept variable no longer changes."""
         return self.tensors["succeeded"]
 
+    @property
+    def counted(self) -> Tensor:
+        """Bool (N,): the sample counts in success rates (read at its first offer; True where nothing was said)."""
+        return self.tensors["counted"]
+
+    @property
+    def success(self) -> Tensor:
+        """Bool (N,): the goal reached at the kept variable, by a sample that counts. For an attack this is the
+        report's success (:func:`lit_sdo.metrics.attack_successes`: fooled, and the clean image labelled y),
+        here from the objective's verdicts on the images the optimisation saw."""
+        return self.succeeded & self.counted
+
     @torch.no_grad()
-    def update(self, rows: Tensor, candidate: Tensor, score: Tensor, success: Tensor | None = None) -> None:
-        """Offer ``candidate`` (len(rows), ...) with per-sample ``score`` (lower is better) and ``success``."""
+    def update(self, rows: Tensor, candidate: Tensor, score: Tensor, success: Tensor | None = None,
+               counted: Tensor | None = None) -> None:
+        """Offer ``candidate`` (len(rows), ...) with per-sample ``score`` (lower is better), ``success`` (the goal
+        reached) and ``counted`` (read at a row's first offer only; None: the rows count)."""
         success = torch.zeros_like(score, dtype=torch.bool) if success is None else success
         first = ~self.tensors["offered"][rows]
-        self.tensors["initial_success"][rows[first]] = success[first]
+        if counted is not None:
+            self.counted[rows[first]] = counted[first]
         self.tensors["offered"][rows] = True
         already = self.succeeded[rows]
-        better = ~already & (success | (score < self.tensors["best_score"][rows]))
+        better = ~already & (success | (score < self.best_score[rows]))
         take = rows[better]
         self.best[take] = candidate[better].to(self.best)
-        self.tensors["best_score"][take] = score[better].to(self.tensors["best_score"])
+        self.best_score[take] = score[better].to(self.best_score)
         self.succeeded[rows] = already | success
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if "initial_success" in state and "counted" not in state:
+            raise ValueError("the checkpoint's best-δ tracker predates counting successes among clean-correct "
+                             "samples (it holds 'initial_success', not 'counted'): start a new run")
+        super().load_state_dict(state)
 
 
 def merge_rows_by_version(gathered: dict[str, Tensor], versions: Tensor) -> dict[str, Tensor]:

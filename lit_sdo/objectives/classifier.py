@@ -46,9 +46,10 @@ def attack_loss(logits: Tensor, labels: Tensor, targets: Tensor | None, loss: st
 class ClassifierObjective(Objective):
     """Fool a frozen classifier: the attack's loss, success rule and per-sample predictions.
 
-    Success: untargeted argmax ≠ y; targeted argmax = t. A second classifier (another family) is only
-    measured, never attacked: its predictions give the transfer rate and check that an attacked image
-    still shows y.
+    Goal: untargeted argmax ≠ y; targeted argmax = t. A sample counts in the success rate when its clean image
+    is labelled y, so a success is the goal reached by a sample the classifier read correctly before the attack
+    (:func:`lit_sdo.metrics.attack_successes`). A second classifier (another family) is only measured, never
+    attacked: its predictions give the transfer rate and check that an attacked image still shows y.
 
     Args:
         classifier: the attacked classifier: a name for :func:`lit_sdo.models.load_classifier`
@@ -99,11 +100,15 @@ class ClassifierObjective(Objective):
             return torch.full_like(batch["label"], self.target)
         return draw_targets(batch["label"], self.classifier.num_classes, batch["seed"])
 
-    def success(self, logits: Tensor, batch: Batch) -> Tensor:
-        """Bool (B,): did the attack reach its goal on these logits."""
+    def reached(self, logits: Tensor, batch: Batch) -> Tensor:
+        """Bool (B,): the attack's goal on these logits (the rule of :func:`lit_sdo.metrics.reaches_goal`)."""
         targets = self.targets(batch)
         predicted = logits.argmax(dim=1)
         return predicted == targets if targets is not None else predicted != batch["label"]
+
+    def counts(self, images: Tensor, batch: Batch) -> Tensor:
+        """Bool (B,): the clean images are labelled y (a sample already misread counts in no success rate)."""
+        return self.classifier(images).argmax(dim=1) == batch["label"]
 
     def forward(self, images: Tensor, batch: Batch) -> Tensor:
         return self.evaluate(images, batch)[0]
@@ -111,7 +116,7 @@ class ClassifierObjective(Objective):
     def evaluate(self, images: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
         logits = self.classifier(images)
         loss = attack_loss(logits, batch["label"], self.targets(batch), self.loss, self.kappa)
-        return loss, self.success(logits, batch)
+        return loss, self.reached(logits, batch)
 
     def measure(self, images: Tensor, batch: Batch) -> dict[str, Tensor]:
         logits = self.classifier(images)

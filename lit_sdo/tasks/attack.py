@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lit_sdo.metrics import attack_successes
 from lit_sdo.models import Classifier, DiffusionModel
 from lit_sdo.models.sampler import Sampler, SamplerSpec
 from lit_sdo.objectives import ClassifierObjective
@@ -34,7 +35,8 @@ class AttackResult:
         images: adversarial images in [0, 1] (best δ: the first that fools the classifier, else the lowest loss).
         clean: the unperturbed generations in [0, 1].
         delta: the best δ on x_T (B, C, H, W).
-        success: fooled, and the clean image was labelled correctly (targeted: labelled as the target).
+        success: the adversarial image reaches the goal (fooled; targeted: labelled as the target) and the clean
+            image was labelled correctly (:func:`lit_sdo.metrics.attack_successes`).
         clean_pred: the classifier's prediction on the clean image.
         adv_pred: its prediction on the adversarial image.
     """
@@ -109,4 +111,5 @@ class SDOAttack:
             images = self.sampler.evaluate(x_t + tracker.best, cond)
             classifier = self.objective.classifier
             clean_pred, adv_pred = classifier(clean).argmax(1), classifier(images).argmax(1)
-        return AttackResult(images, clean, tracker.best.clone(), tracker.attack_success.clone(), clean_pred, adv_pred)
+        success = attack_successes(clean_pred, adv_pred, batch["label"], self.objective.targets(batch))
+        return AttackResult(images, clean, tracker.best.clone(), success, clean_pred, adv_pred)

@@ -164,11 +164,10 @@ class LatentOptimizationModule(L.LightningModule):
     def log_step(self, loss: Tensor, success: Tensor | None, rows: Tensor) -> None:
         batch_size = len(rows)
         self.log("train/loss", loss.mean(), on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
-        if success is not None:  # the reported rate: samples fooled so far among those not fooled at δ = 0
-            eligible = ~self.tracker.initial_success[rows]
-            hits = (self.tracker.attack_success[rows] & eligible).float().sum()
-            self.log("train/success_rate", hits / eligible.float().sum().clamp(min=1), on_step=False,
-                     on_epoch=True, sync_dist=True, batch_size=batch_size, prog_bar=True)
+        if success is not None:  # the report's rate: successes so far among the samples that count
+            rate = self.tracker.success[rows].float().sum() / self.tracker.counted[rows].float().sum().clamp(min=1)
+            self.log("train/success_rate", rate, on_step=False, on_epoch=True, sync_dist=True,
+                     batch_size=batch_size, prog_bar=True)
         self.log("train/delta_linf", self.delta.detach()[rows].abs().amax(), on_step=False, on_epoch=True,
                  sync_dist=True, reduce_fx="max", batch_size=batch_size)
 

@@ -34,14 +34,18 @@ def optimisation_step(sampler: Sampler, objective: Objective, x_start: Tensor, c
     """
     leaf = delta.detach()[rows].clone().requires_grad_(True)
     images = sampler.generate(x_start + leaf, cond, policy_key=policy_key)
-    loss, success = objective.evaluate(images, batch)
-    tracker.update(rows, leaf.detach(), loss.detach(), success)
+    loss, reached = objective.evaluate(images, batch)
+    counted = None
+    if reached is not None and not tracker.tensors["offered"][rows].all():  # a first offer: δ = 0, the clean image
+        with torch.no_grad():
+            counted = objective.counts(images.detach(), batch)
+    tracker.update(rows, leaf.detach(), loss.detach(), reached, counted)
     grad = latent_gradient(loss, leaf)
     with torch.no_grad():
         optim.step(delta, grad, rows, base=x_start)  # DOODL renormalises x_T + δ to the start latent's norm
         if eps is not None:
             delta[rows] = project_linf(delta[rows], eps)
-    return loss.detach(), success
+    return loss.detach(), reached
 
 
 @torch.no_grad()
