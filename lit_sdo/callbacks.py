@@ -1,10 +1,10 @@
 """Lightning callbacks for what is not the model: publishing results, timing, memory, the NaN stop.
 
 The latent-optimisation module only optimises and evaluates; :class:`LatentResultsWriter` gathers the
-evaluation records of every rank and writes results.json, delta.safetensors and grid.png atomically
-(and logs the grid and the aggregate numbers to TensorBoard). :class:`StepCost` measures what each
-optimiser step of any module costs (time, memory held for backward); :class:`NaNStop` stops a run at the
-first non-finite loss or gradient, before it reaches the weights.
+evaluation records (:class:`~lit_sdo.records.SampleRecords`) of every rank and writes results.json,
+delta.safetensors and grid.png atomically (and logs the grid and the aggregate numbers to TensorBoard).
+:class:`StepCost` measures what each optimiser step of any module costs (time, memory held for backward);
+:class:`NaNStop` stops a run at the first non-finite loss or gradient, before it reaches the weights.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from lit_sdo.images import labelled_grid, save_png, to_uint8
 from lit_sdo.io import keep_previous, writable_folder, write_json, write_tensors
 from lit_sdo.metrics import lp_distances
 from lit_sdo.objectives import Report
+from lit_sdo.records import SampleRecords
 
 RESULT_FILES = ("results.json", "delta.safetensors", "grid.png")
-INTEGER_KEYS = ("label", "seed")  # record keys rounded back to integers after gathering (and every *pred*/target*)
+IDENTITY_COLUMNS = ("label", "seed")  # who a sample is: in its results row, not averaged in the generic report
 
 
 @rank_zero_only
@@ -281,33 +282,34 @@ class LatentResultsWriter(L.Callback):
                        f"tensorboard --logdir {folder.parent}")
 
 
-def gather_records(trainer: L.Trainer, module: L.LightningModule) -> dict[str, Tensor]:
-    """All ranks' records as full (N, ...) tensors in sample order (rows evaluated twice are averaged)."""
+def gather_records(trainer: L.Trainer, module: L.LightningModule) -> SampleRecords:
+    """All ranks' records as full (N, ...) tensors in sample order (rows evaluated twice are averaged), each of
+    its own kind again: integers and flags rounded back, numbers in float32."""
     n = module.delta.shape[0]
-    local = {key: torch.cat([r[key] for r in module.records]) for key in module.records[0]}
+    local = SampleRecords.concat(module.records)
     module.records = []
-    rows = local.pop("index")
     device = module.device
+    rows = local.index.to(device)
     count = torch.zeros(n, device=device).index_add_(0, rows, torch.ones(len(rows), device=device))
     count = trainer.strategy.reduce(count, reduce_op="sum")
-    full = {}
-    for key, value in local.items():
+
+    def full(value: Tensor) -> Tensor:
         buffer = torch.zeros((n, *value.shape[1:]), device=device)
-        buffer.index_add_(0, rows, value.float())
+        buffer.index_add_(0, rows, value.float().to(device))
         total = trainer.strategy.reduce(buffer, reduce_op="sum")
-        full[key] = total / count.clamp(min=1).view(-1, *([1] * (value.dim() - 1)))
-        if key in INTEGER_KEYS or "pred" in key or key.startswith("target"):
-            full[key] = full[key].round().long()
-    return full
+        mean = total / count.clamp(min=1).view(-1, *([1] * (value.dim() - 1)))
+        return mean if value.is_floating_point() else mean.round().to(value.dtype)
+
+    return local.apply(full, index=torch.arange(n, device=device))
 
 
-def generic_report(records: dict[str, Tensor], datamodule: Any) -> Report:
+def generic_report(records: SampleRecords, datamodule: Any) -> Report:
     """Means of every per-sample number before and after, one row per sample (prompts included)."""
-    keys = [k for k, v in records.items() if v.dim() == 1]
-    n = len(records["label"])
+    columns = {k: v for k, v in records.columns().items() if v.dim() == 1}
+    n = len(records)
     summary: dict[str, Any] = {"num_samples": n}
-    summary |= {f"{k}_mean": float(records[k].float().mean()) for k in keys if k not in INTEGER_KEYS}
-    samples = [{"index": i} | {k: records[k][i].item() for k in keys} for i in range(n)]
+    summary |= {f"{k}_mean": float(v.float().mean()) for k, v in columns.items() if k not in IDENTITY_COLUMNS}
+    samples = [{"index": i} | {k: v[i].item() for k, v in columns.items()} for i in range(n)]
     prompts = getattr(getattr(datamodule, "dataset", None), "prompts", None)
     if prompts is not None:
         for row in samples:
@@ -330,19 +332,19 @@ class GridText:
     frames: list[bool | None]  # success (green), failure (red), no rule or not counted (None: no frame)
 
 
-def results_grid(records: dict[str, Tensor], report: Report, rows: int,
+def results_grid(records: SampleRecords, report: Report, rows: int,
                  class_names: Sequence[str] | None = None) -> tuple[Tensor, GridText]:
     """One row per sample: [reference] [style] | before | after | |difference|, with a title per column, the
     sample's class (``class_names[label]``, else the label or prompt) per row, what the attacked classifier
     reads (class and confidence) under each image, and a green / red frame where the task has a success rule
     (none around an attacked sample whose clean image is already misread: the success rate does not count it).
     An attack's columns are "clean" and "adversarial"; PIL's default font has no "×", hence "x5"."""
-    n = min(rows, len(records["original"]))
+    n = min(rows, len(records))
     samples = report.samples[:n] if report.samples else [{} for _ in range(n)]
     attack = "success" in samples[0]
     before, after = ("clean", "adversarial") if attack else ("before", "after")
-    original, optimized = records["original"][:n], records["optimized"][:n]
-    images = {name: records[name][:n] for name in ("reference", "style") if name in records}
+    original, optimized = records.original[:n], records.optimized[:n]
+    images = {name: shown[:n] for name, shown in records.shown.items()}
     images |= {before: original, after: optimized,
                f"|difference| x{DIFFERENCE_GAIN}": ((optimized - original).abs() * DIFFERENCE_GAIN).clamp(0, 1)}
     l2, _ = lp_distances(optimized.float(), original.float())
@@ -350,27 +352,28 @@ def results_grid(records: dict[str, Tensor], report: Report, rows: int,
     def name(label: int) -> str:
         return class_names[label] if class_names is not None and 0 <= label < len(class_names) else str(label)
 
-    def reading(which: str, i: int) -> str:
-        if f"pred_{which}" in records:
-            confidence = records.get(f"confidence_{which}")
-            text = name(int(records[f"pred_{which}"][i]))
+    def reading(measured: dict[str, Tensor], i: int) -> str:
+        if "pred" in measured:
+            confidence = measured.get("confidence")
+            text = name(int(measured["pred"][i]))
             return text if confidence is None else f"{text} {float(confidence[i]):.0%}"
-        loss = records.get(f"loss_{which}")
+        loss = measured.get("loss")
         return "" if loss is None else f"loss {float(loss[i]):.3g}"
 
     titles, captions, frames = [], [], []
     for i, sample in enumerate(samples):
-        label = int(records["label"][i])
+        label = int(records.label[i])
         lines = [name(label) if label >= 0 else _shorten(sample.get("prompt") or f"sample {i}"),
-                 f"seed {int(records['seed'][i])}"]
+                 f"seed {int(records.seed[i])}"]
         frame = sample.get("success")
-        if attack:
-            counted = "pred_original" not in records or int(records["pred_original"][i]) == label
+        if attack:  # the success rate counts the samples whose clean image is labelled y
+            counted = "pred" not in records.before or int(records.before["pred"][i]) == label
             lines.append("fooled" if frame else "not fooled" if counted else "clean misread")
             frame = frame if counted else None
         titles.append("\n".join(lines))
         frames.append(frame)
-        captions.append([""] * (len(images) - 3) + [reading("original", i), reading("optimized", i), f"L2 {l2[i]:.3f}"])
+        captions.append([""] * (len(images) - 3) + [reading(records.before, i), reading(records.after, i),
+                                                    f"L2 {l2[i]:.3f}"])
     text = GridText(list(images), titles, captions, frames)
     cells = torch.stack([image.float().cpu() for image in images.values()], dim=1)  # (rows, columns, C, H, W)
     return labelled_grid(cells, text.columns, text.rows, text.captions, text.frames), text

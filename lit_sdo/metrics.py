@@ -10,6 +10,7 @@ SSIM, L2/L∞, and LPIPS only when its backbone weights exist locally.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -155,13 +156,13 @@ def fid_if_defined(features_a: Tensor, features_b: Tensor) -> float | None:
     return frechet_distance(features_a, features_b)
 
 
-def attack_report(records: dict[str, Tensor], targeted: bool, features_from: str
+def attack_report(records: Mapping[str, Tensor], targeted: bool, features_from: str
                   ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Aggregate and per-sample attack metrics from gathered records.
+    """Aggregate and per-sample attack metrics from every sample's record columns.
 
-    ``records`` hold, per sample, the images and the classifier's measurements before and after the
-    attack: ``original`` / ``optimized`` images, ``pred_*``, ``features_*``, ``target_*`` and, with a second
-    classifier, ``transfer_pred_*``; plus ``label``, ``seed`` and ``delta_linf``.
+    ``records`` are :meth:`lit_sdo.records.SampleRecords.columns`: per sample, the images and the classifier's
+    measurements before and after the attack: ``original`` / ``optimized`` images, ``pred_*``, ``features_*``,
+    ``target_*`` and, with a second classifier, ``transfer_pred_*``; plus ``label``, ``seed`` and ``delta_linf``.
     """
     labels, clean, adversarial = records["label"], records["original"], records["optimized"]
     clean_pred, adv_pred = records["pred_original"], records["pred_optimized"]

@@ -5,6 +5,7 @@ Bit for bit: the checkpointed weight and the restored StepCost rows are copies (
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader
 from lit_sdo.callbacks import NaNStop, SavedTensorMeter, StepCost, results_grid
 from lit_sdo.images import FRAME, FRAME_COLOURS, labelled_grid, to_uint8
 from lit_sdo.objectives import Report
+from lit_sdo.records import SampleRecords
 
 DIM, BATCH = 6, 4
 
@@ -181,22 +183,21 @@ def test_labelled_grid_enlarges_every_cell_with_nearest_and_grows_by_one_row_per
 
 
 def test_results_grid_names_rows_and_readings_from_the_records_and_the_data_names() -> None:
-    records = {"original": torch.rand(3, 1, 8, 8), "optimized": torch.rand(3, 1, 8, 8),
-               "label": torch.tensor([2, 0, 1]), "seed": torch.tensor([10, 11, 12]),
-               "pred_original": torch.tensor([2, 0, 2]), "pred_optimized": torch.tensor([0, 0, 2]),
-               "confidence_original": torch.tensor([0.9, 0.81, 0.7]),
-               "confidence_optimized": torch.tensor([0.55, 0.6, 0.654])}
+    records = SampleRecords(torch.arange(3), torch.tensor([2, 0, 1]), torch.tensor([10, 11, 12]), torch.zeros(3),
+                            torch.rand(3, 1, 8, 8), torch.rand(3, 1, 8, 8),
+                            {"pred": torch.tensor([2, 0, 2]), "confidence": torch.tensor([0.9, 0.81, 0.7])},
+                            {"pred": torch.tensor([0, 0, 2]), "confidence": torch.tensor([0.55, 0.6, 0.654])})
     report = Report({}, [{"success": True}, {"success": False}, {"success": False}], "")
     picture, text = results_grid(records, report, 3, ["ant", "bee", "cat"])
     assert text.columns == ["clean", "adversarial", "|difference| x5"]
     assert text.rows == ["cat\nseed 10\nfooled", "ant\nseed 11\nnot fooled", "bee\nseed 12\nclean misread"]
-    l2 = (records["optimized"] - records["original"]).flatten(1).pow(2).mean(1).sqrt()
+    l2 = (records.optimized - records.original).flatten(1).pow(2).mean(1).sqrt()
     assert text.captions == [["cat 90%", "ant 55%", f"L2 {l2[0]:.3f}"], ["ant 81%", "ant 60%", f"L2 {l2[1]:.3f}"],
                              ["cat 70%", "cat 65%", f"L2 {l2[2]:.3f}"]]
     assert text.frames == [True, False, None]  # the misread clean sample is not counted: no frame
     assert picture.shape[1] > 3 * 96 and picture.shape[2] > 3 * 96  # 16×16 or 8×8 cells enlarged, not 205 px wide
     # other names, fewer rows, no confidences, no success rule: the words follow the inputs
-    bare = {k: v for k, v in records.items() if not k.startswith("confidence")}
+    bare = dataclasses.replace(records, before={"pred": records.before["pred"]}, after={"pred": records.after["pred"]})
     _, other = results_grid(bare, Report({}, [{}, {}, {}], ""), 2, None)
     assert other.columns == ["before", "after", "|difference| x5"] and other.frames == [None, None]
     assert other.rows == ["2\nseed 10", "0\nseed 11"] and [c[:2] for c in other.captions] == [["2", "0"], ["0", "0"]]

@@ -1,4 +1,5 @@
-"""The success of an attack, counted among clean-correct samples by the best-δ tracker and the report alike.
+"""The success of an attack, counted among clean-correct samples by the best-δ tracker and the report alike;
+records keep their order and kinds.
 
 Bit for bit, by construction: the tracker's bookkeeping (flags and copies, no arithmetic).
 """
@@ -17,6 +18,7 @@ from lit_sdo.datamodules import LabelSeedDataModule
 from lit_sdo.models.sampler import SamplerSpec
 from lit_sdo.objectives import ClassifierObjective
 from lit_sdo.optim import BestTracker
+from lit_sdo.records import SampleRecords
 from lit_sdo.tasks.latent import LatentOptimizationModule
 
 STEPS = 6
@@ -58,3 +60,19 @@ def test_best_tracker_reads_counted_at_the_first_offer_only() -> None:
     assert tracker.success.tolist() == [False, True, False]
     assert tracker.best.flatten().tolist() == [0.0, 1.0, 1.0]  # first success kept; row 2: the lower score
     assert tracker.best_score.tolist() == [-1.0, -1.0, 0.25]
+
+
+def test_records_keep_their_order_and_kinds() -> None:
+    def part(rows: list[int]) -> SampleRecords:
+        n = len(rows)
+        return SampleRecords(torch.tensor(rows), torch.tensor(rows) % 3, torch.tensor(rows) + 10, torch.rand(n),
+                             torch.rand(n, 1, 2, 2), torch.rand(n, 1, 2, 2), {"loss": torch.rand(n),
+                             "pred": torch.tensor(rows)}, {"loss": torch.rand(n), "pred": torch.tensor(rows)},
+                             {"reference": torch.rand(n, 1, 2, 2)})
+
+    records = SampleRecords.concat([part([2, 0]), part([1])])
+    assert records.index.tolist() == [2, 0, 1] and records.after["pred"].dtype == torch.long
+    assert list(records.columns()) == ["label", "seed", "delta_linf", "reference", "original", "loss_original",
+                                       "pred_original", "optimized", "loss_optimized", "pred_optimized"]
+    doubled = records.apply(lambda t: t * 2, index=torch.arange(3))
+    assert doubled.index.tolist() == [0, 1, 2] and doubled.seed.tolist() == [24, 20, 22]

@@ -18,6 +18,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from lit_sdo.records import SampleRecords
+
 Batch = dict[str, Any]  # "index", "seed", "label" (B,) and, where the data has them, "prompt", "image", "target"
 
 
@@ -55,10 +57,10 @@ class Objective(nn.Module):
         """Per-sample numbers for the results, each (B,) (or (B, D) features); the loss always."""
         return {"loss": self(images, batch)}
 
-    def summarize(self, records: dict[str, Tensor]) -> Report | None:
-        """The task's own report from every sample's records, or None for the generic one (means of every
-        per-sample number, before and after). ``records`` hold ``original`` / ``optimized`` images and each
-        measure with that suffix."""
+    def summarize(self, records: SampleRecords) -> Report | None:
+        """The task's own report from every sample's records (the images before and after and what
+        :meth:`measure` and the measures returned for each), or None for the generic one (means of every
+        per-sample number, before and after)."""
         return None
 
     def reference_images(self, batch_size: int) -> dict[str, Tensor]:

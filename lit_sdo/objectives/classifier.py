@@ -12,6 +12,7 @@ from lit_sdo import metrics
 from lit_sdo.models import Classifier, load_classifier
 from lit_sdo.models.hub import as_module
 from lit_sdo.objectives.base import Batch, Objective, Report
+from lit_sdo.records import SampleRecords
 
 
 def margin(logits: Tensor, labels: Tensor) -> Tensor:
@@ -129,9 +130,9 @@ class ClassifierObjective(Objective):
             out["transfer_pred"] = self.transfer(images).argmax(1)
         return out
 
-    def summarize(self, records: dict[str, Tensor]) -> Report:
+    def summarize(self, records: SampleRecords) -> Report:
         """Success rate among clean-correct samples, image distances, FID and transfer (see the README)."""
-        summary, samples = metrics.attack_report(records, self.targeted, self.classifier.name)
+        summary, samples = metrics.attack_report(records.columns(), self.targeted, self.classifier.name)
         headline = (f"attack success rate {summary['success_rate']:.2%} ({summary['num_success']}/"
                     f"{summary['num_clean_correct']} clean-correct samples)")
         if summary.get("num_success") and "success_still_labelled_y_by_transfer" in summary:

@@ -28,6 +28,7 @@ from lit_sdo.callbacks import LatentResultsWriter, StepCost
 from lit_sdo.models.sampler import Sampler, SamplerSpec
 from lit_sdo.objectives import Batch, Measure, Objective
 from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer, merge_across_ranks
+from lit_sdo.records import SampleRecords
 from lit_sdo.tasks.latent_step import optimisation_step, score_current
 
 
@@ -82,7 +83,7 @@ class LatentOptimizationModule(L.LightningModule):
         self.optim: PerSampleOptimizer | None = None
         self.tracker: BestTracker | None = None
         self._start_cache: dict[int, Tensor] = {}  # sample index -> start latent (deterministic, so not saved)
-        self.records: list[dict[str, Tensor]] = []  # evaluation records, gathered by the results writer
+        self.records: list[SampleRecords] = []  # evaluation records, gathered by the results writer
 
     def configure_callbacks(self) -> list[L.Callback]:
         return [LatentResultsWriter(), StepCost()]
@@ -181,25 +182,22 @@ class LatentOptimizationModule(L.LightningModule):
 
     # ----- evaluation (the results writer gathers and publishes the records) ---------------------------
     @torch.no_grad()
-    def evaluate_batch(self, batch: Batch, offer_current: bool) -> dict[str, Tensor]:
+    def evaluate_batch(self, batch: Batch, offer_current: bool) -> SampleRecords:
         """Images before (δ = 0) and after (best δ) of a batch, with every measurement of both."""
         rows, cond, x_start = batch["index"], self.condition(batch), self.start_latent(batch)
         if offer_current:
             score_current(self.sampler, self.objective, x_start, cond, batch, self.delta.data, rows, self.tracker)
         best = self.tracker.best[rows]
-        record: dict[str, Tensor] = {"index": rows, "label": batch["label"], "seed": batch["seed"],
-                                     "delta_linf": best.flatten(1).abs().amax(1)}
-        if "image" in batch:
-            record["reference"] = ((batch["image"] + 1) / 2).clamp(0, 1)
-        record |= {k: v.to(self.device) for k, v in self.objective.reference_images(len(rows)).items()}
+        shown = {"reference": ((batch["image"] + 1) / 2).clamp(0, 1)} if "image" in batch else {}
+        shown |= {k: v.to(self.device) for k, v in self.objective.reference_images(len(rows)).items()}
+        images, measured = {}, {}
         for name, delta in (("original", torch.zeros_like(best)), ("optimized", best)):
-            images = self.sampler.evaluate(x_start + delta, cond)
-            record[name] = images
-            measured = self.objective.measure(images, batch)
+            images[name] = self.sampler.evaluate(x_start + delta, cond)
+            measured[name] = self.objective.measure(images[name], batch)
             for measure in self.measures:
-                measured |= measure(images, batch)
-            record |= {f"{key}_{name}": value for key, value in measured.items()}
-        return record
+                measured[name] |= measure(images[name], batch)
+        return SampleRecords(rows, batch["label"], batch["seed"], best.flatten(1).abs().amax(1), images["original"],
+                             images["optimized"], measured["original"], measured["optimized"], shown)
 
     def hparams_for_results(self) -> dict[str, Any]:
         """The run's settings as plain JSON values (the objective and measures by class and arguments)."""
