@@ -257,7 +257,7 @@ class LatentResultsWriter(L.Callback):
         timer = StepCost.find(trainer)
         if timer is not None and timer.mean_seconds() is not None:
             report.summary["seconds_per_step"] = timer.mean_seconds()
-        tensors = {"delta": module.tracker.best}
+        tensors = {"delta": module.engine.tracker.best}
         if "success" in (report.samples[0] if report.samples else {}):
             tensors["succeeded"] = torch.tensor([row["success"] for row in report.samples])
         for name in RESULT_FILES:

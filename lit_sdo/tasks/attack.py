@@ -2,7 +2,7 @@
 
 The CLI job is :class:`~lit_sdo.tasks.latent.LatentOptimizationModule` with a
 :class:`~lit_sdo.objectives.ClassifierObjective` and an L∞ bound (``configs/attack/digits.yaml``);
-``SDOAttack`` takes the very same optimisation step for library use:
+``SDOAttack`` runs the same :class:`~lit_sdo.tasks.engine.LatentEngine` for library use:
 
     attack = SDOAttack(load_diffusion("embedded:digits-ddpm"), "embedded:digits-resnet", eps=0.1)
     result = attack([3, 7], [0, 1])     # labels, seeds (lists or tensors)
@@ -22,9 +22,9 @@ from lit_sdo.metrics import attack_successes
 from lit_sdo.models import Classifier, DiffusionModel
 from lit_sdo.models.sampler import Sampler, SamplerSpec
 from lit_sdo.objectives import ClassifierObjective
-from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer
+from lit_sdo.optim import OptimizerName
 from lit_sdo.sampling import GradientPolicy
-from lit_sdo.tasks.latent_step import optimisation_step, score_current
+from lit_sdo.tasks.engine import LatentEngine
 
 
 @dataclass
@@ -56,17 +56,20 @@ class SDOAttack:
     :class:`~lit_sdo.models.Classifier` or a name for :func:`lit_sdo.models.load_classifier`; a targeted attack
     takes ``targets`` per call (or draws one per sample from its seed when none are given). ``policy`` is part
     of the sampler it builds, so a policy the run cannot take is refused here, before any step.
+    ``stop_at_success`` steps only the samples not fooled yet (see :mod:`lit_sdo.tasks.engine`).
     """
 
     def __init__(self, generator: DiffusionModel, classifier: Classifier | str, eps: float = 0.1, steps: int = 30,
                  lr: float = 0.1, num_sampling_steps: int = 30, scheduler: str = "ddim",
                  policy: GradientPolicy | str = "sdo", optimizer: OptimizerName = "sgd",
-                 loss: Literal["margin", "ce"] = "margin", targeted: bool = False, resize: bool = False) -> None:
+                 loss: Literal["margin", "ce"] = "margin", targeted: bool = False, resize: bool = False,
+                 stop_at_success: bool = True) -> None:
         if eps <= 0:
             raise ValueError(f"eps={eps} must be > 0")
         if steps < 1:
             raise ValueError(f"steps={steps} must be >= 1")
         self.eps, self.steps, self.lr, self.optimizer = eps, steps, lr, optimizer
+        self.stop_at_success = stop_at_success
         spec = SamplerSpec(model=generator.name, scheduler=scheduler, num_steps=num_sampling_steps, policy=policy)
         self.sampler = Sampler(spec, model=generator)  # refuses a policy this run cannot take, before any work
         self.objective = ClassifierObjective(classifier, loss=loss, targeted=targeted, resize_for_classifier=resize)
@@ -94,22 +97,17 @@ class SDOAttack:
     def __call__(self, labels: Sequence[int] | Tensor, seeds: Sequence[int] | Tensor,
                  targets: Sequence[int] | Tensor | None = None) -> AttackResult:
         batch = self._batch(labels, seeds, targets)
-        rows, cond = batch["index"], self.sampler.condition(batch["label"])
+        cond = self.sampler.condition(batch["label"])
         x_t = self.sampler.start_latent(cond, seeds=batch["seed"])
-        delta = torch.zeros_like(x_t)
-        optim = PerSampleOptimizer(tuple(delta.shape), self.optimizer, self.lr).to(x_t.device)
-        tracker = BestTracker(tuple(delta.shape)).to(x_t.device)
+        engine = LatentEngine(self.sampler, self.objective, len(x_t), eps=self.eps, optimizer=self.optimizer,
+                              lr=self.lr, stop_at_success=self.stop_at_success)
         for step in range(self.steps):
-            optimisation_step(self.sampler, self.objective, x_t, cond, batch, delta, rows, optim, tracker, self.eps,
-                              policy_key=step)
-            if tracker.succeeded.all():
+            engine.step(batch, x_t, cond, policy_key=step)
+            if engine.finished():  # every sample fooled: no later step can change a result
                 break
-        else:
-            score_current(self.sampler, self.objective, x_t, cond, batch, delta, rows, tracker)
-        with torch.no_grad():
-            clean = self.sampler.evaluate(x_t, cond)
-            images = self.sampler.evaluate(x_t + tracker.best, cond)
-            classifier = self.objective.classifier
-            clean_pred, adv_pred = classifier(clean).argmax(1), classifier(images).argmax(1)
+        engine.offer_current(batch, x_t, cond)  # the last update, not scored by any step (none if all fooled)
+        records = engine.records(batch, x_t, cond)
+        clean_pred, adv_pred = records.before["pred"], records.after["pred"]
         success = attack_successes(clean_pred, adv_pred, batch["label"], self.objective.targets(batch))
-        return AttackResult(images, clean, tracker.best.clone(), success, clean_pred, adv_pred)
+        return AttackResult(records.optimized, records.original, engine.tracker.best.clone(), success, clean_pred,
+                            adv_pred)

@@ -7,8 +7,10 @@ policy, and an injected :class:`~lit_sdo.objectives.Objective` scores the decode
 module; what each measures and reports is decided by the objective and measures it is given.
 
 One Lightning epoch is one optimisation step for every sample, so ``trainer.max_epochs`` is the number
-of optimisation steps, and a checkpoint per epoch lets a killed run resume exactly. Results (results.json,
-delta.safetensors, grid.png, TensorBoard) are published by :class:`lit_sdo.callbacks.LatentResultsWriter`.
+of optimisation steps, and a checkpoint per epoch lets a killed run resume exactly. The step itself, δ and its
+per-sample state are :class:`~lit_sdo.tasks.engine.LatentEngine`'s; this module adds data, logging, checkpoints
+and ranks. Results (results.json, delta.safetensors, grid.png, TensorBoard) are published by
+:class:`lit_sdo.callbacks.LatentResultsWriter` from the engine's :class:`~lit_sdo.records.SampleRecords`.
 
 Distributed runs: each rank optimises its own samples (gradients from ``torch.autograd.grad`` on a
 per-batch leaf, never reduced by DDP), and the per-sample state is merged after every step by taking
@@ -27,9 +29,9 @@ from torch import Tensor
 from lit_sdo.callbacks import LatentResultsWriter, StepCost
 from lit_sdo.models.sampler import Sampler, SamplerSpec
 from lit_sdo.objectives import Batch, Measure, Objective
-from lit_sdo.optim import BestTracker, OptimizerName, PerSampleOptimizer, merge_across_ranks
+from lit_sdo.optim import OptimizerName
 from lit_sdo.records import SampleRecords
-from lit_sdo.tasks.latent_step import optimisation_step, score_current
+from lit_sdo.tasks.engine import LatentEngine, StepResult
 
 
 def describe(module: torch.nn.Module) -> dict[str, Any]:
@@ -56,17 +58,22 @@ class LatentOptimizationModule(L.LightningModule):
         objective: images in [0, 1] + batch -> per-sample loss (e.g. ``lit_sdo.objectives.ClassifierObjective``).
         measures: extra per-sample measurements for the results (e.g. ``lit_sdo.objectives.LabelAgreement``).
         eps: L∞ bound τ on δ (None = unbounded).
-        optimizer: per-sample update rule: ``sgd`` (paper), ``sign`` (PGD) or ``adam``.
+        optimizer: per-sample update rule: ``sgd`` (paper), ``sign`` (PGD), ``adam`` or ``doodl``.
         lr: learning rate.
         output_dir: where results are written (default: the logger's folder).
         grid_samples: samples shown in the results grid.
+        stop_at_success: stop stepping a sample once its goal is reached (an attack's first success: its result
+            no longer changes), so a job costs what is left to do; objectives without a goal never stop one.
+            Same results as ``false`` up to the float32 rounding of smaller batches, except with schedulers that
+            draw noise per batch position (see :mod:`lit_sdo.tasks.engine`). The logged ``train/loss`` of a
+            stopped sample is its loss at its first success.
     """
 
     def __init__(self, sampler: SamplerSpec, objective: Objective, measures: list[Measure] | None = None,
                  eps: float | None = None, optimizer: OptimizerName = "sgd", lr: float = 0.1,
-                 output_dir: str | None = None, grid_samples: int = 8) -> None:
+                 output_dir: str | None = None, grid_samples: int = 8, stop_at_success: bool = True) -> None:
         super().__init__()
-        if eps is not None and eps <= 0:
+        if eps is not None and eps <= 0:  # before any work (the engine is built in setup)
             raise ValueError(f"eps={eps} must be > 0 (the L∞ bound τ on δ), or null for no bound")
         if grid_samples < 1:
             raise ValueError(f"grid_samples={grid_samples} must be >= 1")
@@ -79,9 +86,8 @@ class LatentOptimizationModule(L.LightningModule):
         self.objective.prepare(model.image_size, model.channels, model.num_classes)
         self.measures = torch.nn.ModuleList(measures or []).requires_grad_(False)
         self.strict_loading = False  # checkpoints hold δ and its state, not the frozen networks
-        self.delta: torch.nn.Parameter | None = None
-        self.optim: PerSampleOptimizer | None = None
-        self.tracker: BestTracker | None = None
+        self.delta: torch.nn.Parameter | None = None  # the engine's δ, registered here (DDP, checkpoints)
+        self.engine: LatentEngine | None = None
         self._start_cache: dict[int, Tensor] = {}  # sample index -> start latent (deterministic, so not saved)
         self.records: list[SampleRecords] = []  # evaluation records, gathered by the results writer
 
@@ -103,10 +109,16 @@ class LatentOptimizationModule(L.LightningModule):
         if datamodule is None or not hasattr(datamodule, "num_samples"):
             raise ValueError("this task needs a sample-set data module, e.g. lit_sdo.datamodules.LabelSeedDataModule")
         self.check_samples(datamodule.dataset)
-        shape = (datamodule.num_samples, *self.sampler.latent_shape)
-        self.delta = torch.nn.Parameter(torch.zeros(shape, device=self.device))
-        self.optim = PerSampleOptimizer(shape, self.hparams.optimizer, self.hparams.lr).to(self.device)
-        self.tracker = BestTracker(shape).to(self.device)
+        hp = self.hparams
+        self.engine = LatentEngine(self.sampler, self.objective, datamodule.num_samples, eps=hp.eps,
+                                   optimizer=hp.optimizer, lr=hp.lr, stop_at_success=hp.stop_at_success)
+        self.delta = self.engine.delta
+
+    def on_fit_start(self) -> None:
+        self.engine.to(self.device)  # Lightning moved δ after setup; the per-sample state follows
+
+    def on_test_start(self) -> None:
+        self.engine.to(self.device)
 
     def check_samples(self, dataset: Any) -> None:
         """One-line errors for samples the generator cannot make (labels out of range, references of another size)."""
@@ -153,51 +165,37 @@ class LatentOptimizationModule(L.LightningModule):
 
     # ----- one optimisation step ------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        rows = batch["index"]
-        loss, success = optimisation_step(self.sampler, self.objective, self.start_latent(batch),
-                                          self.condition(batch), batch, self.delta.data, rows, self.optim,
-                                          self.tracker, self.hparams.eps, policy_key=self.current_epoch)
+        result = self.engine.step(batch, self.start_latent(batch), self.condition(batch),
+                                  policy_key=self.current_epoch)
         self.optimizers().step()  # counts the step (zero lr): Lightning's global_step drives checkpoints
-        self.merge_ranks()
-        self.log_step(loss, success, rows)
-        return loss.mean()
+        self.merge_ranks()  # on every rank, whether it stepped a sample or not
+        self.log_step(result)
+        return result.loss.mean()
 
-    def log_step(self, loss: Tensor, success: Tensor | None, rows: Tensor) -> None:
-        batch_size = len(rows)
-        self.log("train/loss", loss.mean(), on_step=False, on_epoch=True, sync_dist=True, batch_size=batch_size)
-        if success is not None:  # the report's rate: successes so far among the samples that count
-            rate = self.tracker.success[rows].float().sum() / self.tracker.counted[rows].float().sum().clamp(min=1)
+    def log_step(self, result: StepResult) -> None:
+        """The same keys on every rank at every step (their epoch means are reduced across ranks)."""
+        batch_size = len(result.rows)
+        self.log("train/loss", result.loss.mean(), on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=batch_size)
+        if result.success is not None:  # the report's rate: successes so far among the samples that count
+            rate = result.success.float().sum() / result.counted.float().sum().clamp(min=1)
             self.log("train/success_rate", rate, on_step=False, on_epoch=True, sync_dist=True,
                      batch_size=batch_size, prog_bar=True)
-        self.log("train/delta_linf", self.delta.detach()[rows].abs().amax(), on_step=False, on_epoch=True,
+        self.log("train/delta_linf", self.delta.detach()[result.rows].abs().amax(), on_step=False, on_epoch=True,
                  sync_dist=True, reduce_fx="max", batch_size=batch_size)
-
-    def per_sample_state(self) -> dict[str, Tensor]:
-        return {"delta": self.delta.data} | {f"optim.{n}": t for n, t in self.optim.tensors.items()} | {
-            f"tracker.{n}": t for n, t in self.tracker.tensors.items()}
 
     def merge_ranks(self, touched: Tensor | None = None) -> None:
         if self.trainer.world_size > 1:
-            merge_across_ranks(self.per_sample_state(), self.all_gather, touched)
+            self.engine.merge_across_ranks(self.all_gather, touched)
 
     # ----- evaluation (the results writer gathers and publishes the records) ---------------------------
     @torch.no_grad()
     def evaluate_batch(self, batch: Batch, offer_current: bool) -> SampleRecords:
         """Images before (δ = 0) and after (best δ) of a batch, with every measurement of both."""
-        rows, cond, x_start = batch["index"], self.condition(batch), self.start_latent(batch)
+        cond, x_start = self.condition(batch), self.start_latent(batch)
         if offer_current:
-            score_current(self.sampler, self.objective, x_start, cond, batch, self.delta.data, rows, self.tracker)
-        best = self.tracker.best[rows]
-        shown = {"reference": ((batch["image"] + 1) / 2).clamp(0, 1)} if "image" in batch else {}
-        shown |= {k: v.to(self.device) for k, v in self.objective.reference_images(len(rows)).items()}
-        images, measured = {}, {}
-        for name, delta in (("original", torch.zeros_like(best)), ("optimized", best)):
-            images[name] = self.sampler.evaluate(x_start + delta, cond)
-            measured[name] = self.objective.measure(images[name], batch)
-            for measure in self.measures:
-                measured[name] |= measure(images[name], batch)
-        return SampleRecords(rows, batch["label"], batch["seed"], best.flatten(1).abs().amax(1), images["original"],
-                             images["optimized"], measured["original"], measured["optimized"], shown)
+            self.engine.offer_current(batch, x_start, cond)
+        return self.engine.records(batch, x_start, cond, self.measures)
 
     def hparams_for_results(self) -> dict[str, Any]:
         """The run's settings as plain JSON values (the objective and measures by class and arguments)."""
@@ -211,7 +209,7 @@ class LatentOptimizationModule(L.LightningModule):
     # ----- checkpoints ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["state_dict"] = {"delta": self.delta.detach().cpu()}  # frozen networks load from their names
-        checkpoint["per_sample_state"] = {n: t.cpu() for n, t in self.per_sample_state().items()}
+        checkpoint["per_sample_state"] = {n: t.cpu() for n, t in self.engine.state().items()}
         checkpoint["samples_fingerprint"] = self.trainer.datamodule.fingerprint()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -228,5 +226,4 @@ class LatentOptimizationModule(L.LightningModule):
             raise ValueError(f"checkpoint δ has shape {tuple(delta.shape)}, this config expects {expected}: "
                              "the checkpoint comes from another config (other samples or model)")
         checkpoint["state_dict"]["delta"] = delta
-        self.optim.load_state_dict({n[len("optim."):]: t for n, t in state.items() if n.startswith("optim.")})
-        self.tracker.load_state_dict({n[len("tracker."):]: t for n, t in state.items() if n.startswith("tracker.")})
+        self.engine.load_state(state)
