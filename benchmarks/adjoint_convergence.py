@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.gradient_cost import MODELS, build_setup, cosine  # noqa: E402
+from benchmarks.common import MODELS, build_setup, cosine, input_gradient, markdown_table  # noqa: E402
 from lit_sdo.sampling import GradientPolicy, build_scheduler, sample  # noqa: E402
 from lit_sdo.sampling.flow_ode import probability_flow  # noqa: E402
 
@@ -31,10 +31,9 @@ from lit_sdo.sampling.flow_ode import probability_flow  # noqa: E402
 def gradient(denoiser, scheduler, x: Tensor, cond: Tensor | None, w: Tensor, policy: GradientPolicy | str,
              output_scale: float = 1.0) -> tuple[Tensor, float]:
     """(d <w, output_scale·x₀> / d x, seconds) of one sampling run."""
-    x = x.clone().requires_grad_()
     start = time.perf_counter()
-    out = sample(denoiser, scheduler, x, cond, policy=policy)
-    (grad,) = torch.autograd.grad((out.sample * output_scale * w).sum(), x)
+    grad = input_gradient(lambda x: (sample(denoiser, scheduler, x, cond, policy=policy).sample * output_scale * w
+                                     ).sum(), x)
     return grad, time.perf_counter() - start
 
 
@@ -50,18 +49,18 @@ def run(model: str, steps: int, reference_steps: int, solvers: dict[str, list[in
     scale_in, scale_out = float((1 + sigmas[0] ** 2).sqrt()), float(1 / (1 + sigmas[-1] ** 2).sqrt())
     exact, exact_seconds = gradient(setup.denoiser, fine, setup.x_T * scale_in, setup.cond, w, "full", scale_out)
     chain, chain_seconds = gradient(setup.denoiser, ddim, setup.x_T, setup.cond, w, "full")
-    lines = [f"{model}, batch {batch}, DDIM N = {steps}, float64; exact ODE gradient: full backprop through "
-             f"{reference_steps} Euler steps ({exact_seconds:.1f} s); full DDIM backprop {chain_seconds:.1f} s",
-             "| solver | substeps | solver steps | seconds | cosine to the exact ODE gradient | cosine to full DDIM |",
-             "|---|---:|---:|---:|---:|---:|"]
+    rows = []
     for solver, substeps in solvers.items():
         for m in substeps:
             grad, seconds = gradient(setup.denoiser, ddim, setup.x_T, setup.cond, w,
                                      GradientPolicy("adjoint", solver=solver, substeps=m))
-            lines.append(f"| {solver} | {m} | {steps * m} | {seconds:.2f} | {cosine(grad, exact):.5f} | "
-                         f"{cosine(grad, chain):.5f} |")
-            print(lines[-1], file=sys.stderr, flush=True)
-    return lines
+            rows.append([solver, m, steps * m, f"{seconds:.2f}", f"{cosine(grad, exact):.5f}",
+                         f"{cosine(grad, chain):.5f}"])
+            print(" | ".join(map(str, rows[-1])), file=sys.stderr, flush=True)
+    return [f"{model}, batch {batch}, DDIM N = {steps}, float64; exact ODE gradient: full backprop through "
+            f"{reference_steps} Euler steps ({exact_seconds:.1f} s); full DDIM backprop {chain_seconds:.1f} s",
+            *markdown_table(["solver", "substeps", "solver steps", "seconds", "cosine to the exact ODE gradient",
+                             "cosine to full DDIM"], rows, "lrrrrr")]
 
 
 def parse_solvers(text: str) -> dict[str, list[int]]:

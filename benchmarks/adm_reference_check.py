@@ -7,6 +7,7 @@ name and shape, then fills the official network with seeded random weights, load
 lit_sdo's with ``strict=True`` and prints the largest output difference on random inputs.
 
     python benchmarks/adm_reference_check.py --guided-diffusion /path/to/guided-diffusion [--size 32]
+        [--model-channels 64]   (narrower networks of the same layout: the code path in seconds)
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ def official_kwargs(ours: dict) -> dict:
     return renamed
 
 
-def compare(official_cls: type, ours_cls: type, part: str, inputs: tuple) -> None:
-    kwargs = ARCHITECTURES["128x128"][part]
+def compare(official_cls: type, ours_cls: type, part: str, inputs: tuple, model_channels: int | None) -> None:
+    kwargs = ARCHITECTURES["128x128"][part] | ({"model_channels": model_channels} if model_channels else {})
     official_meta = build_on_meta(official_cls, official_kwargs(kwargs))
     ours_meta = build_on_meta(ours_cls, kwargs)
     layout = {k: tuple(v.shape) for k, v in official_meta.state_dict().items()}
@@ -51,18 +52,21 @@ def compare(official_cls: type, ours_cls: type, part: str, inputs: tuple) -> Non
           f"{a.abs().max().item():.3g}), input {tuple(inputs[0].shape)}, {time.perf_counter() - start:.0f} s")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--guided-diffusion", required=True, help="folder of a clone of openai/guided-diffusion")
     parser.add_argument("--size", type=int, default=32, help="UNet input side (the classifier always gets 128)")
-    args = parser.parse_args()
+    parser.add_argument("--model-channels", type=int, default=None,
+                        help="both networks at this base width (a multiple of 64) instead of the released 256 / 128")
+    args = parser.parse_args(argv)
     sys.path.insert(0, args.guided_diffusion)
     from guided_diffusion.unet import EncoderUNetModel, UNetModel
 
     torch.manual_seed(1)
-    compare(EncoderUNetModel, ADMClassifier, "classifier", (torch.randn(2, 3, 128, 128), torch.tensor([10, 700])))
+    compare(EncoderUNetModel, ADMClassifier, "classifier", (torch.randn(2, 3, 128, 128), torch.tensor([10, 700])),
+            args.model_channels)
     compare(UNetModel, ADMUNet, "unet", (torch.randn(1, 3, args.size, args.size), torch.tensor([500]),
-                                         torch.tensor([417])))
+                                         torch.tensor([417])), args.model_channels)
 
 
 if __name__ == "__main__":

@@ -15,14 +15,20 @@ does not (their 64-dim data subspace), on full-rank natural-image crops it shoul
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from lit_sdo.images import to_unit_range
-from lit_sdo.models import build_sampler, load_diffusion
-from lit_sdo.objectives import ClassifierObjective
-from lit_sdo.sampling import GradientPolicy, noise_for_seeds, sample
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import input_gradient, markdown_table  # noqa: E402
+from lit_sdo.models import load_diffusion  # noqa: E402
+from lit_sdo.models.sampler import Sampler, SamplerSpec  # noqa: E402
+from lit_sdo.objectives import ClassifierObjective  # noqa: E402
+from lit_sdo.sampling import GradientPolicy  # noqa: E402
 
 
 def policies(num_steps: int) -> dict[str, GradientPolicy]:
@@ -49,38 +55,32 @@ def main(argv: list[str] | None = None) -> None:
     if num_classes > classifier.num_classes:
         raise ValueError(f"generator {args.model} has {num_classes} classes but classifier {args.classifier} "
                          f"only {classifier.num_classes}; pick a classifier trained on the generator's classes")
-    is_shortcut = generator.is_shortcut  # flow matching: Eq. 18's identity skip
-    denoiser, scheduler = build_sampler(generator, "shortcut" if is_shortcut else "ddim", args.steps)
+    # a shortcut / flow-matching model samples with its own scheduler (Eq. 18's identity skip), any other with DDIM
+    spec = SamplerSpec(args.model, scheduler="shortcut" if generator.is_shortcut else "ddim", num_steps=args.steps)
+    sampler = Sampler(spec, model=generator)
     labels = torch.arange(args.samples) % num_classes
-    x_t = noise_for_seeds(range(args.seed, args.seed + args.samples), denoiser.sample_shape)
-    batch = {"label": labels}
-
-    def images(x: torch.Tensor, policy: GradientPolicy | str) -> torch.Tensor:
-        return to_unit_range(denoiser.decode(sample(denoiser, scheduler, x, labels, policy=policy).sample))
+    x_T = sampler.initial_noise(range(args.seed, args.seed + args.samples))
+    cond, batch = sampler.condition(labels), {"label": labels}
 
     def gradient(policy: GradientPolicy | str) -> torch.Tensor:
-        x = x_t.clone().requires_grad_(True)
-        loss = objective(images(x, policy), batch).sum()
-        if not loss.requires_grad:  # last_k detaches every step before the last K: no path back to x_T
-            return torch.zeros_like(x_t)
-        return torch.autograd.grad(loss, x)[0]
+        return input_gradient(lambda x: objective(sampler.generate(x, cond, policy), batch).sum(), x_T)
 
     with torch.no_grad():
-        clean_correct = classifier(images(x_t, "none")).argmax(1) == labels
+        clean_correct = classifier(sampler.evaluate(x_T, cond)).argmax(1) == labels
     exact = gradient("full")
     print(f"{args.model} + {args.classifier}, {args.steps} steps, {args.samples} samples, "  # noqa: T201
           f"{int(clean_correct.sum())} clean-correct")
-    print(f"| gradient | mean cosine to exact (clean-correct) | mean norm "  # noqa: T201
-          f"| clean-correct fooled by one FGSM step (τ={args.eps}) |")
-    print("|---|---:|---:|---:|")  # noqa: T201
+    rows = []
     cases = {"full (exact)": exact} | {name: gradient(policy) for name, policy in policies(args.steps).items()}
     for name, grad in cases.items():
         # Over clean-correct samples: the margin loss is flat (exact gradient 0) where the class is already wrong.
         cosine = F.cosine_similarity(grad.flatten(1), exact.flatten(1))[clean_correct].mean()
         with torch.no_grad():
-            fooled = classifier(images(x_t - args.eps * grad.sign(), "none")).argmax(1) != labels
+            fooled = classifier(sampler.evaluate(x_T - args.eps * grad.sign(), cond)).argmax(1) != labels
         share = fooled[clean_correct].float().mean() if clean_correct.any() else torch.tensor(float("nan"))
-        print(f"| {name} | {cosine:.3f} | {grad.flatten(1).norm(dim=1).mean():.2f} | {share:.0%} |")  # noqa: T201
+        rows.append([name, f"{cosine:.3f}", f"{grad.flatten(1).norm(dim=1).mean():.2f}", f"{share:.0%}"])
+    print("\n".join(markdown_table(["gradient", "mean cosine to exact (clean-correct)", "mean norm",  # noqa: T201
+                                    f"clean-correct fooled by one FGSM step (τ={args.eps})"], rows, "lrrr")))
 
 
 if __name__ == "__main__":

@@ -8,10 +8,9 @@ Fed with the records of :func:`benchmarks.gradient_cost.run_benchmark` or :mod:`
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from benchmarks.common import Records, fmt_or_dash, markdown_table, ratio, record_value, verdict
 from lit_sdo.sampling import as_policy
 
 # Paper Table 3 (A100, one gradient w.r.t. x_N, 50 DDIM steps): (seconds, GB) per method.
@@ -21,43 +20,25 @@ PAPER_TABLE3: dict[str, dict[str, tuple[float, float]]] = {
 }
 LATENT_MODELS = ("sd15", "sd15-unet", "dit-xl-2")
 
-Records = list[dict[str, Any]]
-
-
-def _value(records: Records, policy: str, steps: int, key: str) -> float | None:
-    for rec in records:
-        if rec["policy"] == policy and rec["steps"] == steps:
-            return rec.get(key)
-    return None
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}×"
-
 
 def paper_ratio_lines(records: Records, model: str) -> list[str]:
     """adjoint/SDO and doodl/SDO ratios at each N, beside the paper's: time on CPU seconds (— where not
     measured, e.g. CUDA) and on wall seconds, and peak memory."""
     row = "latent" if model in LATENT_MODELS else "pixel"
     paper = PAPER_TABLE3[row]
-    lines = [f"Table 3 side by side ({row} row of the paper, N = 50 on an A100; here: {model})",
-             "| N | ratio | measured time (CPU s) | measured time (wall) | paper time | measured memory "
-             "| paper memory |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
-    for n in sorted({rec["steps"] for rec in records}):
-        for method in ("adjoint", "doodl"):
-            if _value(records, method, n, "seconds") is None:
-                continue
-            cpu_ratio, time_ratio, mem_ratio = (_ratio(_value(records, method, n, key), _value(records, "sdo", n, key))
-                                                for key in ("cpu_seconds", "seconds", "peak_mem_bytes"))
-            lines.append(f"| {n} | {method}/sdo | {_fmt(cpu_ratio)} | {_fmt(time_ratio)} | "
-                         f"{paper[method][0] / paper['sdo'][0]:.2f}× | {_fmt(mem_ratio)} | "
-                         f"{paper[method][1] / paper['sdo'][1]:.2f}× |")
-    return lines
+
+    def vs_sdo(method: str, n: int, key: str) -> str:
+        return fmt_or_dash(ratio(record_value(records, method, n, key), record_value(records, "sdo", n, key)), ".2f",
+                           "×")
+
+    rows = [[n, f"{method}/sdo", vs_sdo(method, n, "cpu_seconds"), vs_sdo(method, n, "seconds"),
+             f"{paper[method][0] / paper['sdo'][0]:.2f}×", vs_sdo(method, n, "peak_mem_bytes"),
+             f"{paper[method][1] / paper['sdo'][1]:.2f}×"]
+            for n in sorted({rec["steps"] for rec in records}) for method in ("adjoint", "doodl")
+            if record_value(records, method, n, "seconds") is not None]
+    return [f"Table 3 side by side ({row} row of the paper, N = 50 on an A100; here: {model})",
+            *markdown_table(["N", "ratio", "measured time (CPU s)", "measured time (wall)", "paper time",
+                             "measured memory", "paper memory"], rows, "rlrrrrr")]
 
 
 # Relative slack of "SDO is the cheapest": a rival measured up to 5 % cheaper than SDO still passes (timing noise
@@ -90,7 +71,7 @@ def precision_of(label: str) -> str:
     return label.partition("@")[2]
 
 
-def _gives_x_T_gradient(rec: dict[str, Any]) -> bool:
+def _gives_x_T_gradient(rec: dict) -> bool:
     """Nonzero cosine to the exact gradient, or (no reference) a nonzero gradient norm."""
     if rec.get("grad_cosine") is not None:
         return rec["grad_cosine"] != 0
@@ -105,19 +86,16 @@ def baseline_targets(records: Records, tolerance: float = CHEAPEST_TOLERANCE) ->
     their memory grows with N by design: a NOTE line gives their N=50 / N=10 ratio where both were measured."""
     lines = []
 
-    def verdict(name: str, value: float | None, ok: Callable[[float], bool], shown: str) -> None:
-        status = "SKIP" if value is None else ("PASS" if ok(value) else "FAIL")
-        lines.append(f"{status}  {name}: {shown.format(value) if value is not None else 'case not run'}")
-
     def memory_growth(label: str) -> float | None:
-        return _ratio(_value(records, label, 50, "peak_mem_bytes"), _value(records, label, 10, "peak_mem_bytes"))
+        return ratio(record_value(records, label, 50, "peak_mem_bytes"),
+                     record_value(records, label, 10, "peak_mem_bytes"))
 
     precisions = sorted({precision_of(rec["policy"]) for rec in records})
     for n in sorted({rec["steps"] for rec in records}):
         key = _cost_key(records, n)
         for precision in precisions:
             sdo_label = f"sdo@{precision}" if precision else "sdo"
-            if precision and _value(records, sdo_label, n, key) is None:
+            if precision and record_value(records, sdo_label, n, key) is None:
                 continue  # no SDO run at this precision: nothing to rank against
             same = [rec for rec in records if rec["steps"] == n and precision_of(rec["policy"]) == precision
                     and rec["policy"] != sdo_label]
@@ -125,15 +103,15 @@ def baseline_targets(records: Records, tolerance: float = CHEAPEST_TOLERANCE) ->
                       if rec.get(key) is not None and _gives_x_T_gradient(rec) and not is_sdo_tie(rec["policy"])}
             ties = sorted(rec["policy"] for rec in same if is_sdo_tie(rec["policy"]))
             cheapest = min(rivals, key=rivals.get) if rivals else None  # type: ignore[arg-type]
-            margin = _ratio(rivals[cheapest], _value(records, sdo_label, n, key)) if cheapest else None
+            margin = ratio(rivals[cheapest], record_value(records, sdo_label, n, key)) if cheapest else None
             tied = f"; ties, not rivals: {', '.join(ties)}" if ties else ""
             at = f" in {precision}" if precision else ""
-            verdict(f"{sdo_label} the cheapest policy with an x_T gradient at N={n}{at}, on {key}, tolerance "
-                    f"{tolerance:.0%} (next: {cheapest}{tied})", margin, lambda v: v >= 1.0 - tolerance,
-                    f"next costs {{:.2f}}x {sdo_label}")
+            lines.append(verdict(f"{sdo_label} the cheapest policy with an x_T gradient at N={n}{at}, on {key}, "
+                                 f"tolerance {tolerance:.0%} (next: {cheapest}{tied})", margin,
+                                 lambda v: v >= 1.0 - tolerance, f"next costs {{:.2f}}x {sdo_label}"))
     for method, stored in (("adjoint", "N + 1 latents"), ("doodl", "2N latents")):
-        verdict(f"{method}-states=ends peak memory at N=50 within 10 % of N=10", memory_growth(f"{method}-states=ends"),
-                lambda v: abs(v - 1) <= 0.10, "{:.3f}x")
+        lines.append(verdict(f"{method}-states=ends peak memory at N=50 within 10 % of N=10",
+                             memory_growth(f"{method}-states=ends"), lambda v: abs(v - 1) <= 0.10, "{:.3f}x"))
         if memory_growth(method) is not None:
             lines.append(f"NOTE  {method} (the default) keeps every level's state, {stored}: peak memory at N=50 is "
                          f"{memory_growth(method):.3f}x N=10, not flat by design")
@@ -161,9 +139,9 @@ def tail_frontier_lines(records: Records, threshold: float = 0.9) -> list[str]:
             lines.append(f"N={n}: no sdo tail among {sorted(m for m, _ in tails)} reaches cosine {threshold}")
             continue
         m, rec = good[0]
-        ratio = _ratio(rec["seconds"], _value(records, "sdo", n, "seconds"))
+        share = ratio(rec["seconds"], record_value(records, "sdo", n, "seconds"))
         lines.append(f"N={n}: smallest sdo tail with cosine >= {threshold}: m = {m} (cosine {rec['grad_cosine']:.3f}, "
-                     f"{rec['seconds']:.3f} s, {_fmt(ratio)} sdo)")
+                     f"{rec['seconds']:.3f} s, {fmt_or_dash(share, '.2f', '×')} sdo)")
     return lines
 
 

@@ -84,13 +84,13 @@ def compare(old: Path, new: Path, renames: dict[str, str] | None = None) -> dict
             "keys_only_one_side": sorted(only_in)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("old", type=Path)
     parser.add_argument("new", type=Path)
     parser.add_argument("--rename", nargs="*", default=[], metavar="OLD=NEW", help="key substrings OLD calls otherwise")
     parser.add_argument("--json", type=Path, default=None, help="also write the comparison here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     result = compare(args.old, args.new, dict(item.split("=", 1) for item in args.rename))
     summary = {k: v for k, v in result.items() if k != "tensors"}
     print(json.dumps(summary, indent=1))  # noqa: T201 - the script's output

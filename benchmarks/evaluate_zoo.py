@@ -30,9 +30,9 @@ from lit_sdo.datamodules import DigitsDataModule, PhotoCropsDataModule
 from lit_sdo.images import to_unit_range
 from lit_sdo.io import write_json
 from lit_sdo.metrics import accuracy, batched_outputs, feature_fid, per_class_accuracy
-from lit_sdo.models import EMBEDDED_ROOT, load_classifier, load_diffusion
+from lit_sdo.models import EMBEDDED_ROOT, load_classifier
 from lit_sdo.models.manifest import write_manifest
-from lit_sdo.sampling import build_scheduler, sample
+from lit_sdo.models.sampler import Sampler, SamplerSpec
 
 
 @dataclass(frozen=True)
@@ -79,32 +79,29 @@ def data_description(zoo: str, config: dict[str, Any]) -> str:
             "shipped photographs (lit_sdo.datamodules.PHOTOS); held-out strip = last 30 % of each long axis")
 
 
-@torch.no_grad()
-def generate(model_name: str, num_samples: int, num_steps: int, guidance_scale: float, seed: int,
-             batch_size: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """``num_samples`` DDIM samples in [0, 1] with labels cycling through the classes, and the seconds it took."""
-    model = load_diffusion(model_name, guidance_scale=guidance_scale)
-    scheduler = build_scheduler("ddim", num_steps, base_config=model.scheduler_config)
-    labels = torch.arange(num_samples) % model.num_classes
+def generate(sampler: Sampler, num_samples: int, seed: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                       float]:
+    """``num_samples`` samples in [0, 1] with labels cycling through the classes, and the seconds it took."""
+    labels = torch.arange(num_samples) % sampler.model.num_classes
     generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn((num_samples, *model.denoiser.sample_shape), generator=generator)  # x_T
+    noise = torch.randn((num_samples, *sampler.latent_shape), generator=generator)  # x_T
     start = time.perf_counter()
-    images = [to_unit_range(model.denoiser.decode(sample(model.denoiser, scheduler, noise[i:i + batch_size],
-                                                          labels[i:i + batch_size], policy="none").sample))
+    images = [sampler.evaluate(noise[i:i + batch_size], sampler.condition(labels[i:i + batch_size]))
               for i in range(0, num_samples, batch_size)]
     return torch.cat(images), labels, time.perf_counter() - start
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    generator = load_diffusion(args.diffusion)
+    sampler = Sampler(SamplerSpec(args.diffusion, num_steps=args.steps, guidance_scale=args.guidance_scale,
+                                  policy="none"))
+    generator = sampler.model
     data, train_images, test_images, test_labels = test_data(args.zoo, generator.image_size, args.holdout_per_class)
     if generator.num_classes != data.num_classes:
         raise ValueError(f"generator {args.diffusion} has {generator.num_classes} classes but the {args.zoo} data "
                          f"{data.num_classes}; evaluate a generator trained on that data module")
     classifiers = {name: load_classifier(f"embedded:{name}") for name in args.classifiers}
     feature_net = classifiers[args.classifiers[0]]
-    samples, labels, seconds = generate(args.diffusion, args.num_samples, args.steps, args.guidance_scale,
-                                        args.seed, args.batch_size)
+    samples, labels, seconds = generate(sampler, args.num_samples, args.seed, args.batch_size)
     results: dict[str, Any] = {
         "diffusion": args.diffusion,
         "sampler": f"ddim-{args.steps}",

@@ -6,9 +6,7 @@ benchmark's forkserver, so no tensors or allocator state are inherited). The chi
 1. builds the seeded network, then warms up with a 1-step gradient of the same label (lazy kernels,
    thread pools) and measures that warm-up's peak RSS;
 2. predicts the case's peak as that 1-step peak times the model calls that keep a graph at N
-   (:func:`graph_calls`: N for ``full``, ``min(1 + tail, N)`` for ``sdo-tail=m``, 1 for SDO, checkpoint,
-   adjoint, DOODL, whose defaults also keep every level's state, N + 1 or 2N latents, small beside one call's
-   graph and not counted) and SKIPS a case of more than one graph call (one: its warm-up has just run it), with
+   (:func:`graph_calls`) and SKIPS a case of more than one graph call (one: its warm-up has just run it), with
    its reason in ``skipped``, when the prediction exceeds the memory budget: ``MemAvailable`` minus 4 GiB
    unless ``--mem-budget-gib`` says otherwise. An upper bound, since each graph call is charged the whole
    1-step peak (which also holds the VAE decode's graph, once); an OOM kill on a shared machine would take
@@ -16,13 +14,12 @@ benchmark's forkserver, so no tensors or allocator state are inherited). The chi
    that cannot fit is skipped before its process starts;
 3. measures in the same run: wall seconds, CPU seconds of the process (``time.process_time``: user + system
    time of all its threads, the honest figure on a shared machine), peak RSS above the RSS just before the
-   run (VmHWM, malloc thresholds fixed as in :func:`benchmarks.gradient_cost.fix_malloc_thresholds`);
+   run (VmHWM, malloc thresholds fixed as in :func:`benchmarks.common.fix_malloc_thresholds`);
 4. returns the gradient w.r.t. x_T to the parent (as a NumPy array).
 
 The exact reference here is NOT a separate float64 run: it is the float32 gradient of the ``full`` case if it
 ran, else ``checkpoint``'s (the same math, recomputing each call); None (no cosine) if neither ran. The record
-names it in ``exact_reference``. Records carry the keys of :data:`benchmarks.gradient_cost.RECORD_KEYS` plus
-:data:`ONE_PASS_KEYS`.
+names it in ``exact_reference``. Records carry :data:`benchmarks.common.RECORD_KEYS` plus :data:`ONE_PASS_KEYS`.
 """
 
 from __future__ import annotations
@@ -40,14 +37,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchmarks.gradient_cost import (
+from benchmarks.common import (
     build_setup,
-    cosine,
+    case_record,
     fix_malloc_thresholds,
     fmt_or_dash,
     fresh_process_pool,
+    markdown_table,
+    mem_available_bytes,
     one_gradient,
     parse_label,
+    ratio,
     reset_peak_rss,
     status_kib,
 )
@@ -57,6 +57,9 @@ from lit_sdo.sampling import GradientPolicy
 ONE_PASS_KEYS = ("cpu_seconds", "cpu_ratio_to_sampling", "skipped", "exact_reference", "predicted_peak_bytes",
                  "mem_budget_bytes", "warmup_peak_bytes", "grad_norm", "loadavg_1min")
 HEADROOM_BYTES = 4 * 2**30  # kept free for the other processes on the machine
+# Policies whose 1-step run is exactly one model call with its graph: their warm-up peak is the cost of one
+# graph call, which predicts a later case's peak before its process starts (and before its warm-up).
+GRAPH_STEP_POLICIES = ("full", "sdo", "last_k", "random_truncation")
 
 
 def graph_calls(policy: GradientPolicy, steps: int) -> int:
@@ -72,17 +75,15 @@ def graph_calls(policy: GradientPolicy, steps: int) -> int:
     return 1
 
 
-def _one_step(policy: GradientPolicy) -> GradientPolicy:
-    """The same policy on a 1-step run (a tail or last_k longer than one step is cut to it)."""
-    return dataclasses.replace(policy, tail=min(policy.tail, 1), last_k=1)
-
-
-def mem_available_bytes() -> int:
-    """``MemAvailable`` of /proc/meminfo: what can be allocated without swapping (there is no swap here)."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise OSError("/proc/meminfo has no MemAvailable; the one-pass mode needs Linux")
+def predicted_peak(calls: int, one_call_peak: int, mem_budget_bytes: int | None, source: str = "",
+                   note: str = "") -> dict[str, Any]:
+    """The predicted peak of ``calls`` graph calls, the budget, and ``skipped`` (why) when it does not fit."""
+    budget = mem_available_bytes() - HEADROOM_BYTES if mem_budget_bytes is None else mem_budget_bytes
+    out: dict[str, Any] = {"predicted_peak_bytes": one_call_peak * calls, "mem_budget_bytes": budget}
+    if calls > 1 and one_call_peak * calls > budget:  # one graph call: the warm-up has just run it
+        out["skipped"] = (f"predicted peak {one_call_peak * calls / 2**30:.2f} GiB ({calls} graph calls x the 1-step "
+                          f"peak {one_call_peak / 2**30:.2f} GiB{source}) > budget {budget / 2**30:.2f} GiB{note}")
+    return out
 
 
 def one_pass_case(model: str, steps: int, label: str, batch: int, wrt: str, threads: int,
@@ -97,16 +98,13 @@ def one_pass_case(model: str, steps: int, label: str, batch: int, wrt: str, thre
     gc.collect()
     start, baseline = time.perf_counter(), status_kib("VmRSS")
     reset_peak_rss()
-    one_gradient(setup, 1, _one_step(policy), precision=precision)  # warm-up
+    # warm-up: the same policy on a 1-step run (a tail or last_k longer than one step is cut to it)
+    one_gradient(setup, 1, dataclasses.replace(policy, tail=min(policy.tail, 1), last_k=1), precision=precision)
     warmup_seconds, warmup_peak = time.perf_counter() - start, (status_kib("VmHWM") - baseline) * 1024
     gc.collect()
-    predicted = warmup_peak * graph_calls(policy, steps)
-    budget = mem_available_bytes() - HEADROOM_BYTES if mem_budget_bytes is None else mem_budget_bytes
-    out: dict[str, Any] = {"warmup_seconds": warmup_seconds, "warmup_peak_bytes": warmup_peak,
-                           "predicted_peak_bytes": predicted, "mem_budget_bytes": budget}
-    if graph_calls(policy, steps) > 1 and predicted > budget:  # one graph call: the warm-up just ran it
-        out["skipped"] = (f"predicted peak {predicted / 2**30:.2f} GiB ({graph_calls(policy, steps)} graph calls x "
-                          f"the 1-step peak {warmup_peak / 2**30:.2f} GiB) > budget {budget / 2**30:.2f} GiB")
+    out = {"warmup_seconds": warmup_seconds, "warmup_peak_bytes": warmup_peak,
+           **predicted_peak(graph_calls(policy, steps), warmup_peak, mem_budget_bytes)}
+    if out.get("skipped"):
         return out
     baseline = status_kib("VmRSS")
     reset_peak_rss()
@@ -117,10 +115,6 @@ def one_pass_case(model: str, steps: int, label: str, batch: int, wrt: str, thre
     # a NumPy copy: a pickled tensor would travel in shared memory, gone once this process exits
     out["grad"] = None if grad is None else grad.detach().numpy().copy()
     return out
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
 
 
 def exact_reference(results: dict[str, dict[str, Any]]) -> tuple[str | None, Tensor | None]:
@@ -139,20 +133,14 @@ def case_records(model: str, steps: int, results: dict[str, dict[str, Any]]) -> 
     records = []
     for label, res in results.items():
         grad = res.get("grad")
-        sdo_ref = results.get(label.partition("@")[0], {}).get("grad") if "@" in label else None
-        records.append({
-            "policy": label, "steps": steps, "seconds": res.get("seconds"), "cpu_seconds": res.get("cpu_seconds"),
-            "peak_mem_bytes": res.get("peak_mem_bytes"),
-            "ratio_to_sampling": _ratio(res.get("seconds"), base.get("seconds")),
-            "cpu_ratio_to_sampling": _ratio(res.get("cpu_seconds"), base.get("cpu_seconds")),
-            "grad_cosine": cosine(grad, reference) if grad is not None and reference is not None else None,
-            "grad_cosine_to_fp32_sdo": cosine(grad, sdo_ref) if grad is not None and sdo_ref is not None else None,
-            "exact_reference": ref_name if grad is not None else None,
-            "grad_norm": float(grad.double().norm()) if grad is not None else None,
-            "warmup_seconds": res.get("warmup_seconds"), "warmup_peak_bytes": res.get("warmup_peak_bytes"),
-            "predicted_peak_bytes": res.get("predicted_peak_bytes"), "mem_budget_bytes": res.get("mem_budget_bytes"),
-            "skipped": res.get("skipped"), "loadavg_1min": res.get("loadavg_1min"), "model": model, "device": "cpu",
-        })
+        fp32_sdo = results.get(label.partition("@")[0], {}).get("grad") if "@" in label else None
+        records.append(case_record(
+            label, steps, res, base, reference, fp32_sdo,
+            cpu_ratio_to_sampling=ratio(res.get("cpu_seconds"), base.get("cpu_seconds")),
+            exact_reference=ref_name if grad is not None else None,
+            grad_norm=float(grad.double().norm()) if grad is not None else None,
+            **{key: res.get(key) for key in ("warmup_peak_bytes", "predicted_peak_bytes", "mem_budget_bytes",
+                                             "skipped", "loadavg_1min")}, model=model, device="cpu"))
     return records
 
 
@@ -168,11 +156,15 @@ def run_one_pass(model: str, steps: Sequence[int], labels: Sequence[str], batch:
         for n in steps:
             results: dict[str, dict[str, Any]] = {}
             for label in labels:
-                started = time.perf_counter()
-                res = _skip_before_start(parse_label(label)[0], n, graph_step_peak, mem_budget_bytes)
-                if res is None:
+                started, policy = time.perf_counter(), parse_label(label)[0]
+                # The budget here is taken before the case's network is built, so it is larger than the child's:
+                # a case skipped here would be skipped by the child too; one that passes is checked again there.
+                res = {} if graph_step_peak is None else predicted_peak(
+                    graph_calls(policy, n), graph_step_peak, mem_budget_bytes, " of an earlier case's warm-up",
+                    " (not started)")
+                if not res.get("skipped"):
                     res, pool = _run_case(pool, model, n, label, batch, wrt, threads, mem_budget_bytes)
-                    if parse_label(label)[0].name in GRAPH_STEP_POLICIES and res.get("warmup_peak_bytes"):
+                    if policy.name in GRAPH_STEP_POLICIES and res.get("warmup_peak_bytes"):
                         graph_step_peak = max(graph_step_peak or 0, res["warmup_peak_bytes"])
                 res["loadavg_1min"] = os.getloadavg()[0]
                 results[label] = res
@@ -183,30 +175,6 @@ def run_one_pass(model: str, steps: Sequence[int], labels: Sequence[str], batch:
     finally:
         pool.shutdown()
     return records
-
-
-# Policies whose 1-step run is exactly one model call with its graph: their warm-up peak is the cost of one
-# graph call, which predicts a later case's peak before its process starts (and before its warm-up).
-GRAPH_STEP_POLICIES = ("full", "sdo", "last_k", "random_truncation")
-
-
-def _skip_before_start(policy: GradientPolicy, steps: int, graph_step_peak: int | None,
-                       mem_budget_bytes: int | None) -> dict[str, Any] | None:
-    """A skipped result when an earlier case's 1-step graph peak already shows this case cannot fit, else None.
-
-    The budget here is taken before the case's network is built, so it is larger than the child's: a case
-    skipped here would be skipped by the child too; a case that passes is checked again by the child."""
-    calls = graph_calls(policy, steps)
-    if graph_step_peak is None or calls == 1:
-        return None
-    predicted = graph_step_peak * calls
-    budget = mem_available_bytes() - HEADROOM_BYTES if mem_budget_bytes is None else mem_budget_bytes
-    if predicted <= budget:
-        return None
-    return {"predicted_peak_bytes": predicted, "mem_budget_bytes": budget,
-            "skipped": (f"predicted peak {predicted / 2**30:.2f} GiB ({calls} graph calls x the 1-step peak "
-                        f"{graph_step_peak / 2**30:.2f} GiB of an earlier case's warm-up) > budget "
-                        f"{budget / 2**30:.2f} GiB (not started)")}
 
 
 def _run_case(pool: ProcessPoolExecutor, model: str, steps: int, label: str, batch: int, wrt: str, threads: int,
@@ -233,18 +201,13 @@ def _case_line(label: str, steps: int, res: dict[str, Any], total: float) -> str
 
 def one_pass_table(records: list[dict[str, Any]]) -> str:
     """Markdown: one row per case; × sampling on CPU seconds; a skipped case shows its reason."""
-    lines = ["| policy | N | wall s | CPU s | × sampling (CPU s) | peak RSS GiB | cosine to exact |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-
-    for rec in records:
-        if rec.get("skipped"):
-            lines.append(f"| {rec['policy']} | {rec['steps']} | skipped: {rec['skipped']} | | | | |")
-            continue
-        mem = None if rec["peak_mem_bytes"] is None else rec["peak_mem_bytes"] / 2**30
-        lines.append(f"| {rec['policy']} | {rec['steps']} | {fmt_or_dash(rec['seconds'], '.1f')} | "
-                     f"{fmt_or_dash(rec['cpu_seconds'], '.1f')} | "
-                     f"{fmt_or_dash(rec['cpu_ratio_to_sampling'], '.2f')} | "
-                     f"{fmt_or_dash(mem, '.2f')} | {fmt_or_dash(rec['grad_cosine'], '.4f')} |")
+    rows = [[rec["policy"], rec["steps"], f"skipped: {rec['skipped']}", "", "", "", ""] if rec.get("skipped") else
+            [rec["policy"], rec["steps"], fmt_or_dash(rec["seconds"], ".1f"), fmt_or_dash(rec["cpu_seconds"], ".1f"),
+             fmt_or_dash(rec["cpu_ratio_to_sampling"], ".2f"),
+             fmt_or_dash(None if rec["peak_mem_bytes"] is None else rec["peak_mem_bytes"] / 2**30, ".2f"),
+             fmt_or_dash(rec["grad_cosine"], ".4f")] for rec in records]
+    lines = markdown_table(["policy", "N", "wall s", "CPU s", "× sampling (CPU s)", "peak RSS GiB", "cosine to exact"],
+                           rows, "lrrrrrr")
     refs = {rec["exact_reference"] for rec in records if rec.get("exact_reference")}
     lines.append(f"\nexact reference: {', '.join(sorted(refs)) if refs else 'none (neither full nor checkpoint ran)'}")
     return "\n".join(lines)

@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's lit_sdo, also for the runs (PYTHONPATH in child_env)
 
+from benchmarks.common import line_fit, mem_available_bytes  # noqa: E402
 from lit_sdo.sampling import parse_policy  # noqa: E402
 
 GIB = 1024 ** 3
@@ -111,11 +112,7 @@ class RunResult:
 
 
 def available_gib() -> float:
-    """MemAvailable of /proc/meminfo (what ``free`` calls available), in GiB."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024 / GIB
-    return float("inf")
+    return mem_available_bytes() / GIB
 
 
 def wait_for_memory(need_gib: float, log: callable, max_wait_s: float = 1800) -> None:
@@ -172,8 +169,14 @@ def fit_command(config: PaperConfig, cache: Path, out: Path, steps: int, opt_ste
 
 def run_config(config: PaperConfig, args: argparse.Namespace, log: callable, tag: str = "",
                extra: tuple[str, ...] = ()) -> RunResult:
-    build_components(config.components, args.cache, args.threads, log)
     out = args.out / (config.name.replace("/", "_") + tag)
+    if args.check_only:  # parsed and type-checked against its classes; nothing is built or run
+        import cli
+
+        cli.parse_command_line(fit_command(config, args.cache, out, args.sampling_steps, args.opt_steps,
+                                           args.accelerator, extra)[2:])
+        return RunResult(config.name + tag, 0, 0.0, 0.0, 0.0, ["(command line parsed only)"], [], out, 0.0)
+    build_components(config.components, args.cache, args.threads, log)
     if out.exists():
         import shutil
 
@@ -231,9 +234,11 @@ def reward_cost(args: argparse.Namespace, log: callable) -> tuple[list[RunResult
         results.append(result)
         if not result.passed:
             return results, [f"reward cost: {policy} FAILED, see {result.log}"]
+        if args.check_only:
+            continue
         history = json.loads((result.log.parent / "history.json").read_text())  # the run's own folder
         steps[policy] = [row for row in history["steps"] if "reward" in row][0]
-    return results, reward_cost_lines(steps, args.reward_steps)
+    return results, reward_cost_lines(steps, args.reward_steps) if steps else []
 
 
 def reward_cost_lines(steps: dict[str, dict], num_steps: int) -> list[str]:
@@ -266,14 +271,10 @@ def reward_cost_lines(steps: dict[str, dict], num_steps: int) -> list[str]:
 
 def per_call_fit(cost_by_k: dict[int, float], flavour: str) -> str:
     """The least-squares line CPU s = a + b·K through the fixed-K runs: b is what each more kept call costs."""
-    ks, costs = list(cost_by_k), list(cost_by_k.values())
-    mean_k, mean_cost = sum(ks) / len(ks), sum(costs) / len(costs)
-    slope = (sum((k - mean_k) * (c - mean_cost) for k, c in zip(ks, costs, strict=True))
-             / sum((k - mean_k) ** 2 for k in ks))
-    intercept = mean_cost - slope * mean_k
+    intercept, slope, _ = line_fit(list(cost_by_k.items()))
     residual = max(abs(c - intercept - slope * k) for k, c in cost_by_k.items())
     return (f"last_k=K{flavour}: step CPU s = {intercept:.1f} + {slope:.1f}·K (least squares over K = "
-            f"{', '.join(map(str, ks))}; largest residual {residual:.1f} CPU s)")
+            f"{', '.join(map(str, cost_by_k))}; largest residual {residual:.1f} CPU s)")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -296,6 +297,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "with -recompute=true) give AlignProp-uniform's expected cost; default: sdo-random "
                              "and last_k=1..N-recompute=true")
     parser.add_argument("--no-configs", action="store_true", help="skip the per-config runs (e.g. --reward-cost only)")
+    parser.add_argument("--check-only", action="store_true",
+                        help="build and run nothing: parse every fit command line against its classes (seconds, CPU)")
     args = parser.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in CONFIGS]

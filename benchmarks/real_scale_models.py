@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.gradient_cost import LINEAR_BETAS, SD_BETAS, _ddpm_256, _dit_xl_2, _sd15_unet  # noqa: E402
+from benchmarks.common import LINEAR_BETAS, SD_BETAS, ddpm_256_unet, dit_xl_2, sd15_unet, sd_vae  # noqa: E402
 from lit_sdo.io import write_tensors  # noqa: E402
 
 MARKER = ".complete"
@@ -131,15 +131,6 @@ def copy_clip_tokenizer(cache: Path, folder: Path) -> None:
 
 
 # ----- the builders: one per released checkpoint ----------------------------------------------------------------
-def sd_vae() -> nn.Module:
-    """AutoencoderKL at SD's shape (83.7M): stabilityai/sd-vae-ft-mse, SD1.5's vae/, DiT's sd-vae-ft-ema."""
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-                         block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, scaling_factor=0.18215)
-
-
 def build_sd_vae(folder: Path, cache: Path) -> None:
     sd_vae().save_pretrained(folder)
 
@@ -158,7 +149,7 @@ def build_sd15(folder: Path, cache: Path) -> None:
     PNDM scheduler (the released scheduler_config.json); the safety checker is left out (null in the index)."""
     from diffusers import PNDMScheduler
 
-    _sd15_unet()[0].network.save_pretrained(folder / "unet")
+    sd15_unet().save_pretrained(folder / "unet")
     sd_vae().save_pretrained(folder / "vae")
     sd15_text_encoder().save_pretrained(folder / "text_encoder")
     copy_clip_tokenizer(cache, folder / "tokenizer")
@@ -174,7 +165,7 @@ def build_lcm(folder: Path, cache: Path) -> None:
     LCM scheduler; VAE, text encoder and tokenizer are SD1.5's shapes (linked to the sd15 folder: no second copy)."""
     from diffusers import LCMScheduler, UNet2DConditionModel
 
-    config = dict(_sd15_unet()[0].network.config) | {"time_cond_proj_dim": 256}
+    config = dict(sd15_unet().config) | {"time_cond_proj_dim": 256}
     UNet2DConditionModel.from_config(config).save_pretrained(folder / "unet")
     for key in ("vae", "text_encoder", "tokenizer"):
         (folder / key).symlink_to((cache / "sd15" / key).resolve(), target_is_directory=True)
@@ -239,7 +230,7 @@ def build_celebahq(folder: Path, cache: Path) -> None:
     """google/ddpm-ema-celebahq-256: UNet2DModel (113.7M) + DDPM scheduler (linear betas), a pipeline folder."""
     from diffusers import DDPMScheduler
 
-    _ddpm_256()[0].network.save_pretrained(folder / "unet")
+    ddpm_256_unet().save_pretrained(folder / "unet")
     DDPMScheduler(**LINEAR_BETAS).save_pretrained(folder / "scheduler")
     write_index(folder, "DDPMPipeline", {"unet": ("diffusers", "UNet2DModel"), "scheduler": ("diffusers",
                                                                                              "DDPMScheduler")})
@@ -250,7 +241,7 @@ def build_dit(folder: Path, cache: Path) -> None:
     (linked to the sd-vae-ft-mse folder), a DDIM scheduler on linear betas."""
     from diffusers import DDIMScheduler
 
-    transformer = randomize_zero_weights(_dit_xl_2()[0].network)
+    transformer = randomize_zero_weights(dit_xl_2())
     transformer.save_pretrained(folder / "transformer")
     config = json.loads((folder / "transformer" / "config.json").read_text()) | {"_class_name": "Transformer2DModel"}
     (folder / "transformer" / "config.json").write_text(json.dumps(config, indent=2))
@@ -339,8 +330,13 @@ def build(cache: Path, name: str) -> Path:
     return folder
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> None:
+    """``CACHE NAME ...``: build each named component into the cache (one thread)."""
+    cache, *names = sys.argv[1:] if argv is None else argv
     torch.set_num_threads(1)
-    cache_dir = Path(sys.argv[1])
-    for component in sys.argv[2:]:
-        print(f"built {build(cache_dir, component)}", flush=True)
+    for name in names:
+        print(f"built {build(Path(cache), name)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -31,27 +30,32 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_sdo.datamodules import DigitsDataModule
-from lit_sdo.images import to_unit_range
-from lit_sdo.io import atomic_path, write_json
-from lit_sdo.metrics import batched_outputs, frechet_distance
-from lit_sdo.models import load_classifier
-from lit_sdo.models.shortcut import ShortcutDiT, load_shortcut
-from lit_sdo.sampling import GradientPolicy, sample
-from lit_sdo.sampling.shortcut import build_shortcut_sampler
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import input_gradient, markdown_table  # noqa: E402
+from lit_sdo.datamodules import DigitsDataModule  # noqa: E402
+from lit_sdo.images import to_unit_range  # noqa: E402
+from lit_sdo.io import atomic_path, write_json, write_markdown_section  # noqa: E402
+from lit_sdo.metrics import batched_outputs, frechet_distance  # noqa: E402
+from lit_sdo.models import load_classifier, load_diffusion  # noqa: E402
+from lit_sdo.models.diffusion_model import DiffusionModel  # noqa: E402
+from lit_sdo.models.sampler import Sampler, SamplerSpec  # noqa: E402
+from lit_sdo.models.shortcut import ShortcutDiT  # noqa: E402
+from lit_sdo.sampling import GradientPolicy, sample  # noqa: E402
+from lit_sdo.sampling.shortcut import build_shortcut_sampler  # noqa: E402
 
 SECTION = "## Shortcut models"
 
 
-def generate(network: ShortcutDiT, num_steps: int, noise: Tensor, labels: Tensor, flow_only: bool,
-             guidance_scale: float, batch_size: int) -> tuple[Tensor, float]:
-    """Samples in [0, 1] from ``noise`` with ``num_steps`` steps, and the seconds it took."""
-    denoiser, scheduler = build_shortcut_sampler(network, num_steps, flow_only=flow_only,
-                                                 guidance_scale=guidance_scale)
+def generate(model: DiffusionModel, num_steps: int, noise: Tensor, labels: Tensor, batch_size: int
+             ) -> tuple[Tensor, float]:
+    """Samples in [0, 1] from ``noise`` with ``num_steps`` steps of the model's own sampler (shortcut steps, or
+    Euler steps of a flow-matching model's velocity), and the seconds it took."""
+    sampler = Sampler(SamplerSpec(model.name, scheduler="shortcut", num_steps=num_steps, policy="none"), model=model)
     start = time.perf_counter()
-    with torch.no_grad():
-        images = [to_unit_range(sample(denoiser, scheduler, noise[i:i + batch_size], labels[i:i + batch_size],
-                                       policy="none").sample) for i in range(0, len(noise), batch_size)]
+    images = [sampler.evaluate(noise[i:i + batch_size], labels[i:i + batch_size])
+              for i in range(0, len(noise), batch_size)]
     return torch.cat(images), time.perf_counter() - start
 
 
@@ -67,9 +71,9 @@ def gradient_cost(network: ShortcutDiT, steps: list[int], batch: int, repeats: i
         for policy in (GradientPolicy("sdo", k=0), GradientPolicy("full")):
             times = []
             for _ in range(repeats + 1):  # the first run warms up
-                x = noise.clone().requires_grad_(True)
                 start = time.perf_counter()
-                (grad,) = torch.autograd.grad(sample(denoiser, scheduler, x, labels, policy=policy).sample.sum(), x)
+                grad = input_gradient(lambda x: sample(denoiser, scheduler, x, labels,  # noqa: B023 - called at once
+                                                       policy=policy).sample.sum(), noise)  # noqa: B023
                 times.append(time.perf_counter() - start)
             rows.append({"steps": num_steps, "policy": policy.name, "batch": batch,
                          "seconds_per_gradient": round(min(times[1:]), 4), "grad_norm": round(float(grad.norm()), 4)})
@@ -83,17 +87,17 @@ def markdown(results: dict[str, Any], command: str) -> str:
              f"{results['test_size']}-image test split; floor FID(train, test) = {results['fid_floor']:.3f}. "
              f"Guidance scale {results['guidance_scale']}. Models: same DiT ({results['parameters']} parameters), "
              "batch and step budget (MANIFEST.json in data/models/digits-shortcut, data/models/digits-flow).", "",
-             "| steps | shortcut FID | flow-matching FID | shortcut wall s | flow wall s |",
-             "|---:|---:|---:|---:|---:|"]
-    for row in results["fid"]:
-        lines.append(f"| {row['steps']} | {row['shortcut_fid']:.3f} | {row['flow_fid']:.3f} | "
-                     f"{row['shortcut_seconds']:.1f} | {row['flow_seconds']:.1f} |")
+             *markdown_table(["steps", "shortcut FID", "flow-matching FID", "shortcut wall s", "flow wall s"],
+                             [[r["steps"], f"{r['shortcut_fid']:.3f}", f"{r['flow_fid']:.3f}",
+                               f"{r['shortcut_seconds']:.1f}", f"{r['flow_seconds']:.1f}"] for r in results["fid"]],
+                             "rrrrr")]
     lines += ["", *verdicts(results["fid"])]
     if results.get("gradient_cost"):
         lines += ["", "Gradient of sum(x₀) w.r.t. x_T through shortcut sampling (CPU, seconds per gradient, "
-                  "best of repeats):", "", "| steps | policy | batch | s / gradient |", "|---:|---|---:|---:|"]
-        lines += [f"| {r['steps']} | {r['policy']} | {r['batch']} | {r['seconds_per_gradient']:.4f} |"
-                  for r in results["gradient_cost"]]
+                  "best of repeats):", "",
+                  *markdown_table(["steps", "policy", "batch", "s / gradient"],
+                                  [[r["steps"], r["policy"], r["batch"], f"{r['seconds_per_gradient']:.4f}"]
+                                   for r in results["gradient_cost"]], "rlrr")]
     return "\n".join(lines) + "\n"
 
 
@@ -115,11 +119,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
 
 def write_section(path: Path, section: str) -> None:
     """Replace this benchmark's section of RESULTS.md (up to the next '## ' heading), or append it."""
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(lambda _: section + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_markdown_section(path, SECTION.removeprefix("## "), section.removeprefix(SECTION))
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     command = "OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.shortcut_fid " + " ".join(
         argv if argv is not None else sys.argv[1:])
 
-    shortcut, flow = load_shortcut(args.shortcut), load_shortcut(args.flow)
+    # the shortcut model samples with shortcut steps (d = 1/N), the flow-matching one (not step-conditioned) with Euler
+    shortcut_model = load_diffusion(args.shortcut, guidance_scale=args.guidance_scale)
+    flow_model = load_diffusion(args.flow, guidance_scale=args.guidance_scale)
+    shortcut = shortcut_model.denoiser.network
     classifier = load_classifier(args.classifier)
     data = DigitsDataModule(image_size=shortcut.sample_size, seed=0)
     train_images, test_images = (to_unit_range(data.split_tensors(s)[0]) for s in ("train", "test"))
@@ -194,9 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     for num_steps in args.steps:
         row: dict[str, Any] = {"steps": num_steps}
-        for name, network, flow_only in (("shortcut", shortcut, False), ("flow", flow, True)):
-            images, seconds = generate(network, num_steps, noise, labels, flow_only, args.guidance_scale,
-                                       args.batch_size)
+        for name, model in (("shortcut", shortcut_model), ("flow", flow_model)):
+            images, seconds = generate(model, num_steps, noise, labels, args.batch_size)
             row[f"{name}_fid"] = round(frechet_distance(batched_outputs(classifier.features, images),
                                                         test_features), 3)
             row[f"{name}_seconds"] = round(seconds, 2)

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import attack_policies, guided_policies, reward_policies  # noqa: E402
-from benchmarks.policy_rows import job_sampler  # noqa: E402
+from benchmarks.policy_sweep import job_sampler  # noqa: E402
 from lit_sdo.sampling import parse_policy  # noqa: E402
 from lit_sdo.sampling.baselines import check_baseline  # noqa: E402
 from lit_sdo.sampling.shortcut import ShortcutScheduler  # noqa: E402
@@ -25,10 +25,9 @@ from lit_sdo.sampling.shortcut import ShortcutScheduler  # noqa: E402
 NEW = ["adjoint", "doodl", "sdo-tail=4"]
 
 
-def run_script(monkeypatch: pytest.MonkeyPatch, script: object, argv: list[str], out: Path) -> str:
+def run_script(script: object, argv: list[str], out: Path) -> str:
     """Run a benchmark's main() with ``argv``; return the markdown it wrote."""
-    monkeypatch.setattr(sys, "argv", [f"{script.__name__}.py", *argv, "--results", str(out)])
-    script.main()  # type: ignore[attr-defined]
+    script.main([*argv, "--results", str(out)])  # type: ignore[attr-defined]
     return out.read_text()
 
 
@@ -76,15 +75,23 @@ def test_the_job_refuses_a_tail_longer_than_its_run_when_it_is_built() -> None:
         job_sampler(style, [f"--model.init_args.sampler.policy=sdo-tail={runs + 1}"])
 
 
+def test_a_policy_string_means_the_same_in_every_job() -> None:
+    # The sweep passes the string unchanged: last_k=2 is K = 2 on the attack job and on the reward job alike, whose
+    # config also sets ``last_k: 1`` (the default, so the string's K stands) and ``k: random`` (SDO's, not K's).
+    for config in ("configs/attack/digits.yaml", "configs/reward/digits.yaml"):
+        policy = job_sampler(str(ROOT / config), ["--model.init_args.sampler.policy=last_k=2"]).policy
+        assert (policy.name, policy.last_k) == ("last_k", 2), config
+
+
 @pytest.mark.slow  # several CLI runs: 20-50 s on an idle 2-core machine
-def test_attack_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_attack_rows(tmp_path: Path) -> None:
     tiny = ["--per-class", "1", "--steps", "1", "--override=--model.init_args.sampler.num_steps=4"]
-    rows = table_rows(run_script(monkeypatch, attack_policies, ["--policies", *NEW, *tiny], tmp_path / "a.md"))
+    rows = table_rows(run_script(attack_policies, ["--policies", *NEW, *tiny], tmp_path / "a.md"))
     assert list(rows) == NEW
     for row in rows.values():
         assert_ran(row)
         assert "(" in row.split(" | ")[1]  # success rate (n/N)
-    refused = run_script(monkeypatch, attack_policies, ["--policies", "doodl", *tiny,
+    refused = run_script(attack_policies, ["--policies", "doodl", *tiny,
                                                         "--override=--model.init_args.sampler.scheduler=ddpm"],
                          tmp_path / "b.md")
     row = table_rows(refused)["doodl"]
@@ -93,10 +100,10 @@ def test_attack_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # several CLI runs: 20-50 s on an idle 2-core machine
-def test_guided_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_guided_rows(tmp_path: Path) -> None:
     argv = ["--tasks", "edit", "style", "--samples", "1", "--opt-steps", "1", "--num-steps", "4",
             "--xhat-scales", "--policies", *NEW]
-    text = run_script(monkeypatch, guided_policies, argv, tmp_path / "g.md")
+    text = run_script(guided_policies, argv, tmp_path / "g.md")
     edit, style = text.split("### style")
     assert list(table_rows(edit)) == NEW
     for policy, row in table_rows(edit).items():
@@ -112,16 +119,16 @@ def test_guided_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow  # several CLI runs: 20-50 s on an idle 2-core machine
-def test_reward_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_reward_rows(tmp_path: Path) -> None:
     tiny = ["--steps", "1", "--num-steps", "4", "--samples-per-step", "2", "--batch-size", "1", "--eval-every", "1",
             "--override=--model.init_args.grid_samples=1"]
-    rows = table_rows(run_script(monkeypatch, reward_policies, ["--policies", *NEW, *tiny], tmp_path / "r.md"))
+    rows = table_rows(run_script(reward_policies, ["--policies", *NEW, *tiny], tmp_path / "r.md"))
     assert [label.split(" ")[0] for label in rows] == NEW
     for row in rows.values():
         assert_ran(row)
         assert row.split(" | ")[1] == "1"  # one optimiser step
         assert float(row.split(" | ")[-1].rstrip(" |")) > 0  # the backward's rebuilt graphs count for adjoint, doodl
-    refused = run_script(monkeypatch, reward_policies, ["--policies", "doodl", *tiny,
+    refused = run_script(reward_policies, ["--policies", "doodl", *tiny,
                                                         "--override=--model.init_args.sampler.scheduler=ddpm"],
                          tmp_path / "s.md")
     row = table_rows(refused)["doodl (DOODL)"]
@@ -130,7 +137,7 @@ def test_reward_rows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def test_the_memory_cell_says_when_the_meter_cannot_see_a_rebuilt_call() -> None:
-    from benchmarks.policy_rows import memory_cell
+    from benchmarks.policy_sweep import memory_cell
 
     assert memory_cell("sdo", 18.734) == "18.73"
     assert memory_cell("adjoint", 17.95) == "17.95"  # its rebuilt graphs go through the meter's hooks

@@ -1,4 +1,4 @@
-"""Smoke test of the gradient-cost benchmark (benchmarks/gradient_cost.py) on a tiny run.
+"""The gradient-cost benchmark (benchmarks/gradient_cost.py, benchmarks/common.py) on a tiny run.
 
 The benchmark's targets (time and memory ratios) are checked by the benchmark itself on real sizes;
 here: it runs end to end through the fresh-process memory path, writes the documented JSON records,
@@ -18,7 +18,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import gradient_cost  # noqa: E402
+from benchmarks import common, gradient_cost  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 def test_json_records(records: list[dict]) -> None:
     assert [r["policy"] for r in records] == ["none", "sdo", "full", "checkpoint", "last_k=1"]  # none always first
     for rec in records:
-        assert set(gradient_cost.RECORD_KEYS) <= set(rec)
+        assert set(common.RECORD_KEYS) <= set(rec)
         assert rec["steps"] == 3
         assert rec["seconds"] > 0 and rec["cpu_seconds"] > 0
         assert rec["peak_mem_bytes"] > 0  # measured in a fresh process, above its baseline
@@ -53,9 +53,10 @@ def test_gradient_cosines(records: list[dict]) -> None:
 
 def test_cosine_and_targets() -> None:
     a = torch.tensor([1.0, 0.0])
-    assert gradient_cost.cosine(a, a) == pytest.approx(1.0)
-    assert gradient_cost.cosine(a, torch.tensor([0.0, 2.0])) == pytest.approx(0.0)
-    assert gradient_cost.cosine(torch.zeros(2), a) == 0.0
+    assert common.cosine(a, a) == pytest.approx(1.0)
+    assert common.cosine(a, torch.tensor([0.0, 2.0])) == pytest.approx(0.0)
+    assert common.cosine(torch.zeros(2), a) == 0.0
+    assert common.cosine(None, a) is None  # a gradient that was not measured
     fake = [{"policy": p, "steps": n, "seconds": s, "peak_mem_bytes": m}
             for p, s, m in [("none", 1.0, 1), ("sdo", 1.05, 10), ("sdo-random", 1.2, 10), ("full", 3.0, 500),
                             ("checkpoint", 4.0, 20)] for n in (10, 50, 100)]
@@ -70,7 +71,7 @@ def test_bad_arguments() -> None:
     with pytest.raises(SystemExit):
         gradient_cost.parse_args(["--model", "sd3"])
     with pytest.raises(ValueError, match="allowed values"):
-        gradient_cost.build_setup("sd3", "cpu", 1, "all")
+        common.build_setup("sd3", "cpu", 1, "all")
 
 
 def test_baseline_report_lines(tmp_path: Path) -> None:
@@ -113,7 +114,7 @@ def test_baseline_report_lines(tmp_path: Path) -> None:
 def test_policy_strings_are_benchmark_labels() -> None:
     args = gradient_cost.parse_args(["--policies", "sdo,adjoint,doodl,sdo-tail=4,adjoint-solver=rk4"])
     assert args.policies == ["none", "sdo", "adjoint", "doodl", "sdo-tail=4", "adjoint-solver=rk4"]
-    assert gradient_cost.policy_for("sdo-tail=4").tail == 4
+    assert common.policy_for("sdo-tail=4").tail == 4
     with pytest.raises(SystemExit):
         gradient_cost.parse_args(["--policies", "adjoint-solver=heun"])
     with pytest.raises(SystemExit):
@@ -165,7 +166,7 @@ def test_one_pass_records(one_pass_records: list[dict]) -> None:
 
     assert [r["policy"] for r in one_pass_records] == ["none", "sdo", "full", "sdo-tail=3", "checkpoint"]
     for rec in one_pass_records:
-        assert set(gradient_cost.RECORD_KEYS) | set(ONE_PASS_KEYS) <= set(rec)
+        assert set(common.RECORD_KEYS) | set(ONE_PASS_KEYS) <= set(rec)
         assert rec["skipped"] is None and rec["seconds"] > 0 and rec["cpu_seconds"] > 0
         assert rec["peak_mem_bytes"] > 0 and rec["warmup_seconds"] > 0
     by_policy = {r["policy"]: r for r in one_pass_records}
@@ -201,7 +202,7 @@ def test_one_pass_reference_falls_back_to_checkpoint() -> None:
     assert exact_reference({"checkpoint": {"grad": grad}, "sdo": {"grad": -grad}}) == ("checkpoint (float32, this run)",
                                                                                       grad)
     assert exact_reference({"full": {"skipped": "too big"}, "sdo": {"grad": grad}}) == (None, None)
-    assert [graph_calls(gradient_cost.policy_for(p), 10) for p in ("full", "sdo", "sdo-tail=4", "checkpoint",
+    assert [graph_calls(common.policy_for(p), 10) for p in ("full", "sdo", "sdo-tail=4", "checkpoint",
                                                                    "adjoint", "adjoint-states=ends", "doodl")
             ] == [10, 1, 5, 1, 1, 1, 1]
     with pytest.raises(SystemExit):

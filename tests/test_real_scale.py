@@ -1,5 +1,6 @@
 """The CPU-checkable parts of the full-size runs (benchmarks/real_scale.py, benchmarks/gpu_check.sh): which configs
-they cover, the offline CLIP tokenizer, and that every command the GPU script prints parses with its script.
+they cover, the offline CLIP tokenizer, and that every full-size command the GPU script prints parses with its script
+(tests/test_benchmark_smoke.py runs each of them at tiny size).
 
 Bit for bit: a weight the randomiser must not touch is compared with its copy (no arithmetic)."""
 
@@ -94,31 +95,32 @@ def test_randomize_zero_weights_fills_only_all_zero_matrices() -> None:
     assert not layers[1].bias.any()  # biases stay zero, as trained networks often have them near it
 
 
-def dry_run(*sections: str) -> list[list[str]]:
-    done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--dry-run", *sections],
+def printed(*sections: str) -> list[list[str]]:
+    done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--print", *sections],
                           capture_output=True, text=True, check=True)
     return [shlex.split(line) for line in done.stdout.splitlines() if not line.startswith("==")]
 
 
 def test_gpu_check_is_valid_bash_and_every_printed_command_parses() -> None:
-    from benchmarks import attack_policies, gradient_cost
+    from benchmarks import attack_policies, gradient_cost, guided_policies
 
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks/gpu_check.sh")], check=True)
     parsers = {"benchmarks/gradient_cost.py": gradient_cost.parse_args,
                "benchmarks/real_scale.py": real_scale.parse_args,
-               "benchmarks/attack_policies.py": attack_policies.parse_args}
-    commands = dry_run()
+               "benchmarks/attack_policies.py": attack_policies.parse_args,
+               "benchmarks/guided_policies.py": guided_policies.parse_args}
+    commands = printed()
     scripts = [command[1] for command in commands]
     assert {"benchmarks/real_scale.py", "benchmarks/attack_policies.py"} <= set(scripts)
     assert any("--model" in c and "ddpm-256" in c for c in commands) and any("sd15" in c for c in commands)
+    # the jobs' own precision: CLI runs with the sampler's precision, three of each job
+    assert sum("--override=--model.init_args.sampler.precision=bf16" in c for c in commands) == 2
     for command in commands:
-        if command[1] == "benchmarks/precision_side_by_side.py":  # its parser asks the GPU whether bf16 runs
-            continue
         args = parsers[command[1]](command[2:])  # argparse exits on an option the script does not have
         assert getattr(args, "device", "cuda") == "cuda", command
-    assert [c[1] for c in dry_run("attack")] == ["benchmarks/attack_policies.py"]  # one section alone
+    assert [c[1] for c in printed("attack")] == ["benchmarks/attack_policies.py"]  # one section alone
     bad = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "nonsense"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "unknown section 'nonsense'" in bad.stderr
+    assert bad.returncode == 2 and "unknown argument 'nonsense'" in bad.stderr
 
 
 def test_reward_cost_compares_sdo_with_the_mean_over_k_of_the_fixed_k_runs() -> None:

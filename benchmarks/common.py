@@ -1,0 +1,361 @@
+"""What the benchmark scripts share: the networks they time, one gradient measurement, peak memory of a fresh
+process, the records' format and the helpers that turn records into tables and PASS/FAIL lines.
+
+Imports only the library (never another benchmark script), so every script can import it and none imports
+another's internals.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import math
+import multiprocessing as mp
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
+from torch import Tensor, nn
+
+from lit_sdo.sampling import (
+    DenoiserAdapter,
+    GradientPolicy,
+    LatentUNetDenoiser,
+    PixelUNetDenoiser,
+    TransformerDenoiser,
+    as_policy,
+    build_scheduler,
+    sample,
+)
+from lit_sdo.sampling.policies import BASELINE_NAMES
+from lit_sdo.sampling.precision import PRECISION_NAMES, Precision
+
+SEED = 0
+# The DDPM β schedule of most pixel models and DiT, and Stable Diffusion's "scaled_linear" one.
+LINEAR_BETAS: dict[str, Any] = {"num_train_timesteps": 1000, "beta_schedule": "linear",
+                                "beta_start": 1e-4, "beta_end": 0.02}
+SD_BETAS: dict[str, Any] = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                            "beta_end": 0.012, "set_alpha_to_one": False, "steps_offset": 1}
+
+
+# ---------------------------------------------------------------- networks at the paper's shapes (random weights)
+def small_unet() -> UNet2DModel:
+    """Pixel UNet2DModel, 3×32×32, 10 classes: one forward is ~10 ms on one core and its saved activations
+    (~4 MB a call per sample) are ~6× its weights, so memory ratios reflect activations."""
+    return UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(16, 32),
+                       layers_per_block=1, norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D"), num_class_embeds=10)
+
+
+def ddpm_256_unet() -> UNet2DModel:
+    """The UNet2DModel shape of google/ddpm-celebahq-256 (113.7M parameters, 3×256×256, unconditional)."""
+    return UNet2DModel(
+        sample_size=256, in_channels=3, out_channels=3, layers_per_block=2,
+        block_out_channels=(128, 128, 256, 256, 512, 512),
+        down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),  # attention at 16×16
+        up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
+        act_fn="silu", attention_head_dim=None, norm_num_groups=32, norm_eps=1e-6, downsample_padding=0,
+        flip_sin_to_cos=False, freq_shift=1, time_embedding_type="positional",
+    )
+
+
+def sd15_unet() -> UNet2DConditionModel:
+    """UNet2DConditionModel at Stable Diffusion 1.5's shape (859.5M parameters) on 4×64×64 latents."""
+    return UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, act_fn="silu",
+        flip_sin_to_cos=True, freq_shift=0, downsample_padding=1,
+    )
+
+
+def sd_vae() -> AutoencoderKL:
+    """AutoencoderKL at SD's shape (83.7M): stabilityai/sd-vae-ft-mse, SD1.5's vae/, DiT's sd-vae-ft-ema."""
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
+                         block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, scaling_factor=0.18215)
+
+
+def dit_xl_2() -> DiTTransformer2DModel:
+    """DiTTransformer2DModel XL/2 (28 layers × 16 heads × 72) on 4×32×32 latents, learned sigma: 749.8M parameters
+    in diffusers' layout, which repeats the timestep/class embedding in each block (the original has 675M)."""
+    return DiTTransformer2DModel(
+        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+        sample_size=32, patch_size=2, num_embeds_ada_norm=1000, norm_type="ada_norm_zero",
+        activation_fn="gelu-approximate", norm_elementwise_affine=False, attention_bias=True,
+    )
+
+
+def digits_ddpm() -> tuple[DenoiserAdapter, int | str | None, dict[str, Any]]:
+    """The shipped embedded:digits-ddpm (trained weights, 1×16×16, 10 classes): the attack's generator."""
+    from lit_sdo.models import load_diffusion
+
+    model = load_diffusion("embedded:digits-ddpm")
+    return model.denoiser, model.num_classes, dict(model.scheduler_config)
+
+
+# A model returns (adapter, condition kind, scheduler config); the condition kind is a number of classes (class
+# labels), "text" (CLIP-L text embeddings, 77×768) or None (unconditional). ``sd15-unet``'s loss is on the latent
+# x₀ (no VAE decode); ``sd15``'s on the decoded 3×512×512 image, as in Table 3's latent row.
+MODELS: dict[str, Callable[[], tuple[DenoiserAdapter, int | str | None, dict[str, Any]]]] = {
+    "small-unet": lambda: (PixelUNetDenoiser(small_unet()), 10, LINEAR_BETAS),
+    "digits-ddpm": digits_ddpm,
+    "sd15-unet": lambda: (LatentUNetDenoiser(sd15_unet(), vae=None), "text", SD_BETAS),
+    "sd15": lambda: (LatentUNetDenoiser(sd15_unet(), vae=sd_vae()), "text", SD_BETAS),
+    "ddpm-256": lambda: (PixelUNetDenoiser(ddpm_256_unet()), None, LINEAR_BETAS),
+    "dit-xl-2": lambda: (TransformerDenoiser(dit_xl_2()), 1000, LINEAR_BETAS),
+}
+DEFAULT_BATCH = {"small-unet": 2, "digits-ddpm": 30, "sd15-unet": 1, "sd15": 1, "ddpm-256": 1, "dit-xl-2": 1}
+
+
+@dataclass
+class Setup:
+    """A random-initialised network behind its adapter, with a seeded x_T, condition and loss target."""
+
+    denoiser: DenoiserAdapter
+    x_T: Tensor  # (B, C, H, W)
+    cond: Tensor | None  # class labels (B,) or text embeddings (B, 77, 768)
+    target: Tensor  # (B, C, H, W): the loss is mean((x₀ - target)²)
+    scheduler_config: dict[str, Any]
+
+
+def build_setup(model: str, device: str, batch: int, wrt: str, dtype: torch.dtype = torch.float32) -> Setup:
+    """Seeded network (identical in every process), x_T, condition and target on ``device``; ``wrt="all"`` makes
+    the weights trainable too (their gradients are part of the measured cost), ``"latent"`` freezes them."""
+    if model not in MODELS:
+        raise ValueError(f"--model {model!r} is unknown; allowed values: {', '.join(MODELS)}")
+    torch.manual_seed(SEED)
+    denoiser, cond_kind, scheduler_config = MODELS[model]()
+    denoiser = denoiser.to(device=device, dtype=dtype).eval()
+    denoiser.requires_grad_(wrt == "all")
+    generator = torch.Generator().manual_seed(SEED + 1)
+    x_T = torch.randn(batch, *denoiser.sample_shape, generator=generator).to(device, dtype)
+    target = torch.randn(batch, *output_shape(denoiser), generator=generator).to(device, dtype)
+    cond: Tensor | None = None
+    if cond_kind == "text":  # CLIP ViT-L/14 text embeddings, (B, 77, 768)
+        cond = torch.randn(batch, 77, 768, generator=generator).to(device, dtype)
+    elif isinstance(cond_kind, int):  # class labels 0, 1, ... (B,)
+        cond = (torch.arange(batch) % cond_kind).to(device)
+    return Setup(denoiser, x_T, cond, target, scheduler_config)
+
+
+def output_shape(denoiser: DenoiserAdapter) -> tuple[int, ...]:
+    """(C, H, W) of ``denoiser.decode(x₀)``: the latent itself, or the VAE's image (8× per side for SD)."""
+    if denoiser.vae is None:
+        return denoiser.sample_shape
+    factor = 2 ** (len(denoiser.vae.config.block_out_channels) - 1)
+    return (denoiser.vae.config.out_channels, *(factor * side for side in denoiser.sample_shape[1:]))
+
+
+# ---------------------------------------------------------------- policy labels: policy[@precision]
+POLICIES: dict[str, GradientPolicy] = {  # presets; any other label is a policy string (sdo-tail=4, adjoint, ...)
+    "none": GradientPolicy("none"),
+    "sdo": GradientPolicy("sdo", k=0),
+    "sdo-random": GradientPolicy("sdo", k="random"),
+    "full": GradientPolicy("full"),
+    "checkpoint": GradientPolicy("checkpoint"),
+    "last_k=1": GradientPolicy("last_k", last_k=1),
+    "random_truncation": GradientPolicy("random_truncation"),
+}
+PRECISION_FLAGS = {"copy": "cast='copy'", "cl": "channels_last", "compile": "torch.compile",
+                   "emulated": "allow_emulated (bf16 on a CPU without bf16 kernels)"}
+
+
+def policy_for(label: str) -> GradientPolicy:
+    """The policy a label names: a preset above, else its string form (one-line error for an unknown one)."""
+    return POLICIES[label] if label in POLICIES else as_policy(label)
+
+
+def parse_label(label: str) -> tuple[GradientPolicy, Precision | None]:
+    """``policy[@dtype[+copy][+cl][+compile][+emulated]]`` -> (policy, precision of the no-grad calls).
+
+    ``dtype`` is one of fp32, bf16, fp16; ``copy`` a low-precision weight copy instead of autocast,
+    ``cl`` channels_last inputs, ``compile`` torch.compile, ``emulated`` allow_emulated.
+    """
+    base, _, suffix = label.partition("@")
+    policy = policy_for(base)
+    if not suffix:
+        return policy, None
+    if policy.name in BASELINE_NAMES:
+        raise ValueError(f"policy {base!r} (in {label!r}) runs its own solver: a precision suffix applies to the "
+                         "sampler's policies (none, sdo, full, checkpoint, last_k, random_truncation)")
+    dtype, *flags = suffix.split("+")
+    if dtype not in PRECISION_NAMES or not set(flags) <= set(PRECISION_FLAGS):
+        raise ValueError(f"precision suffix {suffix!r} (in {label!r}) is not dtype[+flag...] with dtype from "
+                         f"{', '.join(PRECISION_NAMES)} and flags from {', '.join(PRECISION_FLAGS)}")
+    return policy, Precision(dtype=dtype, cast="copy" if "copy" in flags else "autocast",  # type: ignore[arg-type]
+                             channels_last="cl" in flags, compile="compile" in flags,
+                             allow_emulated="emulated" in flags)
+
+
+# ---------------------------------------------------------------- one gradient
+def input_gradient(loss_fn: Callable[[Tensor], Tensor], x: Tensor, params: Sequence[Tensor] = ()) -> Tensor:
+    """d loss_fn(x) / d x, zeros where nothing reaches x (a truncated graph). The gradients of ``params`` are
+    computed and dropped: part of the cost a benchmark measures, not of what it compares."""
+    x = x.detach().requires_grad_()
+    loss = loss_fn(x)
+    if not loss.requires_grad:  # truncation with a frozen network: nothing reaches x or any weight
+        return torch.zeros_like(x)
+    grads = torch.autograd.grad(loss, [x, *params], allow_unused=True)
+    return torch.zeros_like(x) if grads[0] is None else grads[0]
+
+
+def one_gradient(setup: Setup, steps: int, policy: GradientPolicy, policy_seed: int = 0,
+                 precision: Precision | None = None) -> Tensor | None:
+    """Sample N DDIM steps with ``policy`` and return d loss / d x_T; None for ``none`` (plain sampling under
+    no_grad). The loss is on the unclamped decode: a random network's x₀ is far outside [-1, 1], where
+    clamping to the image range would zero its gradient."""
+    scheduler = build_scheduler("ddim", steps, setup.scheduler_config)
+
+    def decoded(x_T: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return setup.denoiser.decode(sample(setup.denoiser, scheduler, x_T, setup.cond, policy=policy,
+                                            policy_generator=generator, precision=precision).sample)
+
+    if policy.name == "none":
+        with torch.no_grad():
+            decoded(setup.x_T)
+        return None
+    params = [p for p in setup.denoiser.parameters() if p.requires_grad]
+    generator = torch.Generator().manual_seed(policy_seed)
+    return input_gradient(lambda x_T: (decoded(x_T, generator) - setup.target).square().mean(), setup.x_T, params)
+
+
+def label_gradient(setup: Setup, steps: int, label: str, policy_seed: int = 0) -> Tensor | None:
+    """:func:`one_gradient` of a policy label, precision suffix included."""
+    policy, precision = parse_label(label)
+    return one_gradient(setup, steps, policy, policy_seed, precision=precision)
+
+
+def cosine(a: Tensor | None, b: Tensor | None) -> float | None:
+    """Cosine similarity of two flattened gradients; 0 when either is all zeros, None when either is missing."""
+    if a is None or b is None:
+        return None
+    a, b = a.double().flatten(), b.double().flatten()
+    denom = a.norm() * b.norm()
+    return 0.0 if denom == 0 else float(a @ b / denom)
+
+
+# ---------------------------------------------------------------- CPU memory: a fresh process per case
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (VmRSS: resident now, VmHWM: peak since the last reset)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}; peak RSS needs Linux")
+
+
+def reset_peak_rss() -> None:
+    """Reset VmHWM (peak RSS) to the current RSS."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def mem_available_bytes() -> int:
+    """``MemAvailable`` of /proc/meminfo: what can be allocated without swapping."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("/proc/meminfo has no MemAvailable; this measurement needs Linux")
+
+
+def fix_malloc_thresholds() -> None:
+    """Make RSS follow live tensors, for peak-RSS measurements in a fresh process."""
+    # Fixed mmap threshold (disables glibc's dynamic one): every block over 8 KiB, latent-sized tensors
+    # included, is its own mapping, returned to the OS when freed. Then RSS follows live tensors: the
+    # baseline keeps no blocks from the warm-up, and freed latents cannot leave a heap fragmented by the
+    # small long-lived autograd objects in between (at 64 KiB that alone made SDO's peak grow ~15 KiB a step).
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 8 * 1024)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
+
+
+def peak_rss_worker(model: str, steps: int, label: str, batch: int, wrt: str, threads: int) -> int:
+    """Run in a fresh process: bytes of peak RSS above the RSS just before one gradient of the case."""
+    fix_malloc_thresholds()
+    torch.set_num_threads(threads)
+    setup = build_setup(model, "cpu", batch, wrt)
+    one_gradient(setup, 1, POLICIES["full"])  # warm-up: lazy kernels and thread pools of forward/backward
+    gc.collect()
+    baseline = status_kib("VmRSS")
+    reset_peak_rss()
+    label_gradient(setup, steps, label)
+    return (status_kib("VmHWM") - baseline) * 1024
+
+
+def fresh_process_pool() -> ProcessPoolExecutor:
+    """One process per task, forked from a server that imported torch/diffusers but never computed (so OpenMP
+    is fork-safe and no tensors are inherited); saves ~10 s of imports per case."""
+    context = mp.get_context("forkserver")
+    # Preload by importable name: Python 3.11's forkserver silently skips a "__main__" preload.
+    context.set_forkserver_preload(["benchmarks.common"])  # torch, the diffusers models, lit_sdo
+    return ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1)
+
+
+def release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- records and the lines made of them
+Records = list[dict[str, Any]]
+# One record per (policy, N) case, in the JSON of gradient_cost.py (both modes) and read by its reports.
+RECORD_KEYS = ("policy", "steps", "seconds", "cpu_seconds", "peak_mem_bytes", "ratio_to_sampling", "grad_cosine",
+               "grad_cosine_to_fp32_sdo", "warmup_seconds")
+
+
+def case_record(label: str, steps: int, measured: dict[str, Any], sampling: dict[str, Any],
+                reference: Tensor | None, fp32_sdo: Tensor | None, **extra: Any) -> dict[str, Any]:
+    """A case's record: ``measured`` (seconds, cpu_seconds, peak_mem_bytes, warmup_seconds, grad) against plain
+    sampling's measurements and the reference gradients (None: not measured), with ``extra`` keys appended."""
+    grad = measured.get("grad")
+    return {"policy": label, "steps": steps, "seconds": measured.get("seconds"),
+            "cpu_seconds": measured.get("cpu_seconds"), "peak_mem_bytes": measured.get("peak_mem_bytes"),
+            "ratio_to_sampling": ratio(measured.get("seconds"), sampling.get("seconds")),
+            "grad_cosine": cosine(grad, reference), "grad_cosine_to_fp32_sdo": cosine(grad, fp32_sdo),
+            "warmup_seconds": measured.get("warmup_seconds"), **extra}
+
+
+def record_value(records: Records, policy: str, steps: int, key: str) -> Any:
+    """``key`` of the (policy, N) record; None when that case was not run."""
+    return next((rec.get(key) for rec in records if rec["policy"] == policy and rec["steps"] == steps), None)
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, or None when either is missing (or b is 0)."""
+    return a / b if a is not None and b else None
+
+
+def fmt_or_dash(value: float | None, spec: str, suffix: str = "") -> str:
+    """``value`` formatted with ``spec`` (and ``suffix``), or an em dash for a figure that was not measured."""
+    return "—" if value is None else format(value, spec) + suffix
+
+
+def verdict(name: str, value: float | None, ok: Callable[[float], bool], shown: str) -> str:
+    """``PASS``/``FAIL``/``SKIP  name: shown`` (``shown`` formats the value; SKIP when the case was not run)."""
+    status = "SKIP" if value is None else ("PASS" if ok(value) else "FAIL")
+    return f"{status}  {name}: {shown.format(value) if value is not None else 'case not run'}"
+
+
+def line_fit(points: Sequence[tuple[float, float]]) -> tuple[float, float, float]:
+    """Least-squares line y = a + b·x through ``points``: (a, b, R²); R² is NaN for constant y."""
+    mx, my = sum(x for x, _ in points) / len(points), sum(y for _, y in points) / len(points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    residual = sum((y - my - slope * (x - mx)) ** 2 for x, y in points)
+    total = sum((y - my) ** 2 for _, y in points)
+    return my - slope * mx, slope, 1.0 - residual / total if total > 0 else math.nan
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str = "") -> list[str]:
+    """The lines of a markdown table; ``align`` has one character a column, ``r`` for right-aligned numbers."""
+    rule = "|".join("---:" if a == "r" else "---" for a in align.ljust(len(header), "l"))
+    return [f"| {' | '.join(header)} |", f"|{rule}|", *(f"| {' | '.join(map(str, row))} |" for row in rows)]
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

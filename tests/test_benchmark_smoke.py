@@ -1,0 +1,182 @@
+"""Every benchmark script's ``main`` at tiny size, so a library change that a script still calls the old way fails
+here and not in the next long benchmark run (a broken script once sat unnoticed behind benchmarks/gpu_check.sh).
+
+One test per script, end to end on tiny models (1-3 sampling steps, one optimisation step, a few samples); what the
+numbers mean is tested elsewhere (test_benchmarks.py, test_benchmark_policy_rows.py, test_real_scale.py). The GPU
+script's --dry-run runs each of its commands at tiny size on the CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def test_gradient_cost(tmp_path: Path) -> None:
+    from benchmarks import gradient_cost
+
+    records = gradient_cost.main(["--steps", "2", "--repeats", "1", "--batch", "1", "--policies", "sdo,adjoint",
+                                  "--json", str(tmp_path / "cost.json")])
+    assert [r["policy"] for r in records] == ["none", "sdo", "adjoint"]
+    assert json.loads((tmp_path / "cost.json").read_text()) == records
+
+
+def test_adjoint_convergence() -> None:
+    from benchmarks import adjoint_convergence
+
+    lines = adjoint_convergence.main(["--model", "small-unet", "--steps", "2", "--reference-steps", "3",
+                                      "--solvers", "euler:1", "--batch", "1"])
+    assert lines[-1].startswith("| euler | 1 | 2 |")
+
+
+def test_attack_gradient_alignment(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import attack_gradient_alignment
+
+    attack_gradient_alignment.main(["--samples", "2", "--steps", "2"])
+    assert "| full (exact) | 1.000 |" in capsys.readouterr().out
+
+
+def test_evaluate_zoo(tmp_path: Path) -> None:
+    from benchmarks import evaluate_zoo
+
+    evaluate_zoo.main(["--num-samples", "20", "--steps", "2", "--classifiers", "digits-resnet",
+                       "--out", str(tmp_path / "zoo.json")])
+    results = json.loads((tmp_path / "zoo.json").read_text())
+    assert results["sampler"] == "ddim-2" and results["digits_fid_samples_vs_test"] > 0
+
+
+def test_shortcut_fid(tmp_path: Path) -> None:
+    from benchmarks import shortcut_fid
+
+    paths = {name: str(tmp_path / name) for name in ("out.json", "results.md", "plot.png")}
+    shortcut_fid.main(["--steps", "1", "--num-samples", "20", "--batch-size", "20", "--gradient-cost",
+                       "--out", paths["out.json"], "--results", paths["results.md"], "--plot", paths["plot.png"]])
+    results = json.loads(Path(paths["out.json"]).read_text())
+    assert [row["steps"] for row in results["fid"]] == [1] and len(results["gradient_cost"]) == 6
+    assert shortcut_fid.SECTION in Path(paths["results.md"]).read_text()
+
+
+def test_compare_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    from benchmarks import compare_runs
+    from lit_sdo.io import write_json, write_tensors
+
+    for name, value in (("old", 1.0), ("new", 1.5)):
+        write_tensors(tmp_path / name / "delta.safetensors", {"delta": torch.full((2,), value)})
+        write_json(tmp_path / name / "results.json", {"samples": [{"loss": value, "seconds": value}],
+                                                      "aggregate": {"success_rate": 0.5}})
+    compare_runs.main([str(tmp_path / "old"), str(tmp_path / "new")])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["tensors_max_abs_diff"] == 0.5 and printed["records_max_abs_diff"] == {"samples": 0.5,
+                                                                                          "aggregate": 0.0}
+
+
+FAKE_GUIDED_DIFFUSION = '''
+"""guided-diffusion's two network classes, as lit_sdo's under the official argument names (a stand-in clone)."""
+from lit_sdo.models.adm import ADMClassifier, ADMUNet
+
+
+def ours(kwargs):
+    kwargs = dict(kwargs, scale_shift=kwargs.pop("use_scale_shift_norm"))
+    return dict(kwargs, split_heads_first=not kwargs.pop("use_new_attention_order"))
+
+
+class UNetModel(ADMUNet):
+    def __init__(self, **kwargs):
+        super().__init__(**ours(kwargs))
+
+
+class EncoderUNetModel(ADMClassifier):
+    def __init__(self, **kwargs):
+        super().__init__(**ours(kwargs))
+'''
+
+
+@pytest.fixture
+def guided_diffusion_clone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder laid out as a clone of openai/guided-diffusion; the script's sys.path entry and import undone."""
+    (tmp_path / "guided_diffusion").mkdir()
+    (tmp_path / "guided_diffusion" / "__init__.py").write_text("")
+    (tmp_path / "guided_diffusion" / "unet.py").write_text(FAKE_GUIDED_DIFFUSION)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield tmp_path
+    for name in [m for m in sys.modules if m.startswith("guided_diffusion")]:
+        del sys.modules[name]
+
+
+def test_adm_reference_check(guided_diffusion_clone: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import adm_reference_check
+
+    adm_reference_check.main(["--guided-diffusion", str(guided_diffusion_clone), "--size", "16",
+                              "--model-channels", "64"])
+    printed = capsys.readouterr().out
+    assert printed.count("same names and shapes: True") == 2 and printed.count("max |official - lit_sdo| = 0 ") == 2
+
+
+def test_real_scale_models(tmp_path: Path) -> None:
+    from benchmarks import real_scale_models
+
+    real_scale_models.main([str(tmp_path), "laion", "images"])
+    assert (tmp_path / "laion" / real_scale_models.MARKER).is_file()
+    assert (tmp_path / "images" / "style.png").is_file()
+
+
+def test_real_scale(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import real_scale
+
+    assert real_scale.main(["--check-only", "--only", "edit/celebahq", "--reward-cost", "--reward-steps", "2",
+                            "--reward-policies", "sdo-random", "--cache", str(tmp_path), "--out", str(tmp_path)]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    assert [row.split(" | ")[:2] for row in rows] == [["| edit/celebahq", "PASS"],
+                                                      ["| reward/sd15_aesthetic_cost_sdo_random", "PASS"]]
+    assert not any(tmp_path.iterdir())  # nothing built, nothing run
+
+
+def test_attack_policies(tmp_path: Path) -> None:
+    from benchmarks import attack_policies
+
+    attack_policies.main(["--policies", "sdo", "--per-class", "1", "--steps", "1",
+                          "--override=--model.init_args.sampler.num_steps=2", "--results", str(tmp_path / "a.md")])
+    assert "| sdo | " in (tmp_path / "a.md").read_text()
+
+
+def test_guided_policies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import guided_policies
+
+    tiny = ["--tasks", "aesthetic", "--samples", "10", "--num-steps", "2", "--policies", "sdo", "--xhat-scales", "0.05"]
+    guided_policies.main([*tiny, "--opt-steps", "1", "--results", str(tmp_path / "g.md")])
+    text = (tmp_path / "g.md").read_text()
+    assert "| sdo | " in text and "| x̂₀ guidance ρ=0.05 | " in text
+    guided_policies.main([*tiny, "--memory-only"])
+    assert "| x̂₀ guidance | " in capsys.readouterr().out.split("### aesthetic (configs")[-1]
+
+
+def test_reward_policies(tmp_path: Path) -> None:
+    from benchmarks import reward_policies
+
+    reward_policies.main(["--policies", "sdo", "--steps", "1", "--num-steps", "2", "--samples-per-step", "2",
+                          "--batch-size", "1", "--eval-every", "1", "--override=--model.init_args.grid_samples=1",
+                          "--results", str(tmp_path / "r.md")])
+    assert "| sdo (k random) | 1 | " in (tmp_path / "r.md").read_text()
+
+
+# The sections whose dry run takes seconds: table3 and precision start their scripts 2 and 8 times (about 1 and 3.5
+# minutes on 2 busy cores); the same scripts with the same options run at tiny size in the tests above, and
+# test_real_scale.py parses every full-size command line of every section.
+@pytest.mark.slow  # the section's scripts start as processes: about 20 s each
+@pytest.mark.parametrize("section", ["real_scale", "attack"])
+def test_gpu_check_dry_run_runs_every_command_at_tiny_size(section: str, tmp_path: Path) -> None:
+    env = os.environ | {"PY": sys.executable, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--dry-run", section], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and f"| {section} | PASS |" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
