@@ -21,16 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import policy_sweep as sweep  # noqa: E402
 from benchmarks.common import markdown_table  # noqa: E402
-from benchmarks.policy_sweep import (  # noqa: E402
-    add_sweep_arguments,
-    aggregate,
-    command_line,
-    device_overrides,
-    policy_rows,
-    publish,
-    run_policies,
-)
 
 CONFIG = str(ROOT / "configs/attack/digits.yaml")
 COLUMNS = ["policy", "success rate", "raw success", "SSIM", "L2 (rms)", "LPIPS", "digits-FID adv vs clean",
@@ -39,7 +31,7 @@ COLUMNS = ["policy", "success rate", "raw success", "SSIM", "L2 (rms)", "LPIPS",
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sweep_arguments(parser, ["sdo", "full", "checkpoint", "last_k=1", "adjoint", "doodl", "sdo-tail=4"],
+    sweep.add_arguments(parser, ["sdo", "full", "checkpoint", "last_k=1", "adjoint", "doodl", "sdo-tail=4"],
                         "attack_policies")
     parser.add_argument("--per-class", type=int, default=10, help="attacked samples per digit class")
     parser.add_argument("--steps", type=int, default=30, help="optimisation steps")
@@ -63,9 +55,9 @@ def cells(rows: dict[str, dict]) -> Callable[[str, dict], list[str]]:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     overrides = [f"--data.init_args.per_class={args.per_class}", f"--trainer.max_epochs={args.steps}",
-                 f"--model.init_args.eps={args.eps}", *device_overrides(args)]
-    rows, reasons = run_policies(CONFIG, args.policies, overrides, aggregate)
-    table = "\n".join(markdown_table(COLUMNS, []) + policy_rows(args.policies, rows, reasons, cells(rows),
+                 f"--model.init_args.eps={args.eps}", *sweep.device_overrides(args)]
+    rows, reasons = sweep.run_policies(CONFIG, args.policies, overrides, sweep.aggregate)
+    table = "\n".join(markdown_table(COLUMNS, []) + sweep.policy_rows(args.policies, rows, reasons, cells(rows),
                                                                 len(COLUMNS)))
     print(table)
     where = "CPU, 2 cores" if args.device == "cpu" else "CUDA"
@@ -73,8 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             f"SGD lr 0.1).\n\n{table}\n\nPaper, Table 5 (ImageNet, ResNet50): SDO 96.32 % / LPIPS 0.023 / FID 58.2; "
             "AdjointDPM 52.54 % / 0.098 / 85.3; DOODL 51.61 % / 0.084 / 70.4.")
     budget = "" if args.eps == 0.1 else f", τ = {args.eps:g}"
-    publish(args.results, f"Attack: gradient policies side by side{budget}", command_line("attack_policies", argv),
-            body)
+    sweep.publish(args.results, f"Attack: gradient policies side by side{budget}", body, "attack_policies", argv)
 
 
 if __name__ == "__main__":

@@ -34,19 +34,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import policy_sweep as sweep  # noqa: E402
 from benchmarks.common import fmt_or_dash, markdown_table  # noqa: E402
-from benchmarks.policy_sweep import (  # noqa: E402
-    add_sweep_arguments,
-    aggregate,
-    build_job,
-    command_line,
-    device_overrides,
-    memory_cell,
-    policy_rows,
-    publish,
-    run_policies,
-    unavailable_reason,
-)
 from lit_sdo.callbacks import SavedTensorMeter  # noqa: E402
 from lit_sdo.tasks.xhat_baseline import xhat_guided_images  # noqa: E402
 
@@ -73,7 +62,7 @@ def job_overrides(args: argparse.Namespace, task: str) -> list[str]:
         out.append(f"--model.init_args.sampler.num_steps={args.num_steps}")
     if args.model is not None:
         out.append(f"--model.init_args.sampler.model={args.model}")
-    return out + device_overrides(args)
+    return out + sweep.device_overrides(args)
 
 
 def optimisation_steps(task: str, args: argparse.Namespace) -> int:
@@ -131,9 +120,9 @@ def metric_cells(r: dict[str, Any], keys: list[str]) -> list[str]:
 def task_table(task: str, args: argparse.Namespace) -> str:
     """The task's table: a row per policy (a CLI run each) and per x̂₀ guidance step ρ."""
     keys, steps = TASK_METRICS[task], optimisation_steps(task, args)
-    job = build_job(config_path(task), job_overrides(args, task))
+    job = sweep.build_job(config_path(task), job_overrides(args, task))
     module, batch = job.model, next(iter(job.datamodule.train_dataloader()))
-    rows, reasons = run_policies(config_path(task), args.policies, job_overrides(args, task), aggregate,
+    rows, reasons = sweep.run_policies(config_path(task), args.policies, job_overrides(args, task), sweep.aggregate,
                                  sampler=module.sampler, extra=lambda policy: [
                                      f"--trainer.max_epochs={steps}", "--trainer.enable_checkpointing=false",
                                      "--trainer.callbacks=[]"])
@@ -141,11 +130,11 @@ def task_table(task: str, args: argparse.Namespace) -> str:
     def cells(policy: str, r: dict[str, Any]) -> list[str]:
         sec = r["seconds_per_step"]
         return [*metric_cells(r, keys), f"{sec:.3f}", str(steps), f"{sec * steps:.1f}",
-                memory_cell(policy, step_memory(module, batch, policy))]
+                sweep.memory_cell(policy, step_memory(module, batch, policy))]
 
     lines = markdown_table(["method", *(f"{k} (orig → guided)" for k in keys), "s / opt. step", "opt. steps",
                             "total s", "MiB / step"], [])
-    lines += policy_rows(args.policies, rows, reasons, cells, len(keys) + 5)
+    lines += sweep.policy_rows(args.policies, rows, reasons, cells, len(keys) + 5)
     for scale in args.xhat_scales:
         r = run_xhat(scale, module, job.datamodule)
         lines.append(f"| x̂₀ guidance ρ={scale} | " + " | ".join(metric_cells(r, keys)) + f" | – | 1 pass | "
@@ -156,10 +145,10 @@ def task_table(task: str, args: argparse.Namespace) -> str:
 def print_memory_tables(args: argparse.Namespace) -> None:
     """The MiB / step column alone, per task: one gradient per policy row and per x̂₀ pass (no optimisation)."""
     for task in args.tasks:
-        job = build_job(config_path(task), job_overrides(args, task))
+        job = sweep.build_job(config_path(task), job_overrides(args, task))
         module, batch = job.model, next(iter(job.datamodule.train_dataloader()))
-        rows = [[policy, unavailable_reason(module.sampler, policy) or
-                 memory_cell(policy, step_memory(module, batch, policy))] for policy in args.policies]
+        rows = [[policy, sweep.unavailable_reason(module.sampler, policy) or
+                 sweep.memory_cell(policy, step_memory(module, batch, policy))] for policy in args.policies]
         if args.xhat_scales:
             rows.append(["x̂₀ guidance", f"{step_memory(module, batch, 'xhat'):.2f}"])
         print(f"\n### {task} (configs/{task}/digits.yaml), {args.samples} inputs\n" +
@@ -168,7 +157,7 @@ def print_memory_tables(args: argparse.Namespace) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sweep_arguments(parser, ["sdo", "full", "adjoint", "doodl", "sdo-tail=4"], "guided_policies")
+    sweep.add_arguments(parser, ["sdo", "full", "adjoint", "doodl", "sdo-tail=4"], "guided_policies")
     parser.add_argument("--tasks", nargs="+", default=["edit", "style", "aesthetic"], choices=list(TASK_METRICS))
     parser.add_argument("--samples", type=int, default=10, help="inputs per task (digits; multiples of 10)")
     parser.add_argument("--opt-steps", type=int, default=None,
@@ -201,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
             "stroke-width stand-in (digits-thickness), NOT an aesthetic model. MiB / step: peak CPU bytes autograd "
             "holds for backward in one optimisation step, its backward included (x̂₀ guidance: its largest sampling "
             "step).\n\n" + "\n\n".join(sections))
-    publish(args.results, "Guided generation", command_line("guided_policies", argv), body)
+    sweep.publish(args.results, "Guided generation", body, "guided_policies", argv)
 
 
 if __name__ == "__main__":

@@ -37,20 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from benchmarks.common import (
-    build_setup,
-    case_record,
-    fix_malloc_thresholds,
-    fmt_or_dash,
-    fresh_process_pool,
-    markdown_table,
-    mem_available_bytes,
-    one_gradient,
-    parse_label,
-    ratio,
-    reset_peak_rss,
-    status_kib,
-)
+from benchmarks import common
 from lit_sdo.io import write_json
 from lit_sdo.sampling import GradientPolicy
 
@@ -78,7 +65,7 @@ def graph_calls(policy: GradientPolicy, steps: int) -> int:
 def predicted_peak(calls: int, one_call_peak: int, mem_budget_bytes: int | None, source: str = "",
                    note: str = "") -> dict[str, Any]:
     """The predicted peak of ``calls`` graph calls, the budget, and ``skipped`` (why) when it does not fit."""
-    budget = mem_available_bytes() - HEADROOM_BYTES if mem_budget_bytes is None else mem_budget_bytes
+    budget = common.mem_available_bytes() - HEADROOM_BYTES if mem_budget_bytes is None else mem_budget_bytes
     out: dict[str, Any] = {"predicted_peak_bytes": one_call_peak * calls, "mem_budget_bytes": budget}
     if calls > 1 and one_call_peak * calls > budget:  # one graph call: the warm-up has just run it
         out["skipped"] = (f"predicted peak {one_call_peak * calls / 2**30:.2f} GiB ({calls} graph calls x the 1-step "
@@ -91,27 +78,27 @@ def one_pass_case(model: str, steps: int, label: str, batch: int, wrt: str, thre
     """Run in a fresh process: warm-up, memory prediction, then the one measured gradient (module docstring).
 
     Returns the measurements with ``grad`` (d loss / d x_T, None for ``none``) or ``skipped`` (the reason)."""
-    fix_malloc_thresholds()
+    common.fix_malloc_thresholds()
     torch.set_num_threads(threads)
-    policy, precision = parse_label(label)
-    setup = build_setup(model, "cpu", batch, wrt)
+    policy, precision = common.parse_label(label)
+    setup = common.build_setup(model, "cpu", batch, wrt)
     gc.collect()
-    start, baseline = time.perf_counter(), status_kib("VmRSS")
-    reset_peak_rss()
+    start, baseline = time.perf_counter(), common.status_kib("VmRSS")
+    common.reset_peak_rss()
     # warm-up: the same policy on a 1-step run (a tail or last_k longer than one step is cut to it)
-    one_gradient(setup, 1, dataclasses.replace(policy, tail=min(policy.tail, 1), last_k=1), precision=precision)
-    warmup_seconds, warmup_peak = time.perf_counter() - start, (status_kib("VmHWM") - baseline) * 1024
+    common.one_gradient(setup, 1, dataclasses.replace(policy, tail=min(policy.tail, 1), last_k=1), precision=precision)
+    warmup_seconds, warmup_peak = time.perf_counter() - start, (common.status_kib("VmHWM") - baseline) * 1024
     gc.collect()
     out = {"warmup_seconds": warmup_seconds, "warmup_peak_bytes": warmup_peak,
            **predicted_peak(graph_calls(policy, steps), warmup_peak, mem_budget_bytes)}
     if out.get("skipped"):
         return out
-    baseline = status_kib("VmRSS")
-    reset_peak_rss()
+    baseline = common.status_kib("VmRSS")
+    common.reset_peak_rss()
     start, cpu_start = time.perf_counter(), time.process_time()
-    grad = one_gradient(setup, steps, policy, precision=precision)
+    grad = common.one_gradient(setup, steps, policy, precision=precision)
     out["seconds"], out["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu_start
-    out["peak_mem_bytes"] = (status_kib("VmHWM") - baseline) * 1024
+    out["peak_mem_bytes"] = (common.status_kib("VmHWM") - baseline) * 1024
     # a NumPy copy: a pickled tensor would travel in shared memory, gone once this process exits
     out["grad"] = None if grad is None else grad.detach().numpy().copy()
     return out
@@ -134,9 +121,9 @@ def case_records(model: str, steps: int, results: dict[str, dict[str, Any]]) -> 
     for label, res in results.items():
         grad = res.get("grad")
         fp32_sdo = results.get(label.partition("@")[0], {}).get("grad") if "@" in label else None
-        records.append(case_record(
+        records.append(common.case_record(
             label, steps, res, base, reference, fp32_sdo,
-            cpu_ratio_to_sampling=ratio(res.get("cpu_seconds"), base.get("cpu_seconds")),
+            cpu_ratio_to_sampling=common.ratio(res.get("cpu_seconds"), base.get("cpu_seconds")),
             exact_reference=ref_name if grad is not None else None,
             grad_norm=float(grad.double().norm()) if grad is not None else None,
             **{key: res.get(key) for key in ("warmup_peak_bytes", "predicted_peak_bytes", "mem_budget_bytes",
@@ -151,12 +138,12 @@ def run_one_pass(model: str, steps: Sequence[int], labels: Sequence[str], batch:
     the records so far are written after every case (atomic), so a run cut short keeps what it measured."""
     records: list[dict[str, Any]] = []
     graph_step_peak: int | None = None  # peak of one graph call (1-step warm-up of full/sdo/last_k), once known
-    pool = fresh_process_pool()
+    pool = common.fresh_process_pool()
     try:
         for n in steps:
             results: dict[str, dict[str, Any]] = {}
             for label in labels:
-                started, policy = time.perf_counter(), parse_label(label)[0]
+                started, policy = time.perf_counter(), common.parse_label(label)[0]
                 # The budget here is taken before the case's network is built, so it is larger than the child's:
                 # a case skipped here would be skipped by the child too; one that passes is checked again there.
                 res = {} if graph_step_peak is None else predicted_peak(
@@ -184,7 +171,7 @@ def _run_case(pool: ProcessPoolExecutor, model: str, steps: int, label: str, bat
         res = pool.submit(one_pass_case, model, steps, label, batch, wrt, threads, mem_budget_bytes).result()
     except BrokenProcessPool:
         pool.shutdown()
-        return {"skipped": "the case's process died (killed, e.g. out of memory)"}, fresh_process_pool()
+        return {"skipped": "the case's process died (killed, e.g. out of memory)"}, common.fresh_process_pool()
     if res.get("grad") is not None:
         res["grad"] = torch.from_numpy(res["grad"])
     return res, pool
@@ -201,13 +188,17 @@ def _case_line(label: str, steps: int, res: dict[str, Any], total: float) -> str
 
 def one_pass_table(records: list[dict[str, Any]]) -> str:
     """Markdown: one row per case; × sampling on CPU seconds; a skipped case shows its reason."""
-    rows = [[rec["policy"], rec["steps"], f"skipped: {rec['skipped']}", "", "", "", ""] if rec.get("skipped") else
-            [rec["policy"], rec["steps"], fmt_or_dash(rec["seconds"], ".1f"), fmt_or_dash(rec["cpu_seconds"], ".1f"),
-             fmt_or_dash(rec["cpu_ratio_to_sampling"], ".2f"),
-             fmt_or_dash(None if rec["peak_mem_bytes"] is None else rec["peak_mem_bytes"] / 2**30, ".2f"),
-             fmt_or_dash(rec["grad_cosine"], ".4f")] for rec in records]
-    lines = markdown_table(["policy", "N", "wall s", "CPU s", "× sampling (CPU s)", "peak RSS GiB", "cosine to exact"],
-                           rows, "lrrrrrr")
+    def cells(rec: dict[str, Any]) -> list[str]:
+        mem = None if rec["peak_mem_bytes"] is None else rec["peak_mem_bytes"] / 2**30
+        if rec.get("skipped"):
+            return [f"skipped: {rec['skipped']}", "", "", "", ""]
+        return [common.fmt_or_dash(value, spec) for value, spec in (
+            (rec["seconds"], ".1f"), (rec["cpu_seconds"], ".1f"), (rec["cpu_ratio_to_sampling"], ".2f"), (mem, ".2f"),
+            (rec["grad_cosine"], ".4f"))]
+
+    lines = common.markdown_table(["policy", "N", "wall s", "CPU s", "× sampling (CPU s)", "peak RSS GiB",
+                                   "cosine to exact"], [[rec["policy"], rec["steps"], *cells(rec)] for rec in records],
+                                  "lrrrrrr")
     refs = {rec["exact_reference"] for rec in records if rec.get("exact_reference")}
     lines.append(f"\nexact reference: {', '.join(sorted(refs)) if refs else 'none (neither full nor checkpoint ran)'}")
     return "\n".join(lines)

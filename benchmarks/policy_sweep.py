@@ -27,7 +27,7 @@ from lit_sdo.sampling.baselines import check_baseline
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def add_sweep_arguments(parser: argparse.ArgumentParser, policies: list[str], name: str) -> None:
+def add_arguments(parser: argparse.ArgumentParser, policies: list[str], name: str) -> None:
     """The options every sweep has: its policies, the runs' device, extra CLI overrides, the results file."""
     parser.add_argument("--policies", nargs="+", default=policies,
                         help="policy strings (lit_sdo.sampling.parse_policy), passed to the job unchanged")
@@ -109,11 +109,8 @@ def memory_cell(policy: str, mib: float) -> str:
     return f"{mib:.2f}" + (" + one rebuilt call's graph (not seen by the meter)" if rebuilt else "")
 
 
-def publish(results: str, heading: str, command: str, body: str) -> None:
-    """Replace the ``## heading`` section of ``results`` with the command that made it and ``body``."""
+def publish(results: str, heading: str, body: str, script: str, argv: Sequence[str] | None, prefix: str = "") -> None:
+    """Replace the ``## heading`` section of ``results`` with ``body`` after the command that made it:
+    ``[prefix]python benchmarks/<script>.py <arguments>``."""
+    command = f"{prefix}python benchmarks/{script}.py {' '.join(sys.argv[1:] if argv is None else argv)}".strip()
     write_markdown_section(results, heading, f"Command: `{command}` {body}")
-
-
-def command_line(script: str, argv: Sequence[str] | None, prefix: str = "") -> str:
-    """How the sweep was started: ``[prefix ]python benchmarks/<script>.py <arguments>``."""
-    return f"{prefix}python benchmarks/{script}.py {' '.join(sys.argv[1:] if argv is None else argv)}".strip()

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's lit_sdo, also for the runs (PYTHONPATH in child_env)
 
-from benchmarks.common import line_fit, mem_available_bytes  # noqa: E402
+from benchmarks.common import line_fit, markdown_table, mem_available_bytes  # noqa: E402
 from lit_sdo.sampling import parse_policy  # noqa: E402
 
 GIB = 1024 ** 3
@@ -220,17 +220,12 @@ def policy_overrides(policy: str) -> tuple[str, ...]:
 def reward_cost(args: argparse.Namespace, log: callable) -> tuple[list[RunResult], list[str]]:
     """One optimiser step of configs/reward/sd15_aesthetic.yaml per policy of ``--reward-policies`` at the same
     N: the runs and the lines that compare their CPU time (:func:`reward_cost_lines`)."""
-    config = CONFIGS[REWARD_CONFIG]
+    config, at_n = CONFIGS[REWARD_CONFIG], argparse.Namespace(**{**vars(args), "sampling_steps": args.reward_steps})
     steps, results = {}, []
     for policy in args.reward_policies:
         log(f"{REWARD_CONFIG} (reward cost): {policy}, N = {args.reward_steps}")
-        saved = args.sampling_steps
-        args.sampling_steps = args.reward_steps
         tag = "_cost_" + policy.replace("=", "").replace("-", "_")
-        try:
-            result = run_config(config, args, log, tag=tag, extra=policy_overrides(policy))
-        finally:
-            args.sampling_steps = saved
+        result = run_config(config, at_n, log, tag=tag, extra=policy_overrides(policy))
         results.append(result)
         if not result.passed:
             return results, [f"reward cost: {policy} FAILED, see {result.log}"]
@@ -247,9 +242,9 @@ def reward_cost_lines(steps: dict[str, dict], num_steps: int) -> list[str]:
     AlignProp-uniform draws K uniformly from [1, N], so its expected cost is the mean of ``last_k=K`` over
     K = 1..N: given every fixed-K run (same ``recompute`` flavour), that mean is the comparison, free of the
     one draw a ``random_truncation`` step makes. A ``random_truncation`` step is compared as the draw it made."""
-    table = ["| policy | step CPU s | step wall s | saved-tensor GB |", "|---|---:|---:|---:|"]
-    table += [f"| {p} | {s['cpu_seconds']:.1f} | {s['seconds']:.1f} | {s['peak_bytes'] / 1e9:.2f} |"
-              for p, s in steps.items()]
+    table = markdown_table(["policy", "step CPU s", "step wall s", "saved-tensor GB"],
+                           [[p, f"{s['cpu_seconds']:.1f}", f"{s['seconds']:.1f}", f"{s['peak_bytes'] / 1e9:.2f}"]
+                            for p, s in steps.items()], "lrrr")
     references: dict[str, float] = {}
     fits: list[str] = []
     for flavour in ("", "-recompute=true"):

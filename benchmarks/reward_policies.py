@@ -24,16 +24,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import policy_sweep as sweep  # noqa: E402
 from benchmarks.common import markdown_table  # noqa: E402
-from benchmarks.policy_sweep import (  # noqa: E402
-    add_sweep_arguments,
-    command_line,
-    device_overrides,
-    memory_cell,
-    policy_rows,
-    publish,
-    run_policies,
-)
 
 LABELS = {"sdo": "sdo (k random)", "random_truncation": "random_truncation (AlignProp-uniform)",
           "last_k=1": "last_k=1 (AlignProp-1 / DRaFT-1)", "adjoint": "adjoint (AdjointDPM)", "doodl": "doodl (DOODL)",
@@ -58,7 +50,7 @@ def summarise(out: Path) -> dict[str, Any]:
 def cells(policy: str, r: dict[str, Any]) -> list[str]:
     return [str(r["steps"]), f"{r['eval_start']:.4f} → {r['eval_final']:.4f}", f"{r['train_final']:.4f}",
             f"{r['seconds']:.1f} ({r['cpu_seconds']:.1f})", f"{r['seconds_per_step']:.2f} ({r['cpu_per_step']:.2f})",
-            memory_cell(policy, r["peak_mib"])]
+            sweep.memory_cell(policy, r["peak_mib"])]
 
 
 def seconds_to_reach(evals: list[dict], target: float, clock: str) -> float | None:
@@ -97,7 +89,7 @@ def time_to_reward(rows: dict[str, dict[str, Any]], args: argparse.Namespace) ->
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_sweep_arguments(parser, ["sdo", "random_truncation", "last_k=1", "adjoint", "doodl", "sdo-tail=4"],
+    sweep.add_arguments(parser, ["sdo", "random_truncation", "last_k=1", "adjoint", "doodl", "sdo-tail=4"],
                         "reward_policies")
     parser.add_argument("--steps", type=int, default=40, help="optimiser steps per policy")
     parser.add_argument("--sdo-steps", type=int, default=None,
@@ -123,10 +115,10 @@ def main(argv: list[str] | None = None) -> None:
                  "--trainer.enable_checkpointing=false",
                  "--trainer.callbacks=[lit_sdo.callbacks.StepCost, lit_sdo.callbacks.NaNStop]",  # no checkpoints
                  f"--model.init_args.sampler.num_steps={args.num_steps}",
-                 f"--model.init_args.sampler.model={args.model}", *device_overrides(args)]
-    rows, reasons = run_policies(args.config, args.policies, overrides, summarise, extra=lambda policy: [
+                 f"--model.init_args.sampler.model={args.model}", *sweep.device_overrides(args)]
+    rows, reasons = sweep.run_policies(args.config, args.policies, overrides, summarise, extra=lambda policy: [
         f"--trainer.max_epochs={args.sdo_steps if policy == 'sdo' and args.sdo_steps else args.steps}"])
-    table = "\n".join(markdown_table(COLUMNS, []) + policy_rows(args.policies, rows, reasons, cells, len(COLUMNS),
+    table = "\n".join(markdown_table(COLUMNS, []) + sweep.policy_rows(args.policies, rows, reasons, cells, len(COLUMNS),
                                                                 lambda policy: LABELS.get(policy, policy)))
     verdict = time_to_reward(rows, args)
     curves = "\n".join(f"- {LABELS.get(p, p)}: " + ", ".join(f"{e['step']}: {e['eval_reward']:.3f}"
@@ -144,8 +136,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{table}\n\n{verdict}\n\nEval reward by step:\n\n{curves}\n\nPaper, Sec. 5.3 / Fig. 11 (SD 1.5, "
             "aesthetic and HPSv2 rewards): SDO needs about 50 % of AlignProp-uniform's runtime at equal reward; "
             "AlignProp-1 becomes unstable after some steps.")
-    publish(args.results, "LoRA reward fine-tuning", command_line("reward_policies", argv, "OMP_NUM_THREADS=1 "),
-            body)
+    sweep.publish(args.results, "LoRA reward fine-tuning", body, "reward_policies", argv, "OMP_NUM_THREADS=1 ")
 
 
 if __name__ == "__main__":
