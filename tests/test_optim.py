@@ -52,20 +52,7 @@ def test_best_tracker_keeps_first_success_else_lowest_score() -> None:
     tracker.update(rows, torch.tensor([[3.0], [3.0]]), torch.tensor([-1.0, 0.3]), torch.tensor([True, False]))
     assert tracker.best.flatten().tolist() == [2.0, 2.0]  # row 0: first success; row 1: lowest score
     assert tracker.succeeded.tolist() == [True, False]
-    assert tracker.initial_success.tolist() == [False, False]
-    assert tracker.attack_success.tolist() == [True, False]
-
-
-def test_success_at_the_first_offer_is_no_attack_success() -> None:
-    """A sample already 'fooled' at δ = 0 (the clean image is misclassified) is not counted as a success."""
-    tracker = BestTracker((3, 1))
-    rows = torch.tensor([0, 1, 2])
-    tracker.update(rows, torch.zeros(3, 1), torch.tensor([-1.0, 0.5, 0.5]), torch.tensor([True, False, False]))
-    tracker.update(rows[1:], torch.ones(2, 1), torch.tensor([-1.0, 0.2]), torch.tensor([True, False]))
-    assert tracker.succeeded.tolist() == [True, True, False]
-    assert tracker.initial_success.tolist() == [True, False, False]
-    assert tracker.attack_success.tolist() == [False, True, False]
-    assert tracker.best.flatten().tolist() == [0.0, 1.0, 1.0]  # row 2: the lower score of the second offer
+    assert tracker.success.tolist() == [True, False]
 
 
 def test_merge_takes_each_row_from_the_rank_that_updated_it() -> None:
