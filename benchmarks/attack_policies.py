@@ -22,7 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import policy_sweep as sweep  # noqa: E402
-from benchmarks.common import markdown_table  # noqa: E402
 
 CONFIG = str(ROOT / "configs/attack/digits.yaml")
 COLUMNS = ["policy", "success rate", "raw success", "SSIM", "L2 (rms)", "LPIPS", "digits-FID adv vs clean",
@@ -57,8 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = [f"--data.init_args.per_class={args.per_class}", f"--trainer.max_epochs={args.steps}",
                  f"--model.init_args.eps={args.eps}", *sweep.device_overrides(args)]
     rows, reasons = sweep.run_policies(CONFIG, args.policies, overrides, sweep.aggregate)
-    table = "\n".join(markdown_table(COLUMNS, []) + sweep.policy_rows(args.policies, rows, reasons, cells(rows),
-                                                                len(COLUMNS)))
+    table = "\n".join(sweep.policy_table(COLUMNS, args.policies, rows, reasons, cells(rows)))
     print(table)
     where = "CPU, 2 cores" if args.device == "cpu" else "CUDA"
     body = (f"({where}; {args.per_class * 10} samples, {args.steps} optimisation steps, DDIM-30, τ = {args.eps:g}, "

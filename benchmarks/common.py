@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
-from torch import Tensor, nn
+from torch import Tensor
 
 from lit_sdo.sampling import (
     DenoiserAdapter,
@@ -355,7 +355,3 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], alig
     """The lines of a markdown table; ``align`` has one character a column, ``r`` for right-aligned numbers."""
     rule = "|".join("---:" if a == "r" else "---" for a in align.ljust(len(header), "l"))
     return [f"| {' | '.join(header)} |", f"|{rule}|", *(f"| {' | '.join(map(str, row))} |" for row in rows)]
-
-
-def parameter_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

@@ -132,9 +132,8 @@ def task_table(task: str, args: argparse.Namespace) -> str:
         return [*metric_cells(r, keys), f"{sec:.3f}", str(steps), f"{sec * steps:.1f}",
                 sweep.memory_cell(policy, step_memory(module, batch, policy))]
 
-    lines = markdown_table(["method", *(f"{k} (orig → guided)" for k in keys), "s / opt. step", "opt. steps",
-                            "total s", "MiB / step"], [])
-    lines += sweep.policy_rows(args.policies, rows, reasons, cells, len(keys) + 5)
+    lines = sweep.policy_table(["method", *(f"{k} (orig → guided)" for k in keys), "s / opt. step", "opt. steps",
+                                "total s", "MiB / step"], args.policies, rows, reasons, cells)
     for scale in args.xhat_scales:
         r = run_xhat(scale, module, job.datamodule)
         lines.append(f"| x̂₀ guidance ρ={scale} | " + " | ".join(metric_cells(r, keys)) + f" | – | 1 pass | "

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import cli
+from benchmarks.common import markdown_table
 from lit_sdo.io import write_markdown_section
 from lit_sdo.sampling import parse_policy
 from lit_sdo.sampling.baselines import check_baseline
@@ -92,12 +93,14 @@ def reason_row(label: str, reason: str, columns: int) -> str:
     return f"| {label} | cannot run: {reason} |" + " |" * (columns - 2)
 
 
-def policy_rows(policies: Sequence[str], rows: dict[str, Any], reasons: dict[str, str],
-                cells: Callable[[str, Any], list[str]], columns: int,
-                label: Callable[[str], str] = lambda policy: policy) -> list[str]:
-    """One markdown row per policy, in the order asked: its cells, or the reason it cannot run."""
-    return [reason_row(label(p), reasons[p], columns) if p in reasons else
-            "| " + " | ".join([label(p), *cells(p, rows[p])]) + " |" for p in policies]
+def policy_table(header: Sequence[str], policies: Sequence[str], rows: dict[str, Any], reasons: dict[str, str],
+                 cells: Callable[[str, Any], list[str]], label: Callable[[str], str] = lambda policy: policy
+                 ) -> list[str]:
+    """The lines of a markdown table with one row per policy, in the order asked: the cells of its run, or the
+    reason it cannot run."""
+    return markdown_table(header, []) + [
+        reason_row(label(p), reasons[p], len(header)) if p in reasons else
+        f"| {' | '.join([label(p), *cells(p, rows[p])])} |" for p in policies]
 
 
 def memory_cell(policy: str, mib: float) -> str:

@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import policy_sweep as sweep  # noqa: E402
-from benchmarks.common import markdown_table  # noqa: E402
 
 LABELS = {"sdo": "sdo (k random)", "random_truncation": "random_truncation (AlignProp-uniform)",
           "last_k=1": "last_k=1 (AlignProp-1 / DRaFT-1)", "adjoint": "adjoint (AdjointDPM)", "doodl": "doodl (DOODL)",
@@ -118,8 +117,8 @@ def main(argv: list[str] | None = None) -> None:
                  f"--model.init_args.sampler.model={args.model}", *sweep.device_overrides(args)]
     rows, reasons = sweep.run_policies(args.config, args.policies, overrides, summarise, extra=lambda policy: [
         f"--trainer.max_epochs={args.sdo_steps if policy == 'sdo' and args.sdo_steps else args.steps}"])
-    table = "\n".join(markdown_table(COLUMNS, []) + sweep.policy_rows(args.policies, rows, reasons, cells, len(COLUMNS),
-                                                                lambda policy: LABELS.get(policy, policy)))
+    table = "\n".join(sweep.policy_table(COLUMNS, args.policies, rows, reasons, cells,
+                                          lambda policy: LABELS.get(policy, policy)))
     verdict = time_to_reward(rows, args)
     curves = "\n".join(f"- {LABELS.get(p, p)}: " + ", ".join(f"{e['step']}: {e['eval_reward']:.3f}"
                                                              for e in r["evals"]) for p, r in rows.items())
