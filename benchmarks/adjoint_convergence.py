@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import MODELS, build_setup, cosine, input_gradient, markdown_table  # noqa: E402
+from benchmarks.common import MODELS, build_setup, cosine, input_gradient, markdown_table, measure  # noqa: E402
 from lit_sdo.sampling import GradientPolicy, build_scheduler, sample  # noqa: E402
 from lit_sdo.sampling.flow_ode import probability_flow  # noqa: E402
 
@@ -31,10 +30,9 @@ from lit_sdo.sampling.flow_ode import probability_flow  # noqa: E402
 def gradient(denoiser, scheduler, x: Tensor, cond: Tensor | None, w: Tensor, policy: GradientPolicy | str,
              output_scale: float = 1.0) -> tuple[Tensor, float]:
     """(d <w, output_scale·x₀> / d x, seconds) of one sampling run."""
-    start = time.perf_counter()
-    grad = input_gradient(lambda x: (sample(denoiser, scheduler, x, cond, policy=policy).sample * output_scale * w
-                                     ).sum(), x)
-    return grad, time.perf_counter() - start
+    grad, cost = measure(lambda: input_gradient(
+        lambda x: (sample(denoiser, scheduler, x, cond, policy=policy).sample * output_scale * w).sum(), x))
+    return grad, cost["seconds"]
 
 
 def run(model: str, steps: int, reference_steps: int, solvers: dict[str, list[int]], batch: int) -> list[str]:

@@ -11,11 +11,12 @@ import ctypes
 import gc
 import math
 import multiprocessing as mp
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
@@ -35,6 +36,7 @@ from lit_sdo.sampling.policies import BASELINE_NAMES
 from lit_sdo.sampling.precision import PRECISION_NAMES, Precision
 
 SEED = 0
+T = TypeVar("T")
 # The DDPM β schedule of most pixel models and DiT, and Stable Diffusion's "scaled_linear" one.
 LINEAR_BETAS: dict[str, Any] = {"num_train_timesteps": 1000, "beta_schedule": "linear",
                                 "beta_start": 1e-4, "beta_end": 0.02}
@@ -274,6 +276,28 @@ def fix_malloc_thresholds() -> None:
     libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD
 
 
+def measure(call: Callable[[], T], device: torch.device | str = "cpu") -> tuple[T, dict[str, Any]]:
+    """``call()`` and what it cost: wall ``seconds``, ``cpu_seconds`` of this process (all threads; None on CUDA)
+    and ``peak_mem_bytes`` above the start: CUDA's allocator peak, or on a CPU the peak RSS, which follows the
+    call's tensors only in a fresh process with :func:`fix_malloc_thresholds` (elsewhere: ignore it)."""
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        baseline = torch.cuda.memory_allocated(device)
+    else:
+        baseline = status_kib("VmRSS")
+        reset_peak_rss()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    out = call()
+    if cuda:
+        torch.cuda.synchronize(device)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    peak = torch.cuda.max_memory_allocated(device) - baseline if cuda else (status_kib("VmHWM") - baseline) * 1024
+    return out, {"seconds": seconds, "cpu_seconds": None if cuda else cpu_seconds, "peak_mem_bytes": peak}
+
+
 def peak_rss_worker(model: str, steps: int, label: str, batch: int, wrt: str, threads: int) -> int:
     """Run in a fresh process: bytes of peak RSS above the RSS just before one gradient of the case."""
     fix_malloc_thresholds()
@@ -281,10 +305,7 @@ def peak_rss_worker(model: str, steps: int, label: str, batch: int, wrt: str, th
     setup = build_setup(model, "cpu", batch, wrt)
     one_gradient(setup, 1, POLICIES["full"])  # warm-up: lazy kernels and thread pools of forward/backward
     gc.collect()
-    baseline = status_kib("VmRSS")
-    reset_peak_rss()
-    label_gradient(setup, steps, label)
-    return (status_kib("VmHWM") - baseline) * 1024
+    return measure(lambda: label_gradient(setup, steps, label))[1]["peak_mem_bytes"]
 
 
 def fresh_process_pool() -> ProcessPoolExecutor:

@@ -68,6 +68,7 @@ from benchmarks.common import (  # noqa: E402
     label_gradient,
     line_fit,
     markdown_table,
+    measure,
     one_gradient,
     parse_label,
     peak_rss_worker,
@@ -106,20 +107,10 @@ def exact_gradient(setup: Setup, steps: int, dtype: torch.dtype = torch.float64)
 
 
 def timed_gradient(setup: Setup, steps: int, label: str, policy_seed: int) -> dict[str, Any]:
-    """seconds, cpu_seconds (None on CUDA), CUDA peak_mem_bytes above the baseline (None on CPU) and grad of one
-    call."""
-    device = setup.x_T.device
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        baseline = torch.cuda.memory_allocated(device)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    grad = label_gradient(setup, steps, label, policy_seed)
-    if cuda:
-        torch.cuda.synchronize(device)
-    return {"seconds": time.perf_counter() - start, "cpu_seconds": None if cuda else time.process_time() - cpu_start,
-            "peak_mem_bytes": torch.cuda.max_memory_allocated(device) - baseline if cuda else None, "grad": grad}
+    """seconds, cpu_seconds (None on CUDA), CUDA peak_mem_bytes (None on CPU: a fresh process measures it) and
+    grad of one call."""
+    grad, cost = measure(lambda: label_gradient(setup, steps, label, policy_seed), setup.x_T.device)
+    return cost | {"grad": grad} | ({} if setup.x_T.is_cuda else {"peak_mem_bytes": None})
 
 
 def run_benchmark(model: str, device: str, steps: Sequence[int], labels: Sequence[str], repeats: int,
@@ -137,9 +128,7 @@ def run_benchmark(model: str, device: str, steps: Sequence[int], labels: Sequenc
     try:
         warmup: dict[str, float] = {}
         for label in labels:  # warm-up at the first N: lazy kernels, thread pools, allocator caches, compile
-            start = time.perf_counter()
-            label_gradient(setup, steps[0], label)
-            warmup[label] = time.perf_counter() - start
+            warmup[label] = measure(lambda: label_gradient(setup, steps[0], label), dev)[1]["seconds"]  # noqa: B023
             log(f"warm-up {label}: {warmup[label]:.1f} s (includes torch.compile where asked)")
         for n in steps:
             started = time.perf_counter()

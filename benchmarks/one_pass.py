@@ -83,22 +83,16 @@ def one_pass_case(model: str, steps: int, label: str, batch: int, wrt: str, thre
     policy, precision = common.parse_label(label)
     setup = common.build_setup(model, "cpu", batch, wrt)
     gc.collect()
-    start, baseline = time.perf_counter(), common.status_kib("VmRSS")
-    common.reset_peak_rss()
     # warm-up: the same policy on a 1-step run (a tail or last_k longer than one step is cut to it)
-    common.one_gradient(setup, 1, dataclasses.replace(policy, tail=min(policy.tail, 1), last_k=1), precision=precision)
-    warmup_seconds, warmup_peak = time.perf_counter() - start, (common.status_kib("VmHWM") - baseline) * 1024
+    one_step = dataclasses.replace(policy, tail=min(policy.tail, 1), last_k=1)
+    warmup = common.measure(lambda: common.one_gradient(setup, 1, one_step, precision=precision))[1]
     gc.collect()
-    out = {"warmup_seconds": warmup_seconds, "warmup_peak_bytes": warmup_peak,
-           **predicted_peak(graph_calls(policy, steps), warmup_peak, mem_budget_bytes)}
+    out = {"warmup_seconds": warmup["seconds"], "warmup_peak_bytes": warmup["peak_mem_bytes"],
+           **predicted_peak(graph_calls(policy, steps), warmup["peak_mem_bytes"], mem_budget_bytes)}
     if out.get("skipped"):
         return out
-    baseline = common.status_kib("VmRSS")
-    common.reset_peak_rss()
-    start, cpu_start = time.perf_counter(), time.process_time()
-    grad = common.one_gradient(setup, steps, policy, precision=precision)
-    out["seconds"], out["cpu_seconds"] = time.perf_counter() - start, time.process_time() - cpu_start
-    out["peak_mem_bytes"] = (common.status_kib("VmHWM") - baseline) * 1024
+    grad, cost = common.measure(lambda: common.one_gradient(setup, steps, policy, precision=precision))
+    out |= cost
     # a NumPy copy: a pickled tensor would travel in shared memory, gone once this process exits
     out["grad"] = None if grad is None else grad.detach().numpy().copy()
     return out

@@ -33,7 +33,7 @@ from torch import Tensor
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import input_gradient, markdown_table  # noqa: E402
+from benchmarks.common import input_gradient, markdown_table, measure  # noqa: E402
 from lit_sdo.datamodules import DigitsDataModule  # noqa: E402
 from lit_sdo.images import to_unit_range  # noqa: E402
 from lit_sdo.io import atomic_path, write_json, write_markdown_section  # noqa: E402
@@ -69,12 +69,10 @@ def gradient_cost(network: ShortcutDiT, steps: list[int], batch: int, repeats: i
     for num_steps in steps:
         denoiser, scheduler = build_shortcut_sampler(network, num_steps)
         for policy in (GradientPolicy("sdo", k=0), GradientPolicy("full")):
-            times = []
-            for _ in range(repeats + 1):  # the first run warms up
-                start = time.perf_counter()
-                grad = input_gradient(lambda x: sample(denoiser, scheduler, x, labels,  # noqa: B023 - called at once
-                                                       policy=policy).sample.sum(), noise)  # noqa: B023
-                times.append(time.perf_counter() - start)
+            runs = [measure(lambda: input_gradient(lambda x: sample(denoiser, scheduler, x, labels,  # noqa: B023
+                                                                    policy=policy).sample.sum(), noise))  # noqa: B023
+                    for _ in range(repeats + 1)]  # the first run warms up
+            grad, times = runs[-1][0], [cost["seconds"] for _, cost in runs]
             rows.append({"steps": num_steps, "policy": policy.name, "batch": batch,
                          "seconds_per_gradient": round(min(times[1:]), 4), "grad_norm": round(float(grad.norm()), 4)})
     return rows
