@@ -11,6 +11,7 @@ import ctypes
 import gc
 import math
 import multiprocessing as mp
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from diffusers import AutoencoderKL, DiTTransformer2DModel, UNet2DConditionModel, UNet2DModel
+from diffusers import UNet2DModel
 from torch import Tensor
 
+from lit_sdo.models.standins import LINEAR_BETAS, SD_BETAS, ddpm_256_unet, dit_xl_2, sd15_unet, sd_vae
 from lit_sdo.sampling import (
     DenoiserAdapter,
     GradientPolicy,
@@ -37,11 +39,6 @@ from lit_sdo.sampling.precision import PRECISION_NAMES, Precision
 
 SEED = 0
 T = TypeVar("T")
-# The DDPM β schedule of most pixel models and DiT, and Stable Diffusion's "scaled_linear" one.
-LINEAR_BETAS: dict[str, Any] = {"num_train_timesteps": 1000, "beta_schedule": "linear",
-                                "beta_start": 1e-4, "beta_end": 0.02}
-SD_BETAS: dict[str, Any] = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                            "beta_end": 0.012, "set_alpha_to_one": False, "steps_offset": 1}
 
 
 # ---------------------------------------------------------------- networks at the paper's shapes (random weights)
@@ -51,47 +48,6 @@ def small_unet() -> UNet2DModel:
     return UNet2DModel(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(16, 32),
                        layers_per_block=1, norm_num_groups=8, down_block_types=("DownBlock2D", "DownBlock2D"),
                        up_block_types=("UpBlock2D", "UpBlock2D"), num_class_embeds=10)
-
-
-def ddpm_256_unet() -> UNet2DModel:
-    """The UNet2DModel shape of google/ddpm-celebahq-256 (113.7M parameters, 3×256×256, unconditional)."""
-    return UNet2DModel(
-        sample_size=256, in_channels=3, out_channels=3, layers_per_block=2,
-        block_out_channels=(128, 128, 256, 256, 512, 512),
-        down_block_types=("DownBlock2D",) * 4 + ("AttnDownBlock2D", "DownBlock2D"),  # attention at 16×16
-        up_block_types=("UpBlock2D", "AttnUpBlock2D") + ("UpBlock2D",) * 4,
-        act_fn="silu", attention_head_dim=None, norm_num_groups=32, norm_eps=1e-6, downsample_padding=0,
-        flip_sin_to_cos=False, freq_shift=1, time_embedding_type="positional",
-    )
-
-
-def sd15_unet() -> UNet2DConditionModel:
-    """UNet2DConditionModel at Stable Diffusion 1.5's shape (859.5M parameters) on 4×64×64 latents."""
-    return UNet2DConditionModel(
-        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5, act_fn="silu",
-        flip_sin_to_cos=True, freq_shift=0, downsample_padding=1,
-    )
-
-
-def sd_vae() -> AutoencoderKL:
-    """AutoencoderKL at SD's shape (83.7M): stabilityai/sd-vae-ft-mse, SD1.5's vae/, DiT's sd-vae-ft-ema."""
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-                         block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, scaling_factor=0.18215)
-
-
-def dit_xl_2() -> DiTTransformer2DModel:
-    """DiTTransformer2DModel XL/2 (28 layers × 16 heads × 72) on 4×32×32 latents, learned sigma: 749.8M parameters
-    in diffusers' layout, which repeats the timestep/class embedding in each block (the original has 675M)."""
-    return DiTTransformer2DModel(
-        num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
-        sample_size=32, patch_size=2, num_embeds_ada_norm=1000, norm_type="ada_norm_zero",
-        activation_fn="gelu-approximate", norm_elementwise_affine=False, attention_bias=True,
-    )
 
 
 def digits_ddpm() -> tuple[DenoiserAdapter, int | str | None, dict[str, Any]]:
@@ -315,6 +271,15 @@ def fresh_process_pool() -> ProcessPoolExecutor:
     # Preload by importable name: Python 3.11's forkserver silently skips a "__main__" preload.
     context.set_forkserver_preload(["benchmarks.common"])  # torch, the diffusers models, lit_sdo
     return ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1)
+
+
+def machine() -> str:
+    """The CPU a figure ran on and the load it ran under: lscpu's model name, torch's CPU capability, the
+    1/5/15-minute load averages (a figure taken above 2.5 on 2 cores is to be rerun)."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "unknown CPU")
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return f"{model}, {os.cpu_count()} cores, torch {torch.backends.cpu.get_cpu_capability()}; load average {load}"
 
 
 def release_memory(device: torch.device) -> None:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from lit_sdo.io import read_tensors  # noqa: E402
 
-TIMING = {"seconds", "cpu_seconds", "peak_bytes", "seconds_per_step"}
+TIMING = {"seconds", "cpu_seconds", "peak_bytes", "seconds_per_step", "peak_mib_per_step"}
 
 
 def tensors(folder: Path) -> dict[str, Any]:

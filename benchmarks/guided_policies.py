@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             "stroke-width stand-in (digits-thickness), NOT an aesthetic model. MiB / step: peak CPU bytes autograd "
             "holds for backward in one optimisation step, its backward included (x̂₀ guidance: its largest sampling "
             "step).\n\n" + "\n\n".join(sections))
-    sweep.publish(args.results, "Guided generation", body, "guided_policies", argv)
+    sweep.publish(args.results, "Guided generation", body, "guided_policies", argv, args.started_on)
 
 
 if __name__ == "__main__":

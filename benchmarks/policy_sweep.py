@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import cli
-from benchmarks.common import markdown_table
+from benchmarks.common import machine, markdown_table
 from lit_sdo.io import write_markdown_section
 from lit_sdo.sampling import parse_policy
 from lit_sdo.sampling.baselines import check_baseline
@@ -31,13 +31,15 @@ ROOT = Path(__file__).resolve().parents[1]
 def add_arguments(parser: argparse.ArgumentParser, policies: list[str], name: str) -> None:
     """The options every sweep has: its policies, the runs' device, extra CLI overrides, the results file."""
     parser.add_argument("--policies", nargs="+", default=policies,
-                        help="policy strings (lit_sdo.sampling.parse_policy), passed to the job unchanged")
+                        help="policy strings (lit_sdo.sampling.parse_policy), passed to the job unchanged; "
+                             "+optimizer=NAME runs that row with another optimiser (doodl+optimizer=doodl)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="the runs' accelerator")
     parser.add_argument("--override", action="extend", nargs="+", default=[],
                         help="more CLI overrides for every run, one per flag with '=' (it starts with --): "
                              "--override=--model.init_args.sampler.num_steps=4 --override=...")
     parser.add_argument("--results", default=str(ROOT / f"runs/{name}.md"),
                         help="markdown file whose section is replaced (the shipped one: benchmarks/RESULTS.md)")
+    parser.set_defaults(started_on=machine())
 
 
 def device_overrides(args: argparse.Namespace) -> list[str]:
@@ -55,10 +57,17 @@ def job_sampler(config: str, overrides: Sequence[str]) -> Any:
     return build_job(config, overrides).model.sampler
 
 
-def unavailable_reason(sampler: Any, policy: str) -> str | None:
-    """The library's one-line reason why ``policy`` cannot run on this sampler's scheduler, or None if it can."""
+def split_label(label: str) -> tuple[str, list[str]]:
+    """A row label ``policy[+optimizer=NAME]`` -> (the policy string, the run's extra overrides): ``doodl`` with
+    the job's optimiser, ``doodl+optimizer=doodl`` with DOODL's own (:mod:`lit_sdo.optim`)."""
+    policy, _, optimizer = label.partition("+optimizer=")
+    return policy, [f"--model.init_args.optimizer={optimizer}"] if optimizer else []
+
+
+def unavailable_reason(sampler: Any, label: str) -> str | None:
+    """The library's one-line reason why ``label``'s policy cannot run on this sampler's scheduler, or None."""
     try:
-        check_baseline(sampler.scheduler, parse_policy(policy), sampler.start_step)
+        check_baseline(sampler.scheduler, parse_policy(split_label(label)[0]), sampler.start_step)
     except ValueError as err:
         return str(err)
     return None
@@ -74,12 +83,13 @@ def run_policies(config: str, policies: Sequence[str], overrides: Sequence[str],
     reasons = {p: r for p in policies if (r := unavailable_reason(sampler, p)) is not None}
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for policy in (p for p in policies if p not in reasons):
-            out = Path(tmp) / policy.replace("=", "")
+        for label in (p for p in policies if p not in reasons):
+            policy, options = split_label(label)
+            out = Path(tmp) / label.replace("=", "").replace("+", "_")
             cli.main(["fit", "--config", config, f"--model.init_args.sampler.policy={policy}",
                       f"--model.init_args.output_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
-                      "--trainer.enable_progress_bar=false", *overrides, *extra(policy)])
-            rows[policy] = read(out)
+                      "--trainer.enable_progress_bar=false", *overrides, *extra(policy), *options])
+            rows[label] = read(out)
     return rows, reasons
 
 
@@ -107,13 +117,15 @@ def memory_cell(policy: str, mib: float) -> str:
     """The MiB cell of a policy row. A call that ``torch.utils.checkpoint`` rebuilds in backward saves through
     checkpoint's own hooks, which no saved-tensor meter sees: for ``checkpoint`` and ``sdo-recompute=true`` the
     figure leaves out that one rebuilt call's graph, and the cell says so (on CUDA the allocator's peak has it)."""
-    parsed = parse_policy(policy)
+    parsed = parse_policy(split_label(policy)[0])
     rebuilt = parsed.name == "checkpoint" or parsed.recompute
     return f"{mib:.2f}" + (" + one rebuilt call's graph (not seen by the meter)" if rebuilt else "")
 
 
-def publish(results: str, heading: str, body: str, script: str, argv: Sequence[str] | None, prefix: str = "") -> None:
-    """Replace the ``## heading`` section of ``results`` with ``body`` after the command that made it:
-    ``[prefix]python benchmarks/<script>.py <arguments>``."""
+def publish(results: str, heading: str, body: str, script: str, argv: Sequence[str] | None, started_on: str,
+            prefix: str = "") -> None:
+    """Replace the ``## heading`` section of ``results`` with ``body`` after the command that made it
+    (``[prefix]python benchmarks/<script>.py <arguments>``) and before the machine it ``started_on``
+    (:func:`benchmarks.common.machine` at the start of the runs)."""
     command = f"{prefix}python benchmarks/{script}.py {' '.join(sys.argv[1:] if argv is None else argv)}".strip()
-    write_markdown_section(results, heading, f"Command: `{command}` {body}")
+    write_markdown_section(results, heading, f"Command: `{command}` {body}\n\nRan on: {started_on}.")

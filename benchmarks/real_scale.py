@@ -1,7 +1,7 @@
 """Every paper config end to end at FULL model size: the real architectures with random weights.
 
 For each paper config, the models it names are built at their released shapes and saved in their released
-on-disk layout (:mod:`benchmarks.real_scale_models`, cached under ``--cache``), the config is pointed at them
+on-disk layout (:mod:`lit_sdo.models.standins`, cached under ``--cache``), the config is pointed at them
 with CLI overrides, and ``lit-sdo fit`` runs in its own process for ``--opt-steps`` optimisation steps at
 ``--sampling-steps`` sampling steps and batch 1. Printed per config: wall time, CPU time and peak RSS of that
 process (``os.wait4``'s resource usage), what it wrote, PASS/FAIL. ``--reward-cost`` times one reward step of
@@ -144,14 +144,14 @@ def run_process(command: list[str], env: dict[str, str], log_path: Path) -> tupl
 
 def build_components(names: tuple[str, ...], cache: Path, threads: int, log: callable) -> None:
     """Build what is missing, in a fresh process (its memory is given back when it ends)."""
-    from benchmarks.real_scale_models import MARKER, REQUIRES
+    from lit_sdo.models.standins import MARKER, REQUIRES
 
     needed = [dep for name in names for dep in (*REQUIRES.get(name, ()), name)]
     todo = [n for n in dict.fromkeys(needed) if not (cache / n / MARKER).is_file()]
     if not todo:
         return
     log(f"  building {', '.join(todo)} in {cache} (full size, random weights)")
-    code, wall, _, rss = run_process([sys.executable, "-m", "benchmarks.real_scale_models", str(cache), *todo],
+    code, wall, _, rss = run_process([sys.executable, str(ROOT / "benchmarks/real_scale_models.py"), str(cache), *todo],
                                      child_env(cache, threads), cache / "build.log")
     if code != 0:
         raise RuntimeError(f"building {', '.join(todo)} failed; see {cache / 'build.log'}")

@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{table}\n\n{verdict}\n\nEval reward by step:\n\n{curves}\n\nPaper, Sec. 5.3 / Fig. 11 (SD 1.5, "
             "aesthetic and HPSv2 rewards): SDO needs about 50 % of AlignProp-uniform's runtime at equal reward; "
             "AlignProp-1 becomes unstable after some steps.")
-    sweep.publish(args.results, "LoRA reward fine-tuning", body, "reward_policies", argv, "OMP_NUM_THREADS=1 ")
+    sweep.publish(args.results, "LoRA reward fine-tuning", body, "reward_policies", argv, args.started_on,
+                  "OMP_NUM_THREADS=1 ")
 
 
 if __name__ == "__main__":

@@ -185,6 +185,10 @@ class StepCost(L.Callback):
         """Mean wall-clock of an optimiser step."""
         return self.rows[-1]["seconds"] / len(self.rows) if self.rows else None
 
+    def peak_mib(self) -> float | None:
+        """The largest step's memory (CUDA peak, or on CPU the bytes held for backward), in MiB."""
+        return max(row["peak_bytes"] for row in self.rows) / 2**20 if self.rows else None
+
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "clock": self._clock}
 
@@ -257,6 +261,7 @@ class LatentResultsWriter(L.Callback):
         timer = StepCost.find(trainer)
         if timer is not None and timer.mean_seconds() is not None:
             report.summary["seconds_per_step"] = timer.mean_seconds()
+            report.summary["peak_mib_per_step"] = timer.peak_mib()
         tensors = {"delta": module.engine.tracker.best}
         if "success" in (report.samples[0] if report.samples else {}):
             tensors["succeeded"] = torch.tensor([row["success"] for row in report.samples])

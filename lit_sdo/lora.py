@@ -173,7 +173,7 @@ def parse_lora_argument(text: str) -> tuple[str, float]:
         return text, 1.0
 
 
-def sample_lora_grid(model: str = "embedded:digits-ddpm", lora: Sequence[str] = (),
+def sample_lora_grid(model: str = "embedded:digits-ddpm", lora: Sequence[str] = (), *,
                      classes: Sequence[int] | None = None, prompts: Sequence[str] = ("a painting of a cat",),
                      guidance_scale: float = 1.0, seeds: Sequence[int] = tuple(range(8)), num_steps: int = 50,
                      scheduler: str = "ddim", out: str = "runs/lora_grid.png") -> Path:

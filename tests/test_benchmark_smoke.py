@@ -127,7 +127,7 @@ def test_real_scale_models(tmp_path: Path) -> None:
     from benchmarks import real_scale_models
 
     real_scale_models.main([str(tmp_path), "laion", "images"])
-    assert (tmp_path / "laion" / real_scale_models.MARKER).is_file()
+    assert (tmp_path / "laion" / ".complete").is_file()
     assert (tmp_path / "images" / "style.png").is_file()
 
 

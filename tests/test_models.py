@@ -174,7 +174,8 @@ def test_missing_folder_and_unknown_embedded_name_are_one_line(tmp_path: Path) -
 def test_embedded_style_classifier_applies_its_conventions(tmp_path: Path) -> None:
     torch.manual_seed(0)
     network = build_network("resnet", in_chans=1, channels=(4, 8, 8, 8)).eval()
-    export_classifier(network, tmp_path / "clf", "resnet", {"in_chans": 1, "channels": [4, 8, 8, 8]}, 10, 16)
+    export_classifier(network, tmp_path / "clf", "resnet", {"in_chans": 1, "channels": [4, 8, 8, 8]},
+                      num_classes=10, input_size=16)
     classifier = load_classifier(str(tmp_path / "clf"))
     images = torch.rand(3, 1, 16, 16)  # [0, 1]
     with torch.no_grad():

@@ -18,7 +18,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import real_scale, real_scale_models  # noqa: E402
+from benchmarks import real_scale  # noqa: E402
+from lit_sdo.models import clip_tokenizer, standins  # noqa: E402
 
 PAPER_CONFIGS = {"attack/imagenet_adm", "attack/imagenet_dit", "aesthetic/sd15", "reward/sd15_aesthetic",
                  "reward/sd15_hps", "style/lcm", "edit/celebahq", "shortcut/celebahq256", "shortcut/imagenet256"}
@@ -28,7 +29,7 @@ def test_every_paper_config_is_covered_and_its_components_exist() -> None:
     assert set(real_scale.CONFIGS) == PAPER_CONFIGS
     for config in real_scale.CONFIGS.values():
         assert config.path.is_file(), config.path
-        assert set(config.components) <= set(real_scale_models.BUILDERS), config.name
+        assert set(config.components) <= set(standins.BUILDERS), config.name
     listed = subprocess.run([sys.executable, str(ROOT / "benchmarks/real_scale.py"), "--list"], capture_output=True,
                             text=True, check=True).stdout
     assert {line.split(":")[0] for line in listed.splitlines()} == PAPER_CONFIGS
@@ -69,16 +70,16 @@ def test_bpe_merges_take_the_most_frequent_pair_first() -> None:
     # Symbols: l o w</w> (×5), l o w e r</w> (×2), n e w e s t</w> (×6). Pair counts: (w, e) 2 + 6 = 8, then
     # (l, o) 5 + 2 = 7 ahead of the 6s of newest.
     words = ["low"] * 5 + ["lower"] * 2 + ["newest"] * 6
-    merges = real_scale_models.bpe_merges(words, 2)
+    merges = clip_tokenizer.bpe_merges(words, 2)
     assert merges[0] == ("w", "e") and merges[1] == ("l", "o")  # then ("l","o") 7, ahead of ("n","e") 6
 
 
 def test_offline_clip_tokenizer_has_clips_vocabulary_size_and_special_ids(tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    real_scale_models.save_clip_tokenizer(tmp_path, num_merges=60)
+    clip_tokenizer.save_clip_tokenizer(tmp_path, ["a painting of a cat", "the cat paints"], num_merges=60)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
-    assert len(tokenizer) == real_scale_models.CLIP_VOCAB == 49408
+    assert len(tokenizer) == clip_tokenizer.CLIP_VOCAB == 49408
     ids = tokenizer("a painting of a cat").input_ids
     assert ids[0] == 49406 and ids[-1] == 49407 and max(ids) == 49407  # legacy pooling: argmax is the end token
     assert tokenizer.decode(ids[1:-1]).strip() == "a painting of a cat"
@@ -90,7 +91,7 @@ def test_randomize_zero_weights_fills_only_all_zero_matrices() -> None:
     torch.nn.init.zeros_(layers[1].weight)
     torch.nn.init.zeros_(layers[1].bias)
     first = layers[0].weight.detach().clone()
-    real_scale_models.randomize_zero_weights(layers)
+    standins.randomize_zero_weights(layers)
     assert layers[1].weight.abs().min() > 0 and torch.equal(layers[0].weight, first)
     assert not layers[1].bias.any()  # biases stay zero, as trained networks often have them near it
 

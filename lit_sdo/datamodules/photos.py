@@ -49,7 +49,7 @@ def split_region(photo: Tensor, holdout_fraction: float, part: str) -> Tensor:
     return photo.narrow(axis, 0, cut) if part == "train" else photo.narrow(axis, cut, photo.shape[axis] - cut)
 
 
-def random_crops(regions: list[Tensor], labels: Tensor, size: int, side: int, scale: tuple[float, float],
+def random_crops(regions: list[Tensor], labels: Tensor, *, size: int, side: int, scale: tuple[float, float],
                  jitter: float, generator: torch.Generator | None = None) -> Tensor:
     """One crop of ``regions[label]`` (3, H, W) per label -> (B, 3, size, size) in [0, 1].
 

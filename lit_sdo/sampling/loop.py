@@ -120,7 +120,7 @@ def sample(
         x = scale_initial_noise(scheduler, x)
     for t, mode in zip(timesteps, modes, strict=True):
         with torch.set_grad_enabled(grad_allowed and mode is not CallMode.OFF):
-            x = _denoise_step(denoiser, scheduler, x, t, cond, mode, generator, fast)
+            x = _denoise_step(denoiser, scheduler, x, t, cond, mode, generator=generator, fast=fast)
         if trajectory is not None:
             trajectory.append(x)
     return SampleOutput(sample=x, trajectory=trajectory, modes=modes)
@@ -133,7 +133,7 @@ def _as_list(generator: Generators) -> list[torch.Generator]:
 
 
 def _denoise_step(denoiser: DenoiserAdapter, scheduler: SchedulerMixin, x: Tensor, t: Tensor,
-                  cond: Tensor | None, mode: CallMode, generator: Generators,
+                  cond: Tensor | None, mode: CallMode, *, generator: Generators,
                   fast: Callable[..., Tensor] | None = None) -> Tensor:
     """One solver step x_t -> x_{t-1}; only the model call's graph depends on ``mode``.
 

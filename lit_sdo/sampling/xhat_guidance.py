@@ -21,7 +21,7 @@ from lit_sdo.sampling.schedulers import fresh_scheduler
 
 
 def xhat_guided_sample(denoiser: DenoiserAdapter, scheduler: SchedulerMixin, x: Tensor, cond: Tensor | None,
-                       loss_fn: Callable[[Tensor], Tensor], scale: float = 0.1, start_step: int = 0,
+                       loss_fn: Callable[[Tensor], Tensor], *, scale: float = 0.1, start_step: int = 0,
                        generator: torch.Generator | None = None) -> Tensor:
     """Sample from ``x`` (the latent at ``scheduler.timesteps[start_step]``) with per-step x̂₀ guidance.
 

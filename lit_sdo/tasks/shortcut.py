@@ -63,7 +63,7 @@ def flow_matching_targets(data: Tensor, noise: Tensor, max_steps: int,
     return interpolate(noise, data, t), t, d, data - noise
 
 
-def guided_teacher(teacher: ShortcutFn, x: Tensor, t: Tensor, d: Tensor, labels: Tensor | None,
+def guided_teacher(teacher: ShortcutFn, x: Tensor, t: Tensor, d: Tensor, labels: Tensor | None, *,
                    scale: float, null_class: int | None, flow_step: float) -> Tensor:
     """The teacher's s(x, t, d, y), with classifier-free guidance s_∅ + w (s_y - s_∅) on rows where d = 1/M.
 
@@ -109,7 +109,8 @@ def self_consistency_targets(teacher: ShortcutFn, data: Tensor, noise: Tensor, l
         return x if target_clip is None else x.clamp(-target_clip, target_clip)
 
     def query(x: Tensor, time: Tensor) -> Tensor:
-        return guided_teacher(teacher, x, time, half, labels, guidance_scale, null_class, 1.0 / max_steps)
+        return guided_teacher(teacher, x, time, half, labels, scale=guidance_scale, null_class=null_class,
+                              flow_step=1.0 / max_steps)
 
     with torch.no_grad():
         first = query(x_t, t)  # s(x_t, t, d)

@@ -75,10 +75,11 @@ class ClassifierTrainingModule(L.LightningModule):
         if self.hparams.export_dir and self.trainer.is_global_zero:
             network = self.hparams.network or {}
             export_classifier(self.network, self.hparams.export_dir, self.hparams.architecture, network,
-                              self.hparams.num_classes, self.hparams.input_size, network.get("in_chans", 1))
+                              num_classes=self.hparams.num_classes, input_size=self.hparams.input_size,
+                              channels=network.get("in_chans", 1))
 
 
-def export_classifier(network: nn.Module, folder: str | Path, architecture: str, network_kwargs: dict[str, Any],
+def export_classifier(network: nn.Module, folder: str | Path, architecture: str, network_kwargs: dict[str, Any], *,
                       num_classes: int, input_size: int, channels: int = 1) -> Path:
     """Write ``model.safetensors`` and a ``config.json`` with the architecture and input conventions."""
     folder = Path(folder)
