@@ -1,15 +1,18 @@
-"""Side by side: the digits attack with each gradient policy on the same samples (paper Table 5).
+"""Side by side: an attack job with each gradient policy on the same samples (paper Table 5).
 
-Runs the CLI job (configs/attack/digits.yaml) once per policy (:mod:`benchmarks.policy_sweep`), reads each
-results.json and prints success rate, SSIM/L2, LPIPS (when its weights exist), digits-FID and wall-clock per
-optimisation step. The paper's baselines are policies too (``adjoint``: AdjointDPM, ``doodl``: DOODL; ``sdo-tail=4``:
-SDO with an exact tail; ``doodl+optimizer=doodl``: DOODL with its own optimiser instead of the job's SGD); a
-policy the sampler cannot run prints the library's one-line reason as its row. The
-table is written to ``--results`` (default runs/attack_policies.md; ``--results benchmarks/RESULTS.md`` updates
-the shipped table).
+Runs the CLI job (``--config``, default configs/attack/digits.yaml) once per policy and τ
+(:mod:`benchmarks.policy_sweep`), reads each results.json and prints success rate, SSIM/L2, LPIPS (when its
+weights exist), FID of the adversarial images against the clean ones (the classifier's features), wall-clock
+and peak memory per optimisation step. The paper's baselines are policies too (``adjoint``: AdjointDPM,
+``doodl``: DOODL; ``sdo-tail=4``: SDO with an exact tail; ``doodl+optimizer=doodl``: DOODL with its own optimiser
+instead of the job's SGD); a policy the sampler cannot run prints the library's one-line reason as its row.
+Each τ's table is written to ``--results`` (default runs/attack_policies.md; ``--results benchmarks/RESULTS.md``
+updates the shipped tables); several τ also draw success against image change and against time per step.
 
     python benchmarks/attack_policies.py [--policies sdo full adjoint doodl doodl+optimizer=doodl sdo-tail=4]
         [--per-class 10] [--eps 0.1] [--override=--model.init_args.sampler.num_steps=4]
+    python benchmarks/attack_policies.py --config configs/attack/photos.yaml --eps 0.02 0.05 0.1 0.2 0.5 \
+        --plot-dir docs --json runs/attack_tau_sweep.json     # the τ sweep: success against image change / time
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import policy_sweep as sweep  # noqa: E402
+from lit_sdo.io import write_json  # noqa: E402
 
 CONFIG = str(ROOT / "configs/attack/digits.yaml")
-COLUMNS = ["policy", "success rate", "raw success", "SSIM", "L2 (rms)", "LPIPS", "digits-FID adv vs clean",
+COLUMNS = ["policy", "success rate", "raw success", "SSIM", "L2 (rms)", "LPIPS", "FID adv vs clean",
            "s / opt. step", "time vs sdo", "peak MiB / step"]
 
 
@@ -33,9 +37,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sweep.add_arguments(parser, ["sdo", "full", "adjoint", "doodl", "doodl+optimizer=doodl", "sdo-tail=4"],
                         "attack_policies")
-    parser.add_argument("--per-class", type=int, default=10, help="attacked samples per digit class")
+    parser.add_argument("--config", default=CONFIG, help="the attack config (configs/attack/photos.yaml: photos)")
+    parser.add_argument("--per-class", type=int, default=10, help="attacked samples per class")
     parser.add_argument("--steps", type=int, default=30, help="optimisation steps")
-    parser.add_argument("--eps", type=float, default=0.1, help="L∞ budget τ (the paper's: 0.1)")
+    parser.add_argument("--eps", type=float, nargs="+", default=[0.1],
+                        help="L∞ budgets τ (the paper's: 0.1); several draw the success-against-change curves")
+    parser.add_argument("--plot-dir", type=Path, default=None,
+                        help="with several --eps: write attack_success_vs_change.png and attack_success_vs_time.png")
+    parser.add_argument("--json", type=Path, default=None, help="every run's aggregate, by τ and policy (atomic)")
     return parser.parse_args(argv)
 
 
@@ -53,26 +62,68 @@ def cells(rows: dict[str, dict]) -> Callable[[str, dict], list[str]]:
     return row
 
 
+def plot_curves(runs: dict[float, dict[str, dict]], folder: Path, title: str) -> list[Path]:
+    """Success rate against image change (1 − SSIM, one line per policy across τ: the distortion curve of attack
+    papers) and against seconds per optimisation step (one marker per run), as two PNGs in ``folder``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    policies = list(dict.fromkeys(p for rows in runs.values() for p in rows))
+    paths = []
+    for name, x_of, x_label in (("change", lambda r: 1 - r["ssim_mean"], "image change: 1 − mean SSIM"),
+                                ("time", lambda r: r["seconds_per_step"], "seconds per optimisation step")):
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for policy in policies:
+            points = [(x_of(rows[policy]), rows[policy]["success_rate"], eps) for eps, rows in sorted(runs.items())
+                      if policy in rows]
+            ax.plot([x for x, _, _ in points], [y for _, y, _ in points], "o-" if name == "change" else "o",
+                    label=policy)
+            for x, y, eps in points:
+                ax.annotate(f"τ={eps:g}", (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("attack success rate (clean-correct samples)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        folder.mkdir(parents=True, exist_ok=True)
+        fig.tight_layout()
+        fig.savefig(folder / f"attack_success_vs_{name}.png", dpi=120)
+        plt.close(fig)
+        paths.append(folder / f"attack_success_vs_{name}.png")
+    return paths
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    # Every step differentiates every sample (stop_at_success off): the step time is the policy's cost, not how
-    # soon it fools; successes and δ are the same either way (the first success is kept).
-    overrides = [f"--data.init_args.per_class={args.per_class}", f"--trainer.max_epochs={args.steps}",
-                 f"--model.init_args.eps={args.eps}", "--model.init_args.stop_at_success=false",
-                 *sweep.device_overrides(args)]
-    rows, reasons = sweep.run_policies(CONFIG, args.policies, overrides, sweep.aggregate)
-    table = "\n".join(sweep.policy_table(COLUMNS, args.policies, rows, reasons, cells(rows)))
-    print(table)
-    where = "CPU, 2 cores" if args.device == "cpu" else "CUDA"
-    body = (f"({where}; {args.per_class * 10} samples, {args.steps} optimisation steps, DDIM-30, τ = {args.eps:g}, "
-            "SGD lr 0.1 unless the row names another optimiser, every sample stepped at every step; peak MiB: the "
-            "bytes autograd holds for backward, "
-            f"weights excluded).\n\n{table}\n\nPaper, Table 5 (ImageNet, ResNet50): SDO 96.32 % / LPIPS 0.023 / "
-            "FID 58.2; "
-            "AdjointDPM 52.54 % / 0.098 / 85.3; DOODL 51.61 % / 0.084 / 70.4.")
-    budget = "" if args.eps == 0.1 else f", τ = {args.eps:g}"
-    sweep.publish(args.results, f"Attack: gradient policies side by side{budget}", body, "attack_policies", argv,
-                  args.started_on)
+    runs: dict[float, dict[str, dict]] = {}
+    job = Path(args.config).relative_to(ROOT) if Path(args.config).is_relative_to(ROOT) else Path(args.config)
+    for eps in args.eps:
+        # Every step differentiates every sample (stop_at_success off): the step time is the policy's cost, not
+        # how soon it fools; successes and δ are the same either way (the first success is kept).
+        overrides = [f"--data.init_args.per_class={args.per_class}", f"--trainer.max_epochs={args.steps}",
+                     f"--model.init_args.eps={eps}", "--model.init_args.stop_at_success=false",
+                     *sweep.device_overrides(args)]
+        rows, reasons = sweep.run_policies(args.config, args.policies, overrides, sweep.aggregate)
+        runs[eps] = rows
+        table = "\n".join(sweep.policy_table(COLUMNS, args.policies, rows, reasons, cells(rows)))
+        print(f"τ = {eps:g}\n{table}")
+        where = "CPU, 2 cores" if args.device == "cpu" else "CUDA"
+        body = (f"({where}; {job}, {args.per_class} samples per class, {args.steps} optimisation steps, τ = {eps:g}, "
+                "SGD lr 0.1 unless the row names another optimiser, every sample stepped at every step; peak MiB: "
+                f"the bytes autograd holds for backward, weights excluded).\n\n{table}\n\nPaper, Table 5 "
+                "(ImageNet, ResNet50): SDO 96.32 % / LPIPS 0.023 / FID 58.2; AdjointDPM 52.54 % / 0.098 / 85.3; "
+                "DOODL 51.61 % / 0.084 / 70.4.")
+        name = "" if job.stem == "digits" else f" ({job.stem})"
+        budget = "" if eps == 0.1 else f", τ = {eps:g}"
+        sweep.publish(args.results, f"Attack{name}: gradient policies side by side{budget}", body, "attack_policies",
+                      argv, args.started_on)
+    if args.json is not None:
+        write_json(args.json, {str(eps): rows for eps, rows in runs.items()})
+    if args.plot_dir is not None and len(runs) > 1:
+        title = f"{job}, {args.per_class} per class, {args.steps} steps; {args.started_on}"
+        print("\n".join(map(str, plot_curves(runs, args.plot_dir, title))))
 
 
 if __name__ == "__main__":

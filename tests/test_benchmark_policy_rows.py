@@ -96,7 +96,7 @@ def test_attack_rows(tmp_path: Path) -> None:
                          tmp_path / "b.md")
     row = table_rows(refused)["doodl"]
     assert "cannot run: policy 'doodl' cannot run on DDPMScheduler" in row
-    assert row.count("|") == 10  # the table's 9 columns
+    assert row.count("|") == 11  # the table's 10 columns
 
 
 @pytest.mark.slow  # several CLI runs: 20-50 s on an idle 2-core machine

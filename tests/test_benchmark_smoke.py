@@ -150,6 +150,16 @@ def test_attack_policies(tmp_path: Path) -> None:
     assert "| sdo | " in (tmp_path / "a.md").read_text()
 
 
+def test_attack_tau_sweep_draws_both_curves(tmp_path: Path) -> None:
+    from benchmarks import attack_policies
+
+    runs = {eps: {p: {"ssim_mean": 1 - eps * f, "success_rate": eps * f, "seconds_per_step": f}
+                  for p, f in (("sdo", 1.0), ("full", 2.0))} for eps in (0.1, 0.2)}
+    paths = attack_policies.plot_curves(runs, tmp_path, "tiny")
+    assert [p.name for p in paths] == ["attack_success_vs_change.png", "attack_success_vs_time.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
 def test_guided_policies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks import guided_policies
 
