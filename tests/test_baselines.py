@@ -60,9 +60,19 @@ def weights(batch: int = 2) -> Tensor:
     return torch.randn(batch, *SHAPE, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
 
 
+def linear_loss(z: Tensor) -> Tensor:
+    return (z * weights(z.shape[0])).sum()
+
+
+def squared_loss(z: Tensor) -> Tensor:
+    """Not linear in z: the mean of two images' losses is not the loss of their mean."""
+    return (z * weights(z.shape[0])).sum((1, 2, 3)).square().sum()
+
+
 def gradients(model: nn.Module, scheduler, policy, x: Tensor, cond: Tensor | None, wrt_cond: bool = False,
-              start_step: int = 0) -> list[Tensor]:
-    """d<w, x₀>/d(x, [cond], trainable params) of one sampling run."""
+              start_step: int = 0, loss_fn=linear_loss) -> list[Tensor]:
+    """d loss/d(x, [cond], trainable params) of one sampling run; the loss is ``loss_fn`` at x₀, averaged with
+    its value at the run's partner image where the policy has one (DOODL over both EDICT images)."""
     x = x.clone().requires_grad_()
     inputs = [x]
     if wrt_cond:
@@ -70,7 +80,8 @@ def gradients(model: nn.Module, scheduler, policy, x: Tensor, cond: Tensor | Non
         inputs.append(cond)
     inputs += [p for p in model.parameters() if p.requires_grad]
     out = sample(model, scheduler, x, cond, policy=policy, start_step=start_step)
-    return list(torch.autograd.grad((out.sample * weights(x.shape[0])).sum(), inputs))
+    images = [out.sample] if out.partner is None else [out.sample, out.partner]
+    return list(torch.autograd.grad(sum(loss_fn(z) for z in images) / len(images), inputs))
 
 
 def cosine(a: list[Tensor], b: list[Tensor]) -> float:
@@ -208,16 +219,16 @@ def test_doodl_gradient_equals_autograd_through_the_same_edict_chain(scheduler_n
     scheduler = build_scheduler(scheduler_name, 6)
     x, cond = latent(), latent(seed=5)
     doodl = gradients(model, scheduler, f"doodl-states={states}-images={images}", x, cond, wrt_cond=True,
-                      start_step=start_step)
+                      start_step=start_step, loss_fn=squared_loss)
 
     chain = EdictChain(model, probability_flow(scheduler, start_step), cond.clone().requires_grad_())
     x_in = x.clone().requires_grad_()
     y_start = chain.flow.to_state(x_in)
     x0, y0 = (chain.flow.from_state(z) for z in chain.run(y_start, y_start))  # the same chain, by autograd
-    # <w, ·> is linear, so the loss at x₀ and y₀ is exactly the mean of <w, x₀> and <w, y₀>
-    loss_of = x0 if images == "first" else (x0 + y0) / 2
+    # DOODL's loss over both images is the mean of the two losses (not the loss of their mean: it is not linear)
+    loss = squared_loss(x0) if images == "first" else (squared_loss(x0) + squared_loss(y0)) / 2
     inputs = [x_in, chain.cond, model.network.conv_out.weight, model.network.conv_out.bias]
-    reference = torch.autograd.grad((loss_of * weights()).sum(), inputs)
+    reference = torch.autograd.grad(loss, inputs)
     for got, expected in zip(doodl, reference, strict=True):  # float64: only the order of the sums differs
         torch.testing.assert_close(got, expected, rtol=1e-7, atol=1e-10)
 

@@ -21,10 +21,12 @@ from conftest import tiny_classifier, tiny_generator
 from torch import Tensor
 
 from lit_sdo.datamodules import LabelSeedDataModule
+from lit_sdo.images import to_unit_range
 from lit_sdo.models.sampler import Sampler, SamplerSpec
 from lit_sdo.objectives import Batch, ClassifierObjective, Objective
 from lit_sdo.optim import BestTracker
 from lit_sdo.records import SampleRecords
+from lit_sdo.sampling.edict import doodl_pair
 from lit_sdo.tasks.engine import LatentEngine
 from lit_sdo.tasks.latent import LatentOptimizationModule
 
@@ -96,8 +98,8 @@ def test_a_closed_sample_is_never_sampled_again(monkeypatch: pytest.MonkeyPatch)
     batch, x_start, cond = whole_batch(sampler, 4)
     engine = LatentEngine(sampler, ReachedFromTheStart(), 4, eps=0.1, optimizer="sign", lr=0.05)
     sampled: list[list[int]] = []
-    generate = sampler.generate
-    monkeypatch.setattr(sampler, "generate", lambda x, c, **k: sampled.append(len(x)) or generate(x, c, **k))
+    generate = sampler.loss_images
+    monkeypatch.setattr(sampler, "loss_images", lambda x, c, **k: sampled.append(len(x)) or generate(x, c, **k))
     first = engine.step(batch, x_start, cond, policy_key=0)
     second = engine.step(batch, x_start, cond, policy_key=1)
     assert sampled == [4, 2]  # seeds 2, 3 reached the goal at the first step
@@ -108,6 +110,23 @@ def test_a_closed_sample_is_never_sampled_again(monkeypatch: pytest.MonkeyPatch)
     engine.tracker.succeeded[:] = True
     done = engine.step(batch, x_start, cond, policy_key=2)
     assert sampled == [4, 2] and not done.stepped.any() and done.success is not None  # no work, still logged
+
+
+@pytest.mark.parametrize("images", ["both", "first"])
+def test_doodl_steps_on_the_mean_loss_of_both_edict_images(images: str) -> None:
+    """DOODL's loss is the mean over its two EDICT images x₀ and y₀ (``first``: x₀ only); the reference calls
+    the EDICT chain itself. Float32, the same model calls: only the loss's reduction order differs (1e-5)."""
+    sampler = Sampler(SamplerSpec(model="tiny-ddpm", num_steps=4, policy=f"doodl-images={images}"),
+                      model=tiny_generator())
+    batch, x_start, cond = whole_batch(sampler, 3)
+    engine = LatentEngine(sampler, Brightness(), 3, optimizer="sgd", lr=0.5)
+    engine.step(batch, x_start, cond)
+    x = x_start.clone().requires_grad_()
+    x0, y0 = doodl_pair(sampler.denoiser, sampler.scheduler, x, cond)
+    losses = [Brightness()(to_unit_range(z), batch) for z in ((x0, y0) if images == "both" else (x0,))]
+    (grad,) = torch.autograd.grad(sum(losses).sum() / len(losses), x)
+    assert grad.abs().max() > 0
+    torch.testing.assert_close(engine.delta.data, -0.5 * grad, rtol=1e-5, atol=1e-8)
 
 
 def test_objectives_without_a_goal_step_every_sample_and_report_no_success() -> None:

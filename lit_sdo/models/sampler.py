@@ -269,10 +269,18 @@ class Sampler(nn.Module):
             policy_key: which sampling run of the job this is (the optimisation step, a micro-batch's first
                 noise seed): the policy's random draws derive from the run seed and this key.
         """
+        return self.loss_images(x, cond, policy, policy_key=policy_key)[0]
+
+    def loss_images(self, x: Tensor, cond: Tensor | None, policy: GradientPolicy | str | None = None, *,
+                    policy_key: int = 0) -> list[Tensor]:
+        """:meth:`generate`'s image first, then any other image the policy's loss is over: a job's loss for its
+        gradient is the mean of its loss at each. Only DOODL over both EDICT images (``doodl``, ``images=both``,
+        the default) has a second one, its y₀; every other policy differentiates the one image."""
         out = sample(self.denoiser, self.scheduler, x, cond, policy=self.policy if policy is None else policy,
                      start_step=self.start_step, generator=self._noise_generator(),
                      policy_generator=self.policy_generator(policy_key), precision=self.precision)
-        return to_unit_range(self.decode(out.sample).to(x.dtype))  # autocast may decode in bf16
+        latents = [out.sample] if out.partner is None else [out.sample, out.partner]
+        return [to_unit_range(self.decode(z).to(x.dtype)) for z in latents]  # autocast may decode in bf16
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, cond: Tensor | None) -> Tensor:

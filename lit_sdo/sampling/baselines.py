@@ -30,11 +30,12 @@ def check_baseline(scheduler: SchedulerMixin, policy: GradientPolicy, start_step
 
 
 def sample_baseline(denoiser: DenoiserAdapter, scheduler: SchedulerMixin, x: Tensor, cond: Tensor | None,
-                    policy: GradientPolicy, start_step: int = 0) -> Tensor:
-    """x₀ by AdjointDPM (``adjoint``) or DOODL (``doodl``), with that method's own backward."""
+                    policy: GradientPolicy, start_step: int = 0) -> tuple[Tensor, Tensor | None]:
+    """x₀ by AdjointDPM (``adjoint``) or DOODL (``doodl``), with that method's own backward, and DOODL's second
+    EDICT image y₀ where its loss is over both (None otherwise)."""
     if policy.name == "adjoint":
         return adjoint_sample(denoiser, scheduler, x, cond, start_step=start_step, solver=policy.solver,
-                              substeps=policy.substeps, states=policy.states, rtol=policy.rtol, atol=policy.atol)
+                              substeps=policy.substeps, states=policy.states, rtol=policy.rtol, atol=policy.atol), None
     if policy.name == "doodl":
         return doodl_sample(denoiser, scheduler, x, cond, start_step=start_step, mixing=policy.mixing,
                             leapfrog=policy.leapfrog, states=policy.states, images=policy.images)

@@ -15,11 +15,11 @@ inverse step, memory flat in N, every model call run three times (and, in float3
 twice per step; EDICT itself runs its UNet in float64).
 
 DOODL's loss is over both decoded images, x₀ and y₀ (``optimize_first_edict_image_only`` restricts it to x₀).
-:func:`doodl_pair` returns both with their exact gradients; the sampler's contract is one sample, so
-:func:`doodl_sample` returns x₀ and, with ``images="both"``, sends the loss gradient at x₀ to both outputs,
-½ each: the mean of the two losses when the loss is linear in the sample, and to first order in ‖x₀ - y₀‖
-otherwise. p = 0.93 is EDICT's and DOODL's mixing coefficient; ``leapfrog`` alternates which sequence is
-updated first on odd steps, as EDICT's reference pipeline does by default. The sample is the x sequence.
+:func:`doodl_pair` returns both with their exact gradients; :func:`doodl_sample` returns the sample x₀ and, with
+``images="both"``, y₀ as its partner (:attr:`lit_sdo.sampling.loop.SampleOutput.partner`), whose loss a job
+averages with x₀'s (:meth:`lit_sdo.models.sampler.Sampler.loss_images`). p = 0.93 is EDICT's and DOODL's
+mixing coefficient; ``leapfrog`` alternates which sequence is updated first on odd steps, as EDICT's reference
+pipeline does by default. The sample is the x sequence.
 """
 
 from __future__ import annotations
@@ -139,19 +139,6 @@ class _EdictFunction(torch.autograd.Function):
         return (None, None, grad_x + grad_y, grad_cond, *grad_params)
 
 
-class _ShareGradient(torch.autograd.Function):
-    """x₀ in value; its gradient g reaches x₀ and y₀ as g/2 each: the mean of DOODL's two image losses, with
-    y₀'s loss gradient taken at x₀ (the sampler returns one sample)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, y: Tensor) -> Tensor:
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
-        return grad / 2, grad / 2
-
-
 def check_edict_scheduler(scheduler: SchedulerMixin) -> None:
     """One-line error unless EDICT can invert the scheduler's step exactly."""
     if not isinstance(scheduler, EDICT_SCHEDULERS):
@@ -181,10 +168,11 @@ def doodl_pair(denoiser: DenoiserAdapter, scheduler: SchedulerMixin, x: Tensor, 
 
 def doodl_sample(denoiser: DenoiserAdapter, scheduler: SchedulerMixin, x: Tensor, cond: Tensor | None, *,
                  start_step: int = 0, mixing: float = 0.93, leapfrog: bool = True, states: BaselineStates = "all",
-                 images: EdictImages = "both") -> Tensor:
-    """x₀ of the EDICT chain started at (x, x); its gradient reaches x₀ and y₀ (``both``) or x₀ only (``first``)."""
+                 images: EdictImages = "both") -> tuple[Tensor, Tensor | None]:
+    """(x₀, y₀) of the EDICT chain started at (x, x) for ``both`` (DOODL's loss over both images), (x₀, None) for
+    ``first``; the sample is x₀."""
     if images not in EDICT_IMAGES:
         raise ValueError(f"doodl images={images!r} is unknown; allowed values: {', '.join(EDICT_IMAGES)}")
     x0, y0 = doodl_pair(denoiser, scheduler, x, cond, start_step=start_step, mixing=mixing, leapfrog=leapfrog,
                         states=states)
-    return _ShareGradient.apply(x0, y0) if images == "both" and x0.requires_grad else x0
+    return x0, y0 if images == "both" else None

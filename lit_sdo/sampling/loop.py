@@ -34,11 +34,14 @@ class SampleOutput:
         sample: x₀ in the model's space (latents for latent models; see ``denoiser.decode``).
         trajectory: [x_start, x after step 0, ...] when requested, else None.
         modes: the call mode used at each step (which step kept the graph).
+        partner: DOODL over both EDICT images (``doodl``, ``images=both``): the second image y₀, with its exact
+            gradient; DOODL's loss is the mean of the losses at ``sample`` and ``partner``. None otherwise.
     """
 
     sample: Tensor
     trajectory: list[Tensor] | None
     modes: list[CallMode]
+    partner: Tensor | None = None
 
     @property
     def graph_steps(self) -> list[int]:
@@ -107,7 +110,8 @@ def sample(
         if return_trajectory:
             raise ValueError(f"return_trajectory is not available for policy {policy.name!r} (it keeps no trajectory)")
         x_start = scale_initial_noise(scheduler, x) if start_step == 0 else x  # the same contract as below
-        return SampleOutput(sample_baseline(denoiser, scheduler, x_start, cond, policy, start_step), None, modes)
+        x0, partner = sample_baseline(denoiser, scheduler, x_start, cond, policy, start_step)
+        return SampleOutput(x0, None, modes, partner)
     grad_allowed = torch.is_grad_enabled()  # an outer no_grad (validation) wins over the policy
     if grad_allowed and policy.name != "none":
         warn_if_clipping(scheduler)

@@ -92,10 +92,9 @@ class GradientPolicy:
         mixing: for ``doodl``, EDICT's mixing coefficient p (0.93 in EDICT, Sec. 4, and DOODL).
         leapfrog: for ``doodl``, alternate which EDICT sequence is updated first on odd steps (EDICT's
             reference pipeline default).
-        images: for ``doodl``, which EDICT outputs the loss's gradient reaches: ``both`` x₀ and y₀ (DOODL's
-            loss over both decoded images, each weighted ½; the one sample returned is x₀, so y₀'s share is
-            the gradient at x₀: exact for a loss linear in x₀, see :mod:`lit_sdo.sampling.edict`) or
-            ``first``, x₀ only (DOODL's ``optimize_first_edict_image_only``).
+        images: for ``doodl``, which EDICT outputs the loss is taken over: ``both`` x₀ and y₀ (DOODL's loss, the
+            mean over both decoded images; y₀ is the sampling run's ``partner``) or ``first``, x₀ only (DOODL's
+            ``optimize_first_edict_image_only``).
         seed: seeds the policy's own generator, which draws the random k / K whenever ``plan`` is
             given no generator. The draws never touch torch's global RNG, which stochastic schedulers
             (DDPM, LCM) use for their noise when sampling without a generator: otherwise a random

@@ -133,11 +133,16 @@ class LatentEngine:
                    policy_key: int) -> tuple[Tensor, Tensor | None]:
         rows = batch["index"]
         leaf = self.delta.detach()[rows].clone().requires_grad_(True)
-        images = self.sampler.generate(x_start + leaf, cond, policy_key=policy_key)
+        images, *others = self.sampler.loss_images(x_start + leaf, cond, policy_key=policy_key)
         loss, reached = self.objective.evaluate(images, batch)
         counted = self._counted(images, batch, rows) if reached is not None else None
         self.tracker.update(rows, leaf.detach(), loss.detach(), reached, counted)
-        grad = latent_gradient(loss, leaf)
+        # DOODL's loss over both EDICT images: the mean with y₀'s; the sample, tracked and reported, is x₀
+        if others:
+            loss_of_all = torch.stack([loss, *(self.objective.evaluate(other, batch)[0] for other in others)])
+            grad = latent_gradient(loss_of_all.mean(0), leaf)
+        else:
+            grad = latent_gradient(loss, leaf)
         with torch.no_grad():
             delta = self.delta.data
             self.optim.step(delta, grad, rows, base=x_start)  # DOODL renormalises x_T + δ to the start latent's norm

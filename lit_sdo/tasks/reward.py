@@ -162,10 +162,10 @@ class RewardFinetuneModule(L.LightningModule):
         # The micro-batch's first noise seed names its sampling run: the policy's draws are the same after a
         # resume and differ on every rank and micro-batch.
         with self.base_precision():
-            images = self.sampler.generate(self.sampler.initial_noise(seeds), cond, policy_key=int(seeds[0]))
-        reward = self.score(images, positions, cond)  # (B,)
-        self._step_rewards.append(reward.detach().mean())
-        return -reward.mean()
+            images = self.sampler.loss_images(self.sampler.initial_noise(seeds), cond, policy_key=int(seeds[0]))
+        rewards = [self.score(image, positions, cond) for image in images]  # (B,) each; DOODL: x₀ and y₀
+        self._step_rewards.append(rewards[0].detach().mean())  # the sample's reward
+        return -rewards[0].mean() if len(rewards) == 1 else -torch.stack(rewards).mean()
 
     # ----- bookkeeping per optimiser step ---------------------------------------------------------
     def cost(self) -> dict[str, float]:
