@@ -135,6 +135,8 @@ class ClassifierObjective(Objective):
         summary, samples = metrics.attack_report(records.columns(), self.targeted, self.classifier.name)
         headline = (f"attack success rate {summary['success_rate']:.2%} ({summary['num_success']}/"
                     f"{summary['num_clean_correct']} clean-correct samples)")
+        if summary.get("ssim_mean") is not None:
+            headline += f"; image change: mean SSIM {summary['ssim_mean']:.3f}, L2 (rms) {summary['l2_mean']:.4f}"
         if summary.get("num_success") and "success_still_labelled_y_by_transfer" in summary:
             headline += (f"; {summary['success_still_labelled_y_by_transfer']:.1%} of the successes still labelled "
                          f"y by {self.transfer.name}")
