@@ -90,6 +90,7 @@ def run_policies(config: str, policies: Sequence[str], overrides: Sequence[str],
                       f"--model.init_args.output_dir={out}", f"--trainer.logger.init_args.save_dir={out}",
                       "--trainer.enable_progress_bar=false", *overrides, *extra(policy), *options])
             rows[label] = read(out)
+            print(f"[sweep] {label}: {json.dumps(rows[label], default=str)}", file=sys.stderr, flush=True)
     return rows, reasons
 
 
