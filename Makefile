@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) cli.py fit --config configs/attack/digits.yaml
+	$(PY) cli.py fit --config configs/attack/photos.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
