@@ -37,7 +37,15 @@ from torch import Tensor, nn
 from lit_sdo.images import to_unit_range
 from lit_sdo.models.diffusion import build_sampler, load_diffusion
 from lit_sdo.models.diffusion_model import DiffusionModel
-from lit_sdo.sampling import GradientPolicy, Precision, as_policy, noise_for_seeds, sample, start_step_for
+from lit_sdo.sampling import (
+    GradientPolicy,
+    Precision,
+    SampleOutput,
+    as_policy,
+    noise_for_seeds,
+    sample,
+    start_step_for,
+)
 from lit_sdo.sampling.baselines import check_baseline
 from lit_sdo.sampling.inversion import invert_ddim
 from lit_sdo.sampling.precision import check_supported
@@ -269,18 +277,25 @@ class Sampler(nn.Module):
             policy_key: which sampling run of the job this is (the optimisation step, a micro-batch's first
                 noise seed): the policy's random draws derive from the run seed and this key.
         """
-        return self.loss_images(x, cond, policy, policy_key=policy_key)[0]
+        return self._image(self._run(x, cond, policy, policy_key).sample, x.dtype)
 
     def loss_images(self, x: Tensor, cond: Tensor | None, policy: GradientPolicy | str | None = None, *,
                     policy_key: int = 0) -> list[Tensor]:
         """:meth:`generate`'s image first, then any other image the policy's loss is over: a job's loss for its
         gradient is the mean of its loss at each. Only DOODL over both EDICT images (``doodl``, ``images=both``,
         the default) has a second one, its y₀; every other policy differentiates the one image."""
-        out = sample(self.denoiser, self.scheduler, x, cond, policy=self.policy if policy is None else policy,
-                     start_step=self.start_step, generator=self._noise_generator(),
-                     policy_generator=self.policy_generator(policy_key), precision=self.precision)
+        out = self._run(x, cond, policy, policy_key)
         latents = [out.sample] if out.partner is None else [out.sample, out.partner]
-        return [to_unit_range(self.decode(z).to(x.dtype)) for z in latents]  # autocast may decode in bf16
+        return [self._image(z, x.dtype) for z in latents]
+
+    def _run(self, x: Tensor, cond: Tensor | None, policy: GradientPolicy | str | None, policy_key: int
+             ) -> SampleOutput:
+        return sample(self.denoiser, self.scheduler, x, cond, policy=self.policy if policy is None else policy,
+                      start_step=self.start_step, generator=self._noise_generator(),
+                      policy_generator=self.policy_generator(policy_key), precision=self.precision)
+
+    def _image(self, latent: Tensor, dtype: torch.dtype) -> Tensor:
+        return to_unit_range(self.decode(latent).to(dtype))  # autocast may decode in bf16
 
     @torch.no_grad()
     def evaluate(self, x: Tensor, cond: Tensor | None) -> Tensor:
