@@ -8,7 +8,8 @@ Why: the attack succeeds when the cheap gradient points where the exact one does
 does not (their 64-dim data subspace), on full-rank natural-image crops it should (see RESULTS.md).
 
     python benchmarks/attack_gradient_alignment.py [--samples 20] [--steps 30]
-    python benchmarks/attack_gradient_alignment.py --model embedded:photos-ddpm --classifier embedded:photos-resnet
+    python benchmarks/attack_gradient_alignment.py --model embedded:photos-ddpm --classifier embedded:photos-resnet \
+        --guidance-scale 3    # the photo attack's generator at its shipped guidance
     python benchmarks/attack_gradient_alignment.py --model embedded:digits-flow --steps 32
 """
 
@@ -46,9 +47,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="a diffusion model (DDIM sampler) or a shortcut / flow model (its own sampler)")
     parser.add_argument("--classifier", default="embedded:digits-resnet", help="the attacked classifier")
     parser.add_argument("--seed", type=int, default=0, help="first noise seed")
+    parser.add_argument("--guidance-scale", type=float, default=1.0,
+                        help="classifier-free guidance (configs/attack/photos.yaml: 3, the generator's shipped scale)")
     args = parser.parse_args(argv)
 
-    generator = load_diffusion(args.model)
+    generator = load_diffusion(args.model, guidance_scale=args.guidance_scale)  # guidance wraps the denoiser
     objective = ClassifierObjective(args.classifier, loss="margin")
     classifier = objective.classifier
     num_classes = generator.num_classes or classifier.num_classes
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         raise ValueError(f"generator {args.model} has {num_classes} classes but classifier {args.classifier} "
                          f"only {classifier.num_classes}; pick a classifier trained on the generator's classes")
     # a shortcut / flow-matching model samples with its own scheduler (Eq. 18's identity skip), any other with DDIM
-    spec = SamplerSpec(args.model, scheduler="shortcut" if generator.is_shortcut else "ddim", num_steps=args.steps)
+    spec = SamplerSpec(args.model, scheduler="shortcut" if generator.is_shortcut else "ddim", num_steps=args.steps,
+                       guidance_scale=args.guidance_scale)
     sampler = Sampler(spec, model=generator)
     labels = torch.arange(args.samples) % num_classes
     x_T = sampler.initial_noise(range(args.seed, args.seed + args.samples))
@@ -68,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         clean_correct = classifier(sampler.evaluate(x_T, cond)).argmax(1) == labels
     exact = gradient("full")
-    print(f"{args.model} + {args.classifier}, {args.steps} steps, {args.samples} samples, "  # noqa: T201
+    print(f"{args.model} + {args.classifier}, {args.steps} steps, guidance {args.guidance_scale:g}, "  # noqa: T201
+          f"{args.samples} samples, "
           f"{int(clean_correct.sum())} clean-correct")
     rows = []
     cases = {"full (exact)": exact} | {name: gradient(policy) for name, policy in policies(args.steps).items()}

@@ -43,6 +43,14 @@ def test_attack_gradient_alignment(capsys: pytest.CaptureFixture[str]) -> None:
 
     attack_gradient_alignment.main(["--samples", "2", "--steps", "2"])
     assert "| full (exact) | 1.000 |" in capsys.readouterr().out
+    # the photo attack's pair: its shipped guidance reaches the sampler (the gradients' table changes with it)
+    tables = {}
+    for scale in ("1", "3"):
+        attack_gradient_alignment.main(["--samples", "2", "--steps", "2", "--model", "embedded:photos-ddpm",
+                                        "--classifier", "embedded:photos-resnet", "--guidance-scale", scale])
+        tables[scale] = capsys.readouterr().out
+    assert "2 steps, guidance 3, 2 samples" in tables["3"] and "| full (exact) | 1.000 |" in tables["3"]
+    assert tables["1"].split("\n", 1)[1] != tables["3"].split("\n", 1)[1]
 
 
 def test_evaluate_zoo(tmp_path: Path) -> None:
