@@ -147,6 +147,11 @@ class PerSampleOptimizer(RowState):
         return torch.stack(draws).to(like)
 
 
+def row_tensor(name: str, doc: str) -> property:
+    """A read-only view of one of a :class:`RowState`'s per-sample tensors."""
+    return property(lambda self: self.tensors[name], doc=doc)
+
+
 class BestTracker(RowState):
     """Keeps, per sample, the best variable seen: the first that reaches the goal, else the lowest score.
 
@@ -162,24 +167,13 @@ class BestTracker(RowState):
                         "counted": torch.ones(shape[0], dtype=torch.bool),
                         "offered": torch.zeros(shape[0], dtype=torch.bool)}
 
-    @property
-    def best(self) -> Tensor:
-        return self.tensors["best"]
-
-    @property
-    def best_score(self) -> Tensor:
-        """Score of the kept variable (N,): for a sample that succeeded, its score at the first success."""
-        return self.tensors["best_score"]
-
-    @property
-    def succeeded(self) -> Tensor:
-        """Bool (N,): the goal was reached at some offer, so the kept variable no longer changes."""
-        return self.tensors["succeeded"]
-
-    @property
-    def counted(self) -> Tensor:
-        """Bool (N,): the sample counts in success rates (read at its first offer; True where nothing was said)."""
-        return self.tensors["counted"]
+    best = row_tensor("best", "The kept variable, per sample.")
+    best_score = row_tensor("best_score", "Score of the kept variable (N,): for a sample that succeeded, its score "
+                                          "at the first success.")
+    succeeded = row_tensor("succeeded", "Bool (N,): the goal was reached at some offer, so the kept variable no "
+                                        "longer changes.")
+    counted = row_tensor("counted", "Bool (N,): the sample counts in success rates (read at its first offer; True "
+                                    "where nothing was said).")
 
     @property
     def success(self) -> Tensor:
