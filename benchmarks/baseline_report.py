@@ -1,7 +1,7 @@
 """Report lines for the paper's baselines in the gradient-cost benchmark: Table 3 side by side, targets,
 and the fidelity/cost frontier (cosine to the exact gradient against seconds per gradient).
 
-Fed with the records of :func:`benchmarks.gradient_cost.run_benchmark` or :mod:`benchmarks.one_pass` (keys
+Fed with the records of :func:`benchmarks.gradient_cost.run_benchmark` (either mode; keys
 ``policy``, ``steps``, ``seconds``, ``peak_mem_bytes``, ``grad_cosine``, and where measured ``cpu_seconds`` and
 ``grad_norm``); it measures nothing itself.
 """
