@@ -1,12 +1,8 @@
 """One runner for the side-by-side job benchmarks (attack, guided generation, LoRA reward): the CLI job once per
 gradient policy on the same inputs, one table row per policy, the table as one section of a results file.
 
-A policy string goes to the job unchanged, as ``--model.init_args.sampler.policy=<string>`` (read by
-:func:`lit_sdo.sampling.parse_policy`: ``last_k=2`` is DRaFT-K with K = 2, ``sdo-tail=4`` SDO with an exact tail,
-``adjoint`` AdjointDPM, ``doodl`` DOODL). The paper's baselines run their own samplers, which exist only for some
-schedulers: a policy the job's sampler cannot run becomes a row with the library's own one-line reason
-(:func:`lit_sdo.sampling.baselines.check_baseline`, which the job also runs when it is built) instead of stopping
-the sweep.
+A policy the job's sampler cannot run (the paper's baselines exist only for some schedulers) becomes a row with
+the library's one-line reason (:func:`lit_sdo.sampling.baselines.check_baseline`) instead of stopping the sweep.
 """
 
 from __future__ import annotations

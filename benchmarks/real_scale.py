@@ -1,13 +1,9 @@
 """Every paper config end to end at FULL model size: the real architectures with random weights.
 
-For each paper config, the models it names are built at their released shapes and saved in their released
-on-disk layout (:mod:`lit_sdo.models.standins`, cached under ``--cache``), the config is pointed at them
-with CLI overrides, and ``lit-sdo fit`` runs in its own process for ``--opt-steps`` optimisation steps at
-``--sampling-steps`` sampling steps and batch 1. Printed per config: wall time, CPU time and peak RSS of that
-process (``os.wait4``'s resource usage), what it wrote, PASS/FAIL. ``--reward-cost`` times one reward step of
-configs/reward/sd15_aesthetic.yaml per ``--reward-policies`` entry at the same N: SDO (one random step, the
-paper's) against AlignProp's random truncation, one draw or its expectation over K from the fixed-K runs
-``last_k=1..N``, and prints the ratio of their CPU seconds (paper Sec. 5.2: SDO ≈ 50 %).
+Each config's models are built once at their released shapes and layout (:mod:`lit_sdo.models.standins`, cached
+under ``--cache``) and ``lit-sdo fit`` runs in its own process at batch 1; printed per config: wall time, CPU time
+and peak RSS of that process, what it wrote, PASS/FAIL. ``--reward-cost`` compares the CPU time of one SD1.5 reward
+step under SDO with AlignProp's random truncation (paper Sec. 5.2: SDO ≈ 50 %).
 
     python benchmarks/real_scale.py [--only edit/celebahq,attack/imagenet_adm] [--list] [--device cuda]
 """

@@ -1,18 +1,10 @@
 """Digits-FID vs sampling steps for the shortcut model and its flow-matching baseline.
 
-Both shipped models (``data/models/digits-shortcut``, ``data/models/digits-flow``: same DiT, batch and
-step budget) sample ``--num-samples`` digits (labels 0..9 cycling) from the SAME noise at N = 1, 2, 4,
-..., 128 steps through :func:`lit_sdo.sampling.sample`: the shortcut model with shortcut steps (d = 1/N),
-the baseline with Euler steps of its flow velocity. Digits-FID is :func:`lit_sdo.metrics.feature_fid`
-with the shipped ResNet's penultimate features against the test split of DigitsDataModule(seed=0), as in
-``benchmarks/evaluate_zoo.py``; the floor is FID(train split, test split).
-
-``--gradient-cost`` also times one gradient d(sum of x₀)/d x_T through 1-, 2- and 4-step shortcut
-sampling under the ``sdo`` and ``full`` policies (with few steps, SDO's one graph step is most of the chain).
-
-Writes ``--out`` (JSON), the section "## Shortcut models" of ``--results`` (replaced if present,
-else appended) and the plot ``--plot``, by default all under runs/ (git-ignored); the shipped table and
-figure are refreshed only when asked for:
+Both shipped models (same DiT, batch and step budget) sample ``--num-samples`` digits from the SAME noise at
+N = 1, 2, 4, ..., 128 steps: shortcut steps (d = 1/N) against Euler steps of the flow velocity. Digits-FID uses the
+shipped ResNet's penultimate features against the test split, as ``benchmarks/evaluate_zoo.py``; the floor is
+FID(train, test). ``--gradient-cost`` also times SDO and full gradients through 1-, 2- and 4-step sampling.
+Writes ``--out``, the "## Shortcut models" section of ``--results`` and ``--plot`` (all under runs/ by default):
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.shortcut_fid --gradient-cost \
         --results benchmarks/RESULTS.md --plot docs/shortcut_fid.png
