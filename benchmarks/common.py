@@ -23,6 +23,7 @@ import torch
 from diffusers import UNet2DModel
 from torch import Tensor
 
+from lit_sdo.models.sampler import Sampler
 from lit_sdo.models.standins import LINEAR_BETAS, SD_BETAS, ddpm_256_unet, dit_xl_2, sd15_unet, sd_vae
 from lit_sdo.sampling import (
     DenoiserAdapter,
@@ -323,6 +324,15 @@ def fresh_process_pool() -> ProcessPoolExecutor:
     # Preload by importable name: Python 3.11's forkserver silently skips a "__main__" preload.
     context.set_forkserver_preload(["benchmarks.common"])  # torch, the diffusers models, lit_sdo
     return ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1)
+
+
+def sample_images(sampler: Sampler, noise: Tensor, labels: Tensor, batch_size: int) -> tuple[Tensor, float]:
+    """Plain float32 samples in [0, 1] (:meth:`Sampler.evaluate`) from ``noise`` with class ``labels``, in batches
+    of ``batch_size``, and the seconds it took."""
+    start = time.perf_counter()
+    images = [sampler.evaluate(noise[i:i + batch_size], sampler.condition(labels[i:i + batch_size]))
+              for i in range(0, len(noise), batch_size)]
+    return torch.cat(images), time.perf_counter() - start
 
 
 def machine() -> str:
