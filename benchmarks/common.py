@@ -201,25 +201,20 @@ def cosine(a: Tensor | None, b: Tensor | None) -> float | None:
 
 
 # ---------------------------------------------------------------- CPU memory: a fresh process per case
-def status_kib(field: str) -> int:
-    """A ``/proc/self/status`` field in KiB (VmRSS: resident now, VmHWM: peak since the last reset)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+STATUS = "/proc/self/status"
+
+
+def proc_kib(path: str, field: str) -> int:
+    """A field of a /proc file in KiB: ``/proc/self/status`` VmRSS (resident now) and VmHWM (peak since the last
+    reset), ``/proc/meminfo`` MemAvailable (what can be allocated without swapping)."""
+    for line in Path(path).read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {field}; peak RSS needs Linux")
-
-
-def reset_peak_rss() -> None:
-    """Reset VmHWM (peak RSS) to the current RSS."""
-    Path("/proc/self/clear_refs").write_text("5")
+    raise OSError(f"{path} has no {field}; this measurement needs Linux")
 
 
 def mem_available_bytes() -> int:
-    """``MemAvailable`` of /proc/meminfo: what can be allocated without swapping."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise OSError("/proc/meminfo has no MemAvailable; this measurement needs Linux")
+    return proc_kib("/proc/meminfo", "MemAvailable") * 1024
 
 
 def fix_malloc_thresholds() -> None:
@@ -244,14 +239,14 @@ def measure(call: Callable[[], T], device: torch.device | str = "cpu") -> tuple[
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
     else:
-        baseline = status_kib("VmRSS")
-        reset_peak_rss()
+        baseline = proc_kib(STATUS, "VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM (peak RSS) := RSS now
     start, cpu_start = time.perf_counter(), time.process_time()
     out = call()
     if cuda:
         torch.cuda.synchronize(device)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    peak = torch.cuda.max_memory_allocated(device) - baseline if cuda else (status_kib("VmHWM") - baseline) * 1024
+    peak = torch.cuda.max_memory_allocated(device) - baseline if cuda else (proc_kib(STATUS, "VmHWM") - baseline) * 1024
     return out, {"seconds": seconds, "cpu_seconds": None if cuda else cpu_seconds, "peak_mem_bytes": peak}
 
 
