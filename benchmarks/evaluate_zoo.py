@@ -1,12 +1,8 @@
 """Evaluate an embedded model zoo (``--zoo digits`` or ``photos``) and write each model's MANIFEST.json.
 
-Measures (images in [0, 1]; the zoo's data module with seed 0: the digits test split of
-DigitsDataModule, or the held-out crops of PhotoCropsDataModule, from the strip of each photograph
-that training never sees):
-- each classifier's test accuracy;
-- FID (features: penultimate layer of the first classifier) of ``--num-samples`` DDIM samples vs the
-  test images, next to the floor FID(training images, test images);
-- each classifier's accuracy on the generated samples by conditioning label.
+On the zoo's held-out test images (seed 0): each classifier's accuracy; FID of ``--num-samples`` DDIM samples
+(features: the first classifier's penultimate layer) beside the floor FID(train, test); each classifier's accuracy
+on the samples by conditioning label.
 
     .venv/bin/python benchmarks/evaluate_zoo.py --out runs/zoo_eval.json \
         --manifest --wall-clock digits-ddpm=SECONDS digits-resnet=SECONDS digits-convnext=SECONDS

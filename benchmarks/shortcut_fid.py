@@ -1,9 +1,7 @@
 """Digits-FID vs sampling steps for the shortcut model and its flow-matching baseline.
 
-Both shipped models (same DiT, batch and step budget) sample ``--num-samples`` digits from the SAME noise at
-N = 1, 2, 4, ..., 128 steps: shortcut steps (d = 1/N) against Euler steps of the flow velocity. Digits-FID uses the
-shipped ResNet's penultimate features against the test split, as ``benchmarks/evaluate_zoo.py``; the floor is
-FID(train, test). ``--gradient-cost`` also times SDO and full gradients through 1-, 2- and 4-step sampling.
+Both shipped models (same DiT, batch and step budget) sample the SAME noise at N = 1, 2, 4, ..., 128 steps:
+shortcut steps (d = 1/N) against Euler steps of the flow velocity; digits-FID as ``benchmarks/evaluate_zoo.py``.
 Writes ``--out``, the "## Shortcut models" section of ``--results`` and ``--plot`` (all under runs/ by default):
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.shortcut_fid --gradient-cost \
