@@ -365,7 +365,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         try:
             common.parse_label(label)[0].check_steps(min(args.steps))
         except ValueError as err:
-            parser.error(f"--policies {label!r} at the smallest --steps: {err}")
+            parser.error(f"--policies {label!r} (smallest --steps {min(args.steps)}): {err}")
     # plain sampling is the time reference; it is always measured (first, so the table reads top-down)
     args.policies = ["none"] + [p for p in args.policies if p != "none"]
     if args.repeats < 1:
