@@ -1,13 +1,8 @@
 """Side by side: an attack job with each gradient policy on the same samples (paper Table 5).
 
-Runs the CLI job (``--config``, default configs/attack/digits.yaml) once per policy and τ
-(:mod:`benchmarks.policy_sweep`), reads each results.json and prints success rate, SSIM/L2, LPIPS (when its
-weights exist), FID of the adversarial images against the clean ones (the classifier's features), wall-clock
-and peak memory per optimisation step. The paper's baselines are policies too (``adjoint``: AdjointDPM,
-``doodl``: DOODL; ``sdo-tail=4``: SDO with an exact tail; ``doodl+optimizer=doodl``: DOODL with its own optimiser
-instead of the job's SGD); a policy the sampler cannot run prints the library's one-line reason as its row.
-Each τ's table is written to ``--results`` (default runs/attack_policies.md; ``--results benchmarks/RESULTS.md``
-updates the shipped tables); several τ also draw success against image change and against time per step.
+Runs ``--config`` once per policy and τ (:mod:`benchmarks.policy_sweep`) and prints success rate, SSIM/L2, LPIPS,
+FID of the adversarial images against the clean ones, time and peak memory per step; each τ's table goes to
+``--results``, and several τ also draw success against image change and against time per step.
 
     python benchmarks/attack_policies.py [--policies sdo full adjoint doodl doodl+optimizer=doodl sdo-tail=4]
         [--per-class 10] [--eps 0.1] [--override=--model.init_args.sampler.num_steps=4]

@@ -1,9 +1,5 @@
-"""Report lines for the paper's baselines in the gradient-cost benchmark: Table 3 side by side, targets,
+"""Report lines for the paper's baselines from gradient-cost records (either mode): Table 3 side by side, targets,
 and the fidelity/cost frontier (cosine to the exact gradient against seconds per gradient).
-
-Fed with the records of :func:`benchmarks.gradient_cost.run_benchmark` or :mod:`benchmarks.one_pass` (keys
-``policy``, ``steps``, ``seconds``, ``peak_mem_bytes``, ``grad_cosine``, and where measured ``cpu_seconds`` and
-``grad_norm``); it measures nothing itself.
 """
 
 from __future__ import annotations
@@ -54,10 +50,9 @@ def _cost_key(records: Records, steps: int) -> str:
 
 
 def is_sdo_tie(label: str) -> bool:
-    """SDO's own variants counted as SDO's cost, not as rivals: the same N calls and the same one-step graph,
-    with k drawn per call (``sdo-random``) or at most one more graph call (``sdo-tail=1``: step k and the last
-    call). A longer tail or any other policy is a rival. The precision suffix (``@bf16``) is ignored here:
-    labels are compared only within one precision (:func:`precision_of`)."""
+    """SDO's own variants, counted as SDO's cost and not as rivals: the same N calls and one-step graph, with k
+    drawn per call (``sdo-random``) or one more graph call (``sdo-tail=1``). The precision suffix is ignored: labels
+    are compared only within one precision (:func:`precision_of`)."""
     try:
         policy = as_policy(label.partition("@")[0])
     except ValueError:
@@ -66,8 +61,7 @@ def is_sdo_tie(label: str) -> bool:
 
 
 def precision_of(label: str) -> str:
-    """The precision a benchmark label ran its no-grad calls in: ``sdo@bf16`` -> ``bf16``, ``sdo`` -> ``""``
-    (float32). A precision variant is the same policy run cheaper, not another policy."""
+    """``sdo@bf16`` -> ``bf16``, ``sdo`` -> ``""`` (float32): a precision variant is the same policy run cheaper."""
     return label.partition("@")[2]
 
 

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ import torch
 from diffusers import UNet2DModel
 from torch import Tensor
 
+from lit_sdo.models.sampler import Sampler
 from lit_sdo.models.standins import LINEAR_BETAS, SD_BETAS, ddpm_256_unet, dit_xl_2, sd15_unet, sd_vae
 from lit_sdo.sampling import (
     DenoiserAdapter,
@@ -200,25 +201,20 @@ def cosine(a: Tensor | None, b: Tensor | None) -> float | None:
 
 
 # ---------------------------------------------------------------- CPU memory: a fresh process per case
-def status_kib(field: str) -> int:
-    """A ``/proc/self/status`` field in KiB (VmRSS: resident now, VmHWM: peak since the last reset)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+STATUS = "/proc/self/status"
+
+
+def proc_kib(path: str, field: str) -> int:
+    """A field of a /proc file in KiB: ``/proc/self/status`` VmRSS (resident now) and VmHWM (peak since the last
+    reset), ``/proc/meminfo`` MemAvailable (what can be allocated without swapping)."""
+    for line in Path(path).read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {field}; peak RSS needs Linux")
-
-
-def reset_peak_rss() -> None:
-    """Reset VmHWM (peak RSS) to the current RSS."""
-    Path("/proc/self/clear_refs").write_text("5")
+    raise OSError(f"{path} has no {field}; this measurement needs Linux")
 
 
 def mem_available_bytes() -> int:
-    """``MemAvailable`` of /proc/meminfo: what can be allocated without swapping."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise OSError("/proc/meminfo has no MemAvailable; this measurement needs Linux")
+    return proc_kib("/proc/meminfo", "MemAvailable") * 1024
 
 
 def fix_malloc_thresholds() -> None:
@@ -243,25 +239,77 @@ def measure(call: Callable[[], T], device: torch.device | str = "cpu") -> tuple[
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
     else:
-        baseline = status_kib("VmRSS")
-        reset_peak_rss()
+        baseline = proc_kib(STATUS, "VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM (peak RSS) := RSS now
     start, cpu_start = time.perf_counter(), time.process_time()
     out = call()
     if cuda:
         torch.cuda.synchronize(device)
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    peak = torch.cuda.max_memory_allocated(device) - baseline if cuda else (status_kib("VmHWM") - baseline) * 1024
+    peak = torch.cuda.max_memory_allocated(device) - baseline if cuda else (proc_kib(STATUS, "VmHWM") - baseline) * 1024
     return out, {"seconds": seconds, "cpu_seconds": None if cuda else cpu_seconds, "peak_mem_bytes": peak}
 
 
-def peak_rss_worker(model: str, steps: int, label: str, batch: int, wrt: str, threads: int) -> int:
-    """Run in a fresh process: bytes of peak RSS above the RSS just before one gradient of the case."""
+@dataclass(frozen=True)
+class Workload:
+    """What every case of a gradient-cost run shares: the network, batch, what is differentiated, CPU threads."""
+
+    model: str
+    batch: int
+    wrt: str
+    threads: int
+
+
+HEADROOM_BYTES = 4 * 2**30  # kept free for the other processes on the machine
+
+
+def graph_calls(policy: GradientPolicy, steps: int) -> int:
+    """Model calls of an N-step run that keep their graph at once (an upper bound for random choices)."""
+    if policy.name in ("full", "random_truncation"):  # random_truncation: K can be N
+        return steps
+    if policy.name == "last_k":
+        return min(policy.last_k, steps)
+    if policy.name == "sdo":
+        return min(1 + policy.tail, steps)  # step k and the last ``tail`` calls (k may be among them)
+    # none, checkpoint (one call recomputed at a time), adjoint, doodl: one call's graph at a time; the baselines'
+    # defaults also keep every level's state (adjoint N + 1 latents, doodl 2N), not graphs: flat only with states=ends
+    return 1
+
+
+def predicted_peak(calls: int, one_call_peak: int, mem_budget_bytes: float | None, source: str = "",
+                   note: str = "") -> dict[str, Any]:
+    """The predicted peak of ``calls`` graph calls, the budget (None: MemAvailable minus the headroom; math.inf:
+    none), and ``skipped`` (why) when it does not fit. An upper bound: each graph call is charged the whole 1-step
+    peak, which also holds the VAE decode's graph once."""
+    budget = mem_available_bytes() - HEADROOM_BYTES if mem_budget_bytes is None else mem_budget_bytes
+    out: dict[str, Any] = {"predicted_peak_bytes": one_call_peak * calls, "mem_budget_bytes": budget}
+    if calls > 1 and one_call_peak * calls > budget:  # one graph call: the warm-up has just run it
+        out["skipped"] = (f"predicted peak {one_call_peak * calls / 2**30:.2f} GiB ({calls} graph calls x the 1-step "
+                          f"peak {one_call_peak / 2**30:.2f} GiB{source}) > budget {budget / 2**30:.2f} GiB{note}")
+    return out
+
+
+def fresh_process_case(work: Workload, steps: int, label: str, mem_budget_bytes: float | None) -> dict[str, Any]:
+    """Run in a fresh process: a 1-step warm-up of the same label (lazy kernels, thread pools), its peak RSS as the
+    prediction of the case's peak (:func:`predicted_peak`), then the one measured gradient unless it cannot fit.
+
+    Returns :func:`measure`'s figures, ``warmup_seconds``, ``warmup_peak_bytes``, the prediction and ``grad``
+    (d loss / d x_T as a NumPy array; None for ``none``), or ``skipped`` with the reason."""
     fix_malloc_thresholds()
-    torch.set_num_threads(threads)
-    setup = build_setup(model, "cpu", batch, wrt)
-    one_gradient(setup, 1, POLICIES["full"])  # warm-up: lazy kernels and thread pools of forward/backward
+    torch.set_num_threads(work.threads)
+    policy, precision = parse_label(label)
+    setup = build_setup(work.model, "cpu", work.batch, work.wrt)
     gc.collect()
-    return measure(lambda: label_gradient(setup, steps, label))[1]["peak_mem_bytes"]
+    one_step = replace(policy, tail=min(policy.tail, 1), last_k=1)  # a longer tail or last_k is cut to one step
+    warmup = measure(lambda: one_gradient(setup, 1, one_step, precision=precision))[1]
+    gc.collect()
+    out = {"warmup_seconds": warmup["seconds"], "warmup_peak_bytes": warmup["peak_mem_bytes"],
+           **predicted_peak(graph_calls(policy, steps), warmup["peak_mem_bytes"], mem_budget_bytes)}
+    if out.get("skipped"):
+        return out
+    grad, cost = measure(lambda: one_gradient(setup, steps, policy, precision=precision))
+    # a NumPy copy: a pickled tensor would travel in shared memory, gone once this process exits
+    return out | cost | {"grad": None if grad is None else grad.detach().numpy().copy()}
 
 
 def fresh_process_pool() -> ProcessPoolExecutor:
@@ -271,6 +319,15 @@ def fresh_process_pool() -> ProcessPoolExecutor:
     # Preload by importable name: Python 3.11's forkserver silently skips a "__main__" preload.
     context.set_forkserver_preload(["benchmarks.common"])  # torch, the diffusers models, lit_sdo
     return ProcessPoolExecutor(max_workers=1, mp_context=context, max_tasks_per_child=1)
+
+
+def sample_images(sampler: Sampler, noise: Tensor, labels: Tensor, batch_size: int) -> tuple[Tensor, float]:
+    """Plain float32 samples in [0, 1] (:meth:`Sampler.evaluate`) from ``noise`` with class ``labels``, in batches
+    of ``batch_size``, and the seconds it took."""
+    start = time.perf_counter()
+    images = [sampler.evaluate(noise[i:i + batch_size], sampler.condition(labels[i:i + batch_size]))
+              for i in range(0, len(noise), batch_size)]
+    return torch.cat(images), time.perf_counter() - start
 
 
 def machine() -> str:

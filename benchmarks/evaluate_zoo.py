@@ -1,12 +1,8 @@
 """Evaluate an embedded model zoo (``--zoo digits`` or ``photos``) and write each model's MANIFEST.json.
 
-Measures (images in [0, 1]; the zoo's data module with seed 0: the digits test split of
-DigitsDataModule, or the held-out crops of PhotoCropsDataModule, from the strip of each photograph
-that training never sees):
-- each classifier's test accuracy;
-- FID (features: penultimate layer of the first classifier) of ``--num-samples`` DDIM samples vs the
-  test images, next to the floor FID(training images, test images);
-- each classifier's accuracy on the generated samples by conditioning label.
+On the zoo's held-out test images (seed 0): each classifier's accuracy; FID of ``--num-samples`` DDIM samples
+(features: the first classifier's penultimate layer) beside the floor FID(train, test); each classifier's accuracy
+on the samples by conditioning label.
 
     .venv/bin/python benchmarks/evaluate_zoo.py --out runs/zoo_eval.json \
         --manifest --wall-clock digits-ddpm=SECONDS digits-resnet=SECONDS digits-convnext=SECONDS
@@ -19,20 +15,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from lit_sdo.datamodules import DigitsDataModule, PhotoCropsDataModule
-from lit_sdo.images import to_unit_range
-from lit_sdo.io import write_json
-from lit_sdo.metrics import accuracy, batched_outputs, feature_fid, per_class_accuracy
-from lit_sdo.models import EMBEDDED_ROOT, load_classifier
-from lit_sdo.models.manifest import write_manifest
-from lit_sdo.models.sampler import Sampler, SamplerSpec
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # runnable as `python benchmarks/evaluate_zoo.py` without installing
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import sample_images  # noqa: E402
+from lit_sdo.datamodules import DigitsDataModule, PhotoCropsDataModule  # noqa: E402
+from lit_sdo.images import to_unit_range  # noqa: E402
+from lit_sdo.io import write_json  # noqa: E402
+from lit_sdo.metrics import accuracy, batched_outputs, feature_fid, per_class_accuracy  # noqa: E402
+from lit_sdo.models import EMBEDDED_ROOT, load_classifier  # noqa: E402
+from lit_sdo.models.manifest import write_manifest  # noqa: E402
+from lit_sdo.models.sampler import Sampler, SamplerSpec  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -79,18 +79,6 @@ def data_description(zoo: str, config: dict[str, Any]) -> str:
             "shipped photographs (lit_sdo.datamodules.PHOTOS); held-out strip = last 30 % of each long axis")
 
 
-def generate(sampler: Sampler, num_samples: int, seed: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                       float]:
-    """``num_samples`` samples in [0, 1] with labels cycling through the classes, and the seconds it took."""
-    labels = torch.arange(num_samples) % sampler.model.num_classes
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn((num_samples, *sampler.latent_shape), generator=generator)  # x_T
-    start = time.perf_counter()
-    images = [sampler.evaluate(noise[i:i + batch_size], sampler.condition(labels[i:i + batch_size]))
-              for i in range(0, num_samples, batch_size)]
-    return torch.cat(images), labels, time.perf_counter() - start
-
-
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     sampler = Sampler(SamplerSpec(args.diffusion, num_steps=args.steps, guidance_scale=args.guidance_scale,
                                   policy="none"))
@@ -101,7 +89,9 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                          f"{data.num_classes}; evaluate a generator trained on that data module")
     classifiers = {name: load_classifier(f"embedded:{name}") for name in args.classifiers}
     feature_net = classifiers[args.classifiers[0]]
-    samples, labels, seconds = generate(sampler, args.num_samples, args.seed, args.batch_size)
+    labels = torch.arange(args.num_samples) % generator.num_classes
+    noise = torch.randn((args.num_samples, *sampler.latent_shape), generator=torch.Generator().manual_seed(args.seed))
+    samples, seconds = sample_images(sampler, noise, labels, args.batch_size)
     results: dict[str, Any] = {
         "diffusion": args.diffusion,
         "sampler": f"ddim-{args.steps}",

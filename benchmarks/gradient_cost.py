@@ -1,44 +1,30 @@
 """Cost of one gradient through an N-step sampler, for every gradient policy (paper Table 3).
 
-For each policy and N it measures, through the library's public :func:`lit_sdo.sampling.sample`:
-- ``seconds``: wall time of one gradient (sampling forward + backward), median of ``--repeats`` runs
-  after a warm-up; policies run round-robin so load from other processes hits all of them alike;
-- ``peak_mem_bytes``: peak memory above the baseline before the case. CUDA: ``max_memory_allocated``
-  minus ``memory_allocated``. CPU: peak RSS of a FRESH process per case (forked from a server that has
-  only imported the libraries), because the interpreter with torch already holds ~0.9 GB and glibc keeps
-  freed blocks; the child fixes malloc's mmap threshold so freed tensors leave RSS;
-- ``cpu_seconds``: CPU time of the process (``time.process_time``, all threads) over the same calls, median;
-  the figure to compare on a shared machine, where wall time also counts other processes' load (None on CUDA);
-- ``ratio_to_sampling``: ``seconds`` over plain sampling's (policy ``none``) in the same run;
-- ``grad_cosine``: cosine between the policy's gradient w.r.t. x_T and the exact one, i.e. ``full``
-  backprop computed separately in float64 (``checkpoint`` if ``full`` runs out of memory; ``--exact-dtype
-  float32`` for networks whose float64 copy does not fit, ``--no-exact`` to leave it out: then None);
-- ``grad_cosine_to_fp32_sdo``: for SDO run at a lower precision (``sdo@bf16``), the cosine to the same
-  SDO policy's float32 gradient (same k); None for other policies.
+One record per (policy, N) case (:data:`benchmarks.common.RECORD_KEYS`; RESULTS.md says what each figure is): wall
+and CPU seconds of sampling forward + backward, medians of ``--repeats`` runs taken round-robin so load from other
+processes hits every policy alike; peak memory (CUDA's allocator, or a CPU case's peak RSS in a FRESH process: an
+interpreter with torch already holds ~0.9 GB); the cosine to the exact gradient. A label may carry the precision of
+its no-grad calls after ``@`` (``sdo@bf16``, :func:`benchmarks.common.parse_label`).
 
-A policy label may carry the precision of its no-grad model calls after ``@``
-(:func:`benchmarks.common.parse_label`): ``sdo@bf16``, ``none@bf16``, ``sdo@bf16+copy``, ``sdo@fp32+cl+compile``.
+``--one-pass`` (CPU, networks at the paper's sizes) runs each case ONCE in its fresh process and skips one
+predicted not to fit ``--mem-budget-gib`` (an OOM kill on a shared machine takes other processes with it).
 
-The loss is the squared distance of x₀ (the VAE's decoded image for ``sd15``) to a fixed random target.
-By default (``--wrt all``) the gradient is taken w.r.t. x_T AND the network's parameters, so every policy
-has something to differentiate (DRaFT-K / AlignProp truncations give no gradient to x_T at all: their cosine
-is 0) and backward costs B ≈ 2F (a backward of about two forwards); ``--wrt latent`` freezes the network (the
-latent-optimisation setting of Table 3).
-
-Run ``python benchmarks/gradient_cost.py`` (CPU, small UNet) or see ``--help``. For networks at the paper's
-sizes on a CPU, ``--one-pass`` (:mod:`benchmarks.one_pass`) runs each case once in a fresh process instead of
-warm-up + repeats + float64 reference + a separate peak-RSS process.
+Run ``python benchmarks/gradient_cost.py`` (CPU, small UNet) or see ``--help``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import math
+import os
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -49,43 +35,20 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable as `python benchmarks/gradient_cost.py` without installing
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.baseline_report import (  # noqa: E402
-    baseline_targets,
-    paper_ratio_lines,
-    plot_frontier,
-    tail_frontier_lines,
-)
-from benchmarks.common import (  # noqa: E402
-    DEFAULT_BATCH,
-    MODELS,
-    POLICIES,
-    Records,
-    Setup,
-    build_setup,
-    case_record,
-    fmt_or_dash,
-    fresh_process_pool,
-    label_gradient,
-    line_fit,
-    markdown_table,
-    measure,
-    one_gradient,
-    parse_label,
-    peak_rss_worker,
-    policy_for,
-    ratio,
-    record_value,
-    release_memory,
-    verdict,
-)
-from benchmarks.common import cosine as cosine  # noqa: E402 - re-exported: tests/test_precision.py uses it
-from benchmarks.one_pass import one_pass_table, run_one_pass  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks.baseline_report import baseline_targets, paper_ratio_lines, plot_frontier, tail_frontier_lines  # noqa: E402
+from benchmarks.common import Records, fmt_or_dash, line_fit, markdown_table, ratio, record_value, verdict  # noqa: E402
 from lit_sdo.io import write_json  # noqa: E402
 
 DEFAULT_STEPS = (10, 25, 50, 100)
+ONE_PASS_KEYS = ("cpu_seconds", "cpu_ratio_to_sampling", "skipped", "exact_reference", "predicted_peak_bytes",
+                 "mem_budget_bytes", "warmup_peak_bytes", "grad_norm", "loadavg_1min")
+# Policies whose 1-step run is exactly one model call with its graph: their warm-up peak is the cost of one
+# graph call, which predicts a later case's peak before its process starts (and before its warm-up).
+GRAPH_STEP_POLICIES = ("full", "sdo", "last_k", "random_truncation")
 
 
-def exact_gradient(setup: Setup, steps: int, dtype: torch.dtype = torch.float64) -> Tensor:
+def exact_gradient(setup: common.Setup, steps: int, dtype: torch.dtype = torch.float64) -> Tensor:
     """The exact d loss / d x_T: ``full`` backprop in ``dtype`` (``checkpoint`` if ``full`` does not fit)."""
     exact = copy.copy(setup)  # float64: a converted deep copy; float32: the network itself, frozen for the call
     trainable = [p for p in setup.denoiser.parameters() if p.requires_grad]
@@ -95,10 +58,10 @@ def exact_gradient(setup: Setup, steps: int, dtype: torch.dtype = torch.float64)
     exact.cond = setup.cond.to(dtype) if setup.cond is not None and setup.cond.is_floating_point() else setup.cond
     try:
         try:
-            grad = one_gradient(exact, steps, POLICIES["full"])
+            grad = common.one_gradient(exact, steps, common.POLICIES["full"])
         except torch.OutOfMemoryError:
-            release_memory(exact.x_T.device)
-            grad = one_gradient(exact, steps, POLICIES["checkpoint"])
+            common.release_memory(exact.x_T.device)
+            grad = common.one_gradient(exact, steps, common.POLICIES["checkpoint"])
         assert grad is not None
         return grad.to(setup.x_T.dtype)
     finally:
@@ -106,95 +69,195 @@ def exact_gradient(setup: Setup, steps: int, dtype: torch.dtype = torch.float64)
             p.requires_grad_(True)
 
 
-def timed_gradient(setup: Setup, steps: int, label: str, policy_seed: int) -> dict[str, Any]:
-    """seconds, cpu_seconds (None on CUDA), CUDA peak_mem_bytes (None on CPU: a fresh process measures it) and
-    grad of one call."""
-    grad, cost = measure(lambda: label_gradient(setup, steps, label, policy_seed), setup.x_T.device)
-    return cost | {"grad": grad} | ({} if setup.x_T.is_cuda else {"peak_mem_bytes": None})
-
-
-def run_benchmark(model: str, device: str, steps: Sequence[int], labels: Sequence[str], repeats: int,
-                  batch: int, wrt: str, threads: int, log: Callable[[str], None] = print,
-                  exact: bool = True, exact_dtype: str = "float64") -> Records:
-    """Measure every (policy, N) case; returns one record per case (``RECORD_KEYS`` + model, device).
-
-    ``exact=False`` skips the exact reference gradient (``grad_cosine`` None), ``exact_dtype`` is its
-    dtype (``float64``; ``float32`` where a float64 copy of the network does not fit).
-    """
-    setup = build_setup(model, device, batch, wrt)
-    dev = setup.x_T.device
-    records = []
-    pool = fresh_process_pool() if dev.type == "cpu" else None
-    try:
-        warmup: dict[str, float] = {}
-        for label in labels:  # warm-up at the first N: lazy kernels, thread pools, allocator caches, compile
-            warmup[label] = measure(lambda: label_gradient(setup, steps[0], label), dev)[1]["seconds"]  # noqa: B023
-            log(f"warm-up {label}: {warmup[label]:.1f} s (includes torch.compile where asked)")
-        for n in steps:
-            started = time.perf_counter()
-            reference = exact_gradient(setup, n, getattr(torch, exact_dtype)) if exact else None
-            fp32_sdo = fp32_sdo_gradients(setup, n, labels)
-            release_memory(dev)
-            calls: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
-            failed: set[str] = set()
-            for r in range(repeats):  # round-robin, rotated, so background load hits every policy alike
-                ok = [label for label in labels if label not in failed]
-                for label in ok[r % len(ok):] + ok[: r % len(ok)]:
-                    try:
-                        calls[label].append(timed_gradient(setup, n, label, policy_seed=r))
-                    except torch.OutOfMemoryError:
-                        failed.add(label)
-                        release_memory(dev)
-            timed = time.perf_counter()
-            ok = [label for label in labels if label not in failed]
-            cpu_peaks = _cpu_peaks(pool, model, n, ok, batch, wrt, threads) if pool is not None else {}
-            measured = {label: _medians(calls[label], warmup.get(label), cpu_peaks.get(label)) for label in labels}
-            records += [case_record(label, n, measured[label], measured.get("none", {}), reference,
-                                    fp32_sdo.get(label.partition("@")[0]) if "@" in label else None,
-                                    model=model, device=str(dev)) for label in labels]
-            log(f"N={n}: {time.perf_counter() - started:.1f} s ({timed - started:.1f} s exact gradient + timing)")
-    finally:
-        if pool is not None:
-            pool.shutdown()
-    return records
-
-
-def _medians(calls: list[dict[str, Any]], warmup: float | None, cpu_peak: int | None) -> dict[str, Any]:
-    """One case's measurements: medians of its timed calls; the first call's gradient and CUDA peak."""
-    def median(key: str) -> float | None:
-        values = [c[key] for c in calls if c[key] is not None]
-        return statistics.median(values) if values else None
-
-    first = calls[0] if calls else {}
-    return {"seconds": median("seconds"), "cpu_seconds": median("cpu_seconds"), "warmup_seconds": warmup,
-            "peak_mem_bytes": first.get("peak_mem_bytes") if cpu_peak is None else cpu_peak, "grad": first.get("grad")}
-
-
-def _cpu_peaks(pool: Any, model: str, steps: int, labels: Sequence[str], batch: int, wrt: str,
-               threads: int) -> dict[str, int]:
-    """Peak RSS of each case, each in its own fresh process."""
-    futures = {label: pool.submit(peak_rss_worker, model, steps, label, batch, wrt, threads) for label in labels}
-    return {label: future.result() for label, future in futures.items()}
-
-
-def fp32_sdo_gradients(setup: Setup, steps: int, labels: Sequence[str]) -> dict[str, Tensor]:
+def fp32_sdo_gradients(setup: common.Setup, steps: int, labels: Sequence[str]) -> dict[str, Tensor]:
     """The float32 gradient of each SDO base policy that some label runs at another precision
     (policy seed 0, as the compared first repeat), keyed by the base label (``sdo``, ``sdo-random``)."""
     bases = sorted({label.partition("@")[0] for label in labels if "@" in label})
-    return {base: one_gradient(setup, steps, policy_for(base), policy_seed=0)  # type: ignore[misc]
-            for base in bases if policy_for(base).name == "sdo"}
+    return {base: common.one_gradient(setup, steps, common.policy_for(base), policy_seed=0)  # type: ignore[misc]
+            for base in bases if common.policy_for(base).name == "sdo"}
+
+
+def exact_reference(results: dict[str, dict[str, Any]]) -> tuple[str | None, Tensor | None]:
+    """``--one-pass``: the float32 ``full`` gradient if that case ran, else ``checkpoint``'s; (None, None) if not."""
+    for label in ("full", "checkpoint"):
+        grad = results.get(label, {}).get("grad")
+        if grad is not None:
+            return f"{label} (float32, this run)", grad
+    return None, None
+
+
+def timed_repeats(setup: common.Setup, steps: int, labels: Sequence[str], repeats: int,
+                  warmup: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Every label ``repeats`` times in this process, round-robin and rotated so background load hits each alike:
+    medians of ``seconds`` and ``cpu_seconds``, the first call's gradient and peak (CUDA's; a CPU's is measured in
+    a fresh process). A label that runs out of CUDA memory is not run again."""
+    dev = setup.x_T.device
+    calls: dict[str, list[dict[str, Any]]] = {label: [] for label in labels}
+    failed: set[str] = set()
+    for r in range(repeats):
+        ok = [label for label in labels if label not in failed]
+        for label in ok[r % len(ok):] + ok[: r % len(ok)]:
+            try:
+                grad, cost = common.measure(lambda: common.label_gradient(setup, steps, label, r), dev)  # noqa: B023
+                calls[label].append(cost | {"grad": grad})
+            except torch.OutOfMemoryError:
+                failed.add(label)
+                common.release_memory(dev)
+
+    def medians(label: str) -> dict[str, Any]:
+        first = calls[label][0] if calls[label] else {}
+        out = {key: statistics.median(v) if (v := [c[key] for c in calls[label] if c[key] is not None]) else None
+               for key in ("seconds", "cpu_seconds")}
+        return out | {"warmup_seconds": warmup.get(label), "peak_mem_bytes": first.get("peak_mem_bytes"),
+                      "grad": first.get("grad")}
+
+    return {label: medians(label) for label in labels}
+
+
+class FreshProcesses:
+    """Each case in its own fresh process. Once a warm-up has measured the peak of one graph call, a case that
+    cannot fit the budget is skipped before its process starts; a process that dies is recorded as skipped."""
+
+    def __init__(self, work: common.Workload, mem_budget_bytes: float | None) -> None:
+        self.work, self.mem_budget_bytes = work, mem_budget_bytes
+        self.pool = common.fresh_process_pool()
+        self.graph_step_peak: int | None = None
+
+    def __enter__(self) -> FreshProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.shutdown()
+
+    def run(self, steps: int, label: str) -> dict[str, Any]:
+        policy = common.parse_label(label)[0]
+        if self.graph_step_peak is not None:
+            # taken before the case's network is built, so larger than the child's budget: a case skipped here
+            # would be skipped by the child too; one that passes is checked again there
+            res = common.predicted_peak(common.graph_calls(policy, steps), self.graph_step_peak, self.mem_budget_bytes,
+                                        " of an earlier case's warm-up", " (not started)")
+            if res.get("skipped"):
+                return res
+        try:
+            res = self.pool.submit(common.fresh_process_case, self.work, steps, label, self.mem_budget_bytes).result()
+        except BrokenProcessPool:
+            self.pool.shutdown()
+            self.pool = common.fresh_process_pool()
+            return {"skipped": "the case's process died (killed, e.g. out of memory)"}
+        if policy.name in GRAPH_STEP_POLICIES and res.get("warmup_peak_bytes"):
+            self.graph_step_peak = max(self.graph_step_peak or 0, res["warmup_peak_bytes"])
+        if res.get("grad") is not None:
+            res["grad"] = torch.from_numpy(res["grad"])
+        return res
+
+
+def timed_run(work: common.Workload, device: str, steps: Sequence[int], labels: Sequence[str], repeats: int,
+              log: Callable[[str], None], exact_dtype: str | None) -> Records:
+    """Every case timed ``repeats`` times in this process against the exact gradient in ``exact_dtype`` (None: no
+    reference); on a CPU, each case's peak RSS is measured again in its fresh process."""
+    setup = common.build_setup(work.model, device, work.batch, work.wrt)
+    warmup: dict[str, float] = {}
+    for label in labels:  # at the first N: lazy kernels, allocator caches, compile
+        warmup[label] = common.measure(lambda: common.label_gradient(setup, steps[0], label), device)[1]["seconds"]  # noqa: B023
+        log(f"warm-up {label}: {warmup[label]:.1f} s (includes torch.compile where asked)")
+    records: Records = []
+    with FreshProcesses(work, math.inf) if device == "cpu" else contextlib.nullcontext() as fresh:
+        for n in steps:
+            started = time.perf_counter()
+            reference = exact_gradient(setup, n, getattr(torch, exact_dtype)) if exact_dtype else None
+            fp32_sdo = fp32_sdo_gradients(setup, n, labels)
+            common.release_memory(setup.x_T.device)
+            measured = timed_repeats(setup, n, labels, repeats, warmup)
+            timed = time.perf_counter()
+            for label in labels if fresh is not None else ():
+                measured[label]["peak_mem_bytes"] = fresh.run(n, label).get("peak_mem_bytes")
+            records += case_records(work, device, n, measured, reference, fp32_sdo)
+            log(f"N={n}: {time.perf_counter() - started:.1f} s ({timed - started:.1f} s exact gradient + timing)")
+    return records
+
+
+def one_pass_run(work: common.Workload, steps: Sequence[int], labels: Sequence[str], log: Callable[[str], None],
+                 mem_budget_bytes: float | None, json_path: Path | None) -> Records:
+    """``--one-pass``: each case once in its fresh process (the network is never built here), the records so far
+    written to ``json_path`` after every case (atomic), so that a run cut short keeps what it measured."""
+    records: Records = []
+    with FreshProcesses(work, mem_budget_bytes) as fresh:
+        for n in steps:
+            measured: dict[str, dict[str, Any]] = {}
+            for label in labels:
+                started = time.perf_counter()
+                measured[label] = fresh.run(n, label) | {"loadavg_1min": os.getloadavg()[0]}
+                log(case_line(label, n, measured[label], time.perf_counter() - started))
+                if json_path is not None:
+                    write_json(json_path, records + case_records(work, "cpu", n, measured, one_pass=True))
+            records += case_records(work, "cpu", n, measured, one_pass=True)
+    return records
+
+
+def case_records(work: common.Workload, device: str, steps: int, measured: dict[str, dict[str, Any]],
+                 reference: Tensor | None = None, fp32_sdo: dict[str, Tensor] | None = None,
+                 one_pass: bool = False) -> Records:
+    """One record per label of one N, in the order run. ``one_pass``: the cosines are to this run's float32
+    gradients (:func:`exact_reference`, the base label's for ``grad_cosine_to_fp32_sdo``)."""
+    base = measured.get("none", {})
+    if one_pass:
+        ref_name, reference = exact_reference(measured)
+        fp32_sdo = {label: res.get("grad") for label, res in measured.items()}
+    return [common.case_record(label, steps, res, base, reference,
+                               (fp32_sdo or {}).get(label.partition("@")[0]) if "@" in label else None,
+                               **(one_pass_extra(res, base, ref_name) if one_pass else {}), model=work.model,
+                               device=device)
+            for label, res in measured.items()]
+
+
+def one_pass_extra(res: dict[str, Any], sampling: dict[str, Any], reference_name: str | None) -> dict[str, Any]:
+    """The keys a ``--one-pass`` record adds (:data:`ONE_PASS_KEYS`), from its fresh process's figures."""
+    grad = res.get("grad")
+    return {"cpu_ratio_to_sampling": ratio(res.get("cpu_seconds"), sampling.get("cpu_seconds")),
+            "exact_reference": reference_name if grad is not None else None,
+            "grad_norm": float(grad.double().norm()) if grad is not None else None,
+            **{key: res.get(key) for key in ("warmup_peak_bytes", "predicted_peak_bytes", "mem_budget_bytes",
+                                             "skipped", "loadavg_1min")}}
+
+
+def case_line(label: str, steps: int, res: dict[str, Any], total: float) -> str:
+    """The log line of a ``--one-pass`` case."""
+    head = f"{label} N={steps}: "
+    if res.get("skipped"):
+        return head + f"SKIPPED: {res['skipped']} ({total:.0f} s incl. build and warm-up)"
+    return head + (f"{res['seconds']:.1f} s wall, {res['cpu_seconds']:.1f} s CPU, peak "
+                   f"{res['peak_mem_bytes'] / 2**30:.2f} GiB; warm-up {res['warmup_seconds']:.1f} s; "
+                   f"{total:.0f} s in all; load {res['loadavg_1min']:.2f}")
 
 
 # ---------------------------------------------------------------- reporting
+# The table's columns after policy and N: (header, record key, scale, format). A --one-pass run's records (they have
+# ``skipped``) show CPU seconds and peak RSS in GiB; the timed run's its medians and the allocator's or RSS peak.
+TIMED_COLUMNS = (("seconds", "seconds", 1, ".3f"), ("× sampling", "ratio_to_sampling", 1, ".2f"),
+                 ("peak mem (MiB)", "peak_mem_bytes", 2**-20, ".1f"), ("grad cosine", "grad_cosine", 1, ".4f"),
+                 ("cosine to fp32 SDO", "grad_cosine_to_fp32_sdo", 1, ".4f"))
+ONE_PASS_COLUMNS = (("wall s", "seconds", 1, ".1f"), ("CPU s", "cpu_seconds", 1, ".1f"),
+                    ("× sampling (CPU s)", "cpu_ratio_to_sampling", 1, ".2f"),
+                    ("peak RSS GiB", "peak_mem_bytes", 2**-30, ".2f"), ("cosine to exact", "grad_cosine", 1, ".4f"))
+
+
 def cost_table(records: Records) -> str:
-    """One row per case, N grouped."""
-    rows = [[rec["policy"], rec["steps"], fmt_or_dash(rec["seconds"], ".3f"),
-             fmt_or_dash(rec["ratio_to_sampling"], ".2f"),
-             fmt_or_dash(None if rec["peak_mem_bytes"] is None else rec["peak_mem_bytes"] / 2**20, ".1f"),
-             fmt_or_dash(rec["grad_cosine"], ".4f"), fmt_or_dash(rec.get("grad_cosine_to_fp32_sdo"), ".4f")]
-            for rec in records]
-    return "\n".join(markdown_table(["policy", "N", "seconds", "× sampling", "peak mem (MiB)", "grad cosine",
-                                     "cosine to fp32 SDO"], rows, "lrrrrrr"))
+    """One row per case, N grouped; a skipped case shows its reason, a --one-pass run its exact reference."""
+    one_pass = any("skipped" in rec for rec in records)
+    columns = ONE_PASS_COLUMNS if one_pass else TIMED_COLUMNS
+
+    def cells(rec: dict[str, Any]) -> list[str]:
+        if rec.get("skipped"):
+            return [f"skipped: {rec['skipped']}", *[""] * (len(columns) - 1)]
+        return [fmt_or_dash(None if rec.get(key) is None else rec[key] * scale, spec)
+                for _, key, scale, spec in columns]
+
+    lines = markdown_table(["policy", "N", *(header for header, *_ in columns)],
+                           [[rec["policy"], rec["steps"], *cells(rec)] for rec in records], "lrrrrrr")
+    if one_pass:
+        refs = sorted({rec["exact_reference"] for rec in records if rec.get("exact_reference")})
+        lines.append(f"\nexact reference: {', '.join(refs) or 'none (neither full nor checkpoint ran)'}")
+    return "\n".join(lines)
 
 
 def check_targets(records: Records) -> list[str]:
@@ -244,7 +307,7 @@ def check_precision_targets(records: Records) -> list[str]:
 def print_report(records: Records, model: str, frontier: bool = False, out: Path | None = None,
                  title: str | None = None) -> None:
     """The table, the PASS/FAIL lines, Table 3's ratios and the tail frontier of a run's records."""
-    print(one_pass_table(records) if any("skipped" in rec for rec in records) else cost_table(records))
+    print(cost_table(records))
     print()
     print("\n".join(check_targets(records) + baseline_targets(records) + check_precision_targets(records)))
     # Table 3's rows are the baselines as the paper ran them (the defaults: every level's state kept, N latents);
@@ -258,16 +321,13 @@ def print_report(records: Records, model: str, frontier: bool = False, out: Path
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", default="small-unet", help=f"network: {', '.join(MODELS)}")
+    parser.add_argument("--model", default="small-unet", help=f"network: {', '.join(common.MODELS)}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--steps", default=",".join(map(str, DEFAULT_STEPS)), help="comma-separated N values")
-    parser.add_argument("--policies", default=",".join(POLICIES),
-                        help=f"comma-separated; presets {', '.join(POLICIES)} or any policy string "
-                             "(adjoint, doodl, sdo-tail=4, adjoint-solver=rk4-substeps=2, doodl-mixing=0.9; "
-                             "adjoint and doodl keep every level's state, N latents: the flat-memory checks read "
-                             "adjoint-states=ends and doodl-states=ends), each "
-                             "optionally with a precision of its no-grad calls: @dtype[+copy][+cl][+compile]"
-                             "[+emulated], e.g. sdo@bf16, none@bf16")
+    parser.add_argument("--policies", default=",".join(common.POLICIES),
+                        help=f"comma-separated; presets {', '.join(common.POLICIES)} or any policy string "
+                             "(adjoint, doodl, sdo-tail=4, adjoint-states=ends, ...), each optionally with a "
+                             "precision of its no-grad calls: @dtype[+copy][+cl][+compile][+emulated], e.g. sdo@bf16")
     parser.add_argument("--exact-dtype", choices=("float64", "float32"), default="float64",
                         help="dtype of the exact gradient; float64 copies the network (sd15-unet on CPU: float32)")
     parser.add_argument("--repeats", type=int, default=3,
@@ -285,16 +345,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("runs/gradient_frontier.png"),
                         help="where --frontier writes its PNG")
     parser.add_argument("--one-pass", action="store_true",
-                        help="CPU, big networks: each case once in a fresh process (1-step warm-up, then wall s, CPU "
-                             "s, peak RSS of the one run; exact reference = this run's float32 full or checkpoint "
-                             "gradient; cases predicted not to fit are skipped), see benchmarks/one_pass.py")
+                        help="CPU, big networks: each case once in a fresh process, its exact reference this run's "
+                             "float32 full or checkpoint gradient (see the module docstring)")
     parser.add_argument("--from-json", type=Path, default=None,
                         help="measure nothing: print the report (table, checks, ratios) of the records in this JSON")
     parser.add_argument("--mem-budget-gib", type=float, default=None,
                         help="--one-pass: skip cases whose predicted peak exceeds this (default: MemAvailable - 4 GiB)")
     args = parser.parse_args(argv)
-    if args.model not in MODELS:
-        parser.error(f"--model {args.model!r} is unknown; allowed values: {', '.join(MODELS)}")
+    if args.model not in common.MODELS:
+        parser.error(f"--model {args.model!r} is unknown; allowed values: {', '.join(common.MODELS)}")
     try:
         args.steps = [int(s) for s in args.steps.split(",") if s]
     except ValueError:
@@ -304,18 +363,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.policies = list(dict.fromkeys(p for p in args.policies.split(",") if p))  # each label once
     for label in args.policies:
         try:
-            policy = parse_label(label)[0]
+            common.parse_label(label)[0].check_steps(min(args.steps))
         except ValueError as err:
-            parser.error(f"--policies: {err}")
-        graph_steps = policy.tail if policy.name == "sdo" else policy.last_k if policy.name == "last_k" else 0
-        if graph_steps > min(args.steps):
-            parser.error(f"--policies {label!r} keeps the graph of {graph_steps} final steps, more than the "
-                         f"smallest --steps {min(args.steps)}; allowed: at most {min(args.steps)}")
+            parser.error(f"--policies {label!r} (smallest --steps {min(args.steps)}): {err}")
     # plain sampling is the time reference; it is always measured (first, so the table reads top-down)
     args.policies = ["none"] + [p for p in args.policies if p != "none"]
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
-    args.batch = args.batch or DEFAULT_BATCH[args.model]
+    args.batch = args.batch or common.DEFAULT_BATCH[args.model]
     if args.one_pass and args.device != "cpu":
         parser.error(f"--one-pass measures peak RSS and CPU seconds of a CPU process; --device {args.device!r} "
                      "is not allowed with it (use --device cpu)")
@@ -336,15 +391,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         f"threads={args.threads} repeats={args.repeats} steps={args.steps}")
     if args.one_pass:
         log("one pass per case; exact reference: this run's float32 full gradient, else checkpoint's")
+    elif not args.exact or args.exact_dtype != "float64":
+        log("exact reference: " + (f"{args.exact_dtype} full backprop" if args.exact
+                                   else "skipped (--no-exact); grad_cosine is not measured"))
+    work = common.Workload(args.model, args.batch, args.wrt, args.threads)
+    if args.one_pass:
         budget = None if args.mem_budget_gib is None else int(args.mem_budget_gib * 2**30)
-        records = run_one_pass(args.model, args.steps, args.policies, args.batch, args.wrt, args.threads, log,
-                               mem_budget_bytes=budget, json_path=args.json)
+        records = one_pass_run(work, args.steps, args.policies, log, budget, args.json)
     else:
-        if not args.exact or args.exact_dtype != "float64":
-            log("exact reference: " + (f"{args.exact_dtype} full backprop" if args.exact
-                                       else "skipped (--no-exact); grad_cosine is not measured"))
-        records = run_benchmark(args.model, args.device, args.steps, args.policies, args.repeats, args.batch,
-                                args.wrt, args.threads, log, exact=args.exact, exact_dtype=args.exact_dtype)
+        records = timed_run(work, args.device, args.steps, args.policies, args.repeats, log,
+                            args.exact_dtype if args.exact else None)
     title = f"{args.model}, batch {args.batch}, DDIM, wrt {args.wrt}: fidelity against cost"
     print_report(records, args.model, args.frontier, args.out, title)
     if args.json is not None:

@@ -1,20 +1,11 @@
 """Side by side: the three guided-generation tasks with SDO, full backprop, and per-step x̂₀ guidance.
 
-For each task (configs/<task>/digits.yaml, the same inputs for every method):
-- ``sdo`` and ``full``: the CLI job (latent optimisation, gradient at the first step vs through every step);
-  its results.json gives the task metrics of the best image per sample and the seconds per optimisation step;
-  any other policy string the same way (``adjoint``: AdjointDPM, ``doodl``: DOODL, ``sdo-tail=4``: SDO with an
-  exact tail); a policy the task's sampler cannot run prints the library's one-line reason as its row
-  (:mod:`benchmarks.policy_sweep`);
-- ``xhat ρ``: FreeDoM/DPS-style guidance of the same loss through the one-step x̂₀ estimate, one sampling pass
-  (:func:`lit_sdo.sampling.xhat_guidance.xhat_guided_sample`), for each guidance step ρ given.
-Memory per optimisation step: CUDA ``max_memory_allocated`` on a GPU; on CPU the peak of the bytes autograd
-holds for backward during one step, forward and backward (the part the methods differ in), counted by the
-jobs' own meter (:class:`lit_sdo.callbacks.SavedTensorMeter`: a storage counts once, until its graph frees it,
-weights excluded), so the graphs that AdjointDPM and DOODL rebuild step by step in backward count at their
-largest, not summed. ``--memory-only`` prints that column alone, from one gradient per row (seconds).
-The table goes to the "## Guided generation" section of ``--results`` (default
-runs/guided_policies.md; ``--results benchmarks/RESULTS.md`` updates the shipped table).
+For each task (configs/<task>/digits.yaml, the same inputs for every method): each policy string as a CLI job
+(:mod:`benchmarks.policy_sweep`; results.json gives the metrics and seconds per step), and FreeDoM/DPS-style
+guidance through the one-step x̂₀ estimate for each ρ. Memory per step: CUDA's allocator peak, or on CPU the peak
+bytes autograd holds for backward (:class:`lit_sdo.callbacks.SavedTensorMeter`, weights excluded), so the graphs
+AdjointDPM and DOODL rebuild in backward count at their largest, not summed. The table goes to the
+"## Guided generation" section of ``--results``.
 
     python benchmarks/guided_policies.py [--tasks edit style aesthetic] [--samples 10] [--opt-steps N]
         [--policies sdo full adjoint doodl sdo-tail=4] [--memory-only]

@@ -1,12 +1,8 @@
 """One runner for the side-by-side job benchmarks (attack, guided generation, LoRA reward): the CLI job once per
 gradient policy on the same inputs, one table row per policy, the table as one section of a results file.
 
-A policy string goes to the job unchanged, as ``--model.init_args.sampler.policy=<string>`` (read by
-:func:`lit_sdo.sampling.parse_policy`: ``last_k=2`` is DRaFT-K with K = 2, ``sdo-tail=4`` SDO with an exact tail,
-``adjoint`` AdjointDPM, ``doodl`` DOODL). The paper's baselines run their own samplers, which exist only for some
-schedulers: a policy the job's sampler cannot run becomes a row with the library's own one-line reason
-(:func:`lit_sdo.sampling.baselines.check_baseline`, which the job also runs when it is built) instead of stopping
-the sweep.
+A policy the job's sampler cannot run (the paper's baselines exist only for some schedulers) becomes a row with
+the library's one-line reason (:func:`lit_sdo.sampling.baselines.check_baseline`) instead of stopping the sweep.
 """
 
 from __future__ import annotations
@@ -76,9 +72,8 @@ def unavailable_reason(sampler: Any, label: str) -> str | None:
 def run_policies(config: str, policies: Sequence[str], overrides: Sequence[str], read: Callable[[Path], Any],
                  sampler: Any = None, extra: Callable[[str], list[str]] = lambda policy: []
                  ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Run the job once per policy its sampler can run, each in a temporary folder from which ``read`` takes
-    what the table needs; ``extra(policy)`` adds a run's own overrides. Returns (what ``read`` returned per
-    policy run, the reason per policy that cannot run)."""
+    """The job once per policy its sampler can run, in a temporary folder: (``read(folder)`` per policy run, the
+    reason per policy that cannot run); ``extra(policy)`` adds a run's own overrides."""
     sampler = sampler if sampler is not None else job_sampler(config, overrides)
     reasons = {p: r for p in policies if (r := unavailable_reason(sampler, p)) is not None}
     rows = {}
@@ -107,8 +102,7 @@ def reason_row(label: str, reason: str, columns: int) -> str:
 def policy_table(header: Sequence[str], policies: Sequence[str], rows: dict[str, Any], reasons: dict[str, str],
                  cells: Callable[[str, Any], list[str]], label: Callable[[str], str] = lambda policy: policy
                  ) -> list[str]:
-    """The lines of a markdown table with one row per policy, in the order asked: the cells of its run, or the
-    reason it cannot run."""
+    """Markdown lines, a row per policy in the order asked: the cells of its run, or why it cannot run."""
     return markdown_table(header, []) + [
         reason_row(label(p), reasons[p], len(header)) if p in reasons else
         f"| {' | '.join([label(p), *cells(p, rows[p])])} |" for p in policies]
@@ -125,8 +119,7 @@ def memory_cell(policy: str, mib: float) -> str:
 
 def publish(results: str, heading: str, body: str, script: str, argv: Sequence[str] | None, started_on: str,
             prefix: str = "") -> None:
-    """Replace the ``## heading`` section of ``results`` with ``body`` after the command that made it
-    (``[prefix]python benchmarks/<script>.py <arguments>``) and before the machine it ``started_on``
-    (:func:`benchmarks.common.machine` at the start of the runs)."""
+    """Replace the ``## heading`` section of ``results`` with the command that made it, ``body`` and the machine
+    it ``started_on`` (:func:`benchmarks.common.machine`)."""
     command = f"{prefix}python benchmarks/{script}.py {' '.join(sys.argv[1:] if argv is None else argv)}".strip()
     write_markdown_section(results, heading, f"Command: `{command}` {body}\n\nRan on: {started_on}.")

@@ -1,13 +1,9 @@
 """Every paper config end to end at FULL model size: the real architectures with random weights.
 
-For each paper config, the models it names are built at their released shapes and saved in their released
-on-disk layout (:mod:`lit_sdo.models.standins`, cached under ``--cache``), the config is pointed at them
-with CLI overrides, and ``lit-sdo fit`` runs in its own process for ``--opt-steps`` optimisation steps at
-``--sampling-steps`` sampling steps and batch 1. Printed per config: wall time, CPU time and peak RSS of that
-process (``os.wait4``'s resource usage), what it wrote, PASS/FAIL. ``--reward-cost`` times one reward step of
-configs/reward/sd15_aesthetic.yaml per ``--reward-policies`` entry at the same N: SDO (one random step, the
-paper's) against AlignProp's random truncation, one draw or its expectation over K from the fixed-K runs
-``last_k=1..N``, and prints the ratio of their CPU seconds (paper Sec. 5.2: SDO ≈ 50 %).
+Each config's models are built once at their released shapes and layout (:mod:`lit_sdo.models.standins`, cached
+under ``--cache``) and ``lit-sdo fit`` runs in its own process at batch 1; printed per config: wall time, CPU time
+and peak RSS of that process, what it wrote, PASS/FAIL. ``--reward-cost`` compares the CPU time of one SD1.5 reward
+step under SDO with AlignProp's random truncation (paper Sec. 5.2: SDO ≈ 50 %).
 
     python benchmarks/real_scale.py [--only edit/celebahq,attack/imagenet_adm] [--list] [--device cuda]
 """
@@ -111,15 +107,11 @@ class RunResult:
         return self.returncode == 0 and not self.missing
 
 
-def available_gib() -> float:
-    return mem_available_bytes() / GIB
-
-
 def wait_for_memory(need_gib: float, log: callable, max_wait_s: float = 1800) -> None:
     """Sleep while the machine has less than ``need_gib`` + 3 GiB available (it is shared); then go on."""
     waited = 0.0
-    while available_gib() < need_gib + 3 and waited < max_wait_s:
-        log(f"  waiting for memory: {available_gib():.1f} GiB available, need {need_gib + 3:.0f}")
+    while mem_available_bytes() / GIB < need_gib + 3 and waited < max_wait_s:
+        log(f"  waiting for memory: {mem_available_bytes() / GIB:.1f} GiB available, need {need_gib + 3:.0f}")
         time.sleep(60)
         waited += 60
 
@@ -183,7 +175,7 @@ def run_config(config: PaperConfig, args: argparse.Namespace, log: callable, tag
         shutil.rmtree(out)
     wait_for_memory(config.memory_gib, log)
     load = os.getloadavg()[0]
-    log(f"  {available_gib():.1f} GiB available; load average {load:.1f}")
+    log(f"  {mem_available_bytes() / GIB:.1f} GiB available; load average {load:.1f}")
     command = fit_command(config, args.cache, out, args.sampling_steps, args.opt_steps, args.accelerator, extra)
     code, wall, cpu, rss = run_process(command, child_env(args.cache, args.threads), out / "run.log")
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "version_" not in str(p)
@@ -195,14 +187,14 @@ def run_config(config: PaperConfig, args: argparse.Namespace, log: callable, tag
 def result_row(result: RunResult) -> str:
     status = "PASS" if result.passed else f"FAIL (exit {result.returncode}" + (
         f", missing {', '.join(result.missing)})" if result.missing else ")")
-    return (f"| {result.name} | {status} | {result.wall_s:.0f} | {result.cpu_s:.0f} | {result.peak_rss_gib:.1f} | "
-            f"{result.load:.1f} | "
-            f"{', '.join(result.written) or '-'} |")
+    return markdown_table(COLUMNS, [[result.name, status, f"{result.wall_s:.0f}", f"{result.cpu_s:.0f}",
+                                     f"{result.peak_rss_gib:.1f}", f"{result.load:.1f}",
+                                     ", ".join(result.written) or "-"]])[-1]
 
 
 REWARD_CONFIG = "reward/sd15_aesthetic"
-TABLE_HEADER = ("| config | status | wall s | CPU s | peak RSS GiB | load at start | written |\n"
-                "|---|---|---:|---:|---:|---:|---|")
+COLUMNS = ("config", "status", "wall s", "CPU s", "peak RSS GiB", "load at start", "written")
+TABLE_HEADER = "\n".join(markdown_table(COLUMNS, [], "llrrrrl"))
 
 
 def default_reward_policies(num_steps: int) -> list[str]:

@@ -1,13 +1,8 @@
 """Side by side: LoRA reward fine-tuning of the embedded digits DDPM with each gradient policy.
 
-Runs the CLI job (configs/reward/digits.yaml) once per policy for the same number of optimiser steps
-(:mod:`benchmarks.policy_sweep`), reads each history.json and prints the reward reached (eval reward on 16 fixed
-seeds, and the training reward averaged over the last 5 steps), training wall-clock, and peak memory per step;
-then the time SDO needs to reach AlignProp-uniform's final eval reward (paper Sec. 5.3: about 50 %; target
-≤ 60 %). Policy strings go to the job unchanged (``adjoint``: AdjointDPM, ``doodl``: DOODL, ``sdo-tail=4``: SDO
-with an exact tail, ``last_k=2``, ...); a policy the sampler cannot run prints the library's one-line reason as
-its row. The table goes to ``--results`` (default runs/reward_policies.md; ``--results benchmarks/RESULTS.md``
-updates the shipped table).
+Runs configs/reward/digits.yaml once per policy for the same optimiser steps (:mod:`benchmarks.policy_sweep`) and
+prints the reward reached, training time and peak memory per step, then the time SDO needs to reach
+AlignProp-uniform's final eval reward (paper Sec. 5.3: about 50 %; target ≤ 60 %). The table goes to ``--results``.
 
     OMP_NUM_THREADS=1 python benchmarks/reward_policies.py [--steps 40] [--policies sdo random_truncation last_k=1
         adjoint doodl sdo-tail=4]

@@ -1,18 +1,8 @@
 """Digits-FID vs sampling steps for the shortcut model and its flow-matching baseline.
 
-Both shipped models (``data/models/digits-shortcut``, ``data/models/digits-flow``: same DiT, batch and
-step budget) sample ``--num-samples`` digits (labels 0..9 cycling) from the SAME noise at N = 1, 2, 4,
-..., 128 steps through :func:`lit_sdo.sampling.sample`: the shortcut model with shortcut steps (d = 1/N),
-the baseline with Euler steps of its flow velocity. Digits-FID is :func:`lit_sdo.metrics.feature_fid`
-with the shipped ResNet's penultimate features against the test split of DigitsDataModule(seed=0), as in
-``benchmarks/evaluate_zoo.py``; the floor is FID(train split, test split).
-
-``--gradient-cost`` also times one gradient d(sum of x₀)/d x_T through 1-, 2- and 4-step shortcut
-sampling under the ``sdo`` and ``full`` policies (with few steps, SDO's one graph step is most of the chain).
-
-Writes ``--out`` (JSON), the section "## Shortcut models" of ``--results`` (replaced if present,
-else appended) and the plot ``--plot``, by default all under runs/ (git-ignored); the shipped table and
-figure are refreshed only when asked for:
+Both shipped models (same DiT, batch and step budget) sample the SAME noise at N = 1, 2, 4, ..., 128 steps:
+shortcut steps (d = 1/N) against Euler steps of the flow velocity; digits-FID as ``benchmarks/evaluate_zoo.py``.
+Writes ``--out``, the "## Shortcut models" section of ``--results`` and ``--plot`` (all under runs/ by default):
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.shortcut_fid --gradient-cost \
         --results benchmarks/RESULTS.md --plot docs/shortcut_fid.png
@@ -23,40 +13,26 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import input_gradient, markdown_table, measure  # noqa: E402
+from benchmarks.common import input_gradient, markdown_table, measure, sample_images  # noqa: E402
 from lit_sdo.datamodules import DigitsDataModule  # noqa: E402
 from lit_sdo.images import to_unit_range  # noqa: E402
 from lit_sdo.io import atomic_path, write_json, write_markdown_section  # noqa: E402
-from lit_sdo.metrics import batched_outputs, frechet_distance  # noqa: E402
+from lit_sdo.metrics import feature_fid  # noqa: E402
 from lit_sdo.models import load_classifier, load_diffusion  # noqa: E402
-from lit_sdo.models.diffusion_model import DiffusionModel  # noqa: E402
 from lit_sdo.models.sampler import Sampler, SamplerSpec  # noqa: E402
 from lit_sdo.models.shortcut import ShortcutDiT  # noqa: E402
 from lit_sdo.sampling import GradientPolicy, sample  # noqa: E402
 from lit_sdo.sampling.shortcut import build_shortcut_sampler  # noqa: E402
 
 SECTION = "## Shortcut models"
-
-
-def generate(model: DiffusionModel, num_steps: int, noise: Tensor, labels: Tensor, batch_size: int
-             ) -> tuple[Tensor, float]:
-    """Samples in [0, 1] from ``noise`` with ``num_steps`` steps of the model's own sampler (shortcut steps, or
-    Euler steps of a flow-matching model's velocity), and the seconds it took."""
-    sampler = Sampler(SamplerSpec(model.name, scheduler="shortcut", num_steps=num_steps, policy="none"), model=model)
-    start = time.perf_counter()
-    images = [sampler.evaluate(noise[i:i + batch_size], labels[i:i + batch_size])
-              for i in range(0, len(noise), batch_size)]
-    return torch.cat(images), time.perf_counter() - start
 
 
 def gradient_cost(network: ShortcutDiT, steps: list[int], batch: int, repeats: int) -> list[dict[str, Any]]:
@@ -181,7 +157,6 @@ def main(argv: list[str] | None = None) -> None:
     classifier = load_classifier(args.classifier)
     data = DigitsDataModule(image_size=shortcut.sample_size, seed=0)
     train_images, test_images = (to_unit_range(data.split_tensors(s)[0]) for s in ("train", "test"))
-    test_features = batched_outputs(classifier.features, test_images)
     generator = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(args.num_samples, shortcut.in_channels, shortcut.sample_size, shortcut.sample_size,
                         generator=generator)  # x_0 of the paper (t = 0), shared by every run
@@ -190,15 +165,16 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, Any] = {
         "command": command, "num_samples": args.num_samples, "test_size": len(test_images),
         "guidance_scale": args.guidance_scale, "parameters": sum(p.numel() for p in shortcut.parameters()),
-        "fid_floor": round(frechet_distance(batched_outputs(classifier.features, train_images), test_features), 3),
+        "fid_floor": round(feature_fid(classifier, train_images, test_images), 3),
         "fid": [],
     }
     for num_steps in args.steps:
         row: dict[str, Any] = {"steps": num_steps}
         for name, model in (("shortcut", shortcut_model), ("flow", flow_model)):
-            images, seconds = generate(model, num_steps, noise, labels, args.batch_size)
-            row[f"{name}_fid"] = round(frechet_distance(batched_outputs(classifier.features, images),
-                                                        test_features), 3)
+            sampler = Sampler(SamplerSpec(model.name, scheduler="shortcut", num_steps=num_steps, policy="none"),
+                              model=model)  # shortcut steps, or Euler steps of a flow-matching model's velocity
+            images, seconds = sample_images(sampler, noise, labels, args.batch_size)
+            row[f"{name}_fid"] = round(feature_fid(classifier, images, test_images), 3)
             row[f"{name}_seconds"] = round(seconds, 2)
         results["fid"].append(row)
         print(json.dumps(row), flush=True)  # noqa: T201

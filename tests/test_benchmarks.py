@@ -162,11 +162,9 @@ def one_pass_records(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 
 def test_one_pass_records(one_pass_records: list[dict]) -> None:
-    from benchmarks.one_pass import ONE_PASS_KEYS
-
     assert [r["policy"] for r in one_pass_records] == ["none", "sdo", "full", "sdo-tail=3", "checkpoint"]
     for rec in one_pass_records:
-        assert set(common.RECORD_KEYS) | set(ONE_PASS_KEYS) <= set(rec)
+        assert set(common.RECORD_KEYS) | set(gradient_cost.ONE_PASS_KEYS) <= set(rec)
         assert rec["skipped"] is None and rec["seconds"] > 0 and rec["cpu_seconds"] > 0
         assert rec["peak_mem_bytes"] > 0 and rec["warmup_seconds"] > 0
     by_policy = {r["policy"]: r for r in one_pass_records}
@@ -196,14 +194,12 @@ def test_one_pass_skips_what_does_not_fit(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_one_pass_reference_falls_back_to_checkpoint() -> None:
-    from benchmarks.one_pass import exact_reference, graph_calls
-
     grad = torch.ones(2)
-    assert exact_reference({"checkpoint": {"grad": grad}, "sdo": {"grad": -grad}}) == ("checkpoint (float32, this run)",
-                                                                                      grad)
-    assert exact_reference({"full": {"skipped": "too big"}, "sdo": {"grad": grad}}) == (None, None)
-    assert [graph_calls(common.policy_for(p), 10) for p in ("full", "sdo", "sdo-tail=4", "checkpoint",
-                                                                   "adjoint", "adjoint-states=ends", "doodl")
+    reference = gradient_cost.exact_reference({"checkpoint": {"grad": grad}, "sdo": {"grad": -grad}})
+    assert reference == ("checkpoint (float32, this run)", grad)
+    assert gradient_cost.exact_reference({"full": {"skipped": "too big"}, "sdo": {"grad": grad}}) == (None, None)
+    assert [common.graph_calls(common.policy_for(p), 10) for p in ("full", "sdo", "sdo-tail=4", "checkpoint",
+                                                                  "adjoint", "adjoint-states=ends", "doodl")
             ] == [10, 1, 5, 1, 1, 1, 1]
     with pytest.raises(SystemExit):
         gradient_cost.parse_args(["--mem-budget-gib", "2"])  # needs --one-pass

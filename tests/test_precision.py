@@ -25,7 +25,7 @@ from lit_sdo.sampling import precision as precision_module
 from lit_sdo.sampling.precision import Precision, check_supported, no_grad_denoiser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import gradient_cost  # noqa: E402
+from benchmarks import common, gradient_cost  # noqa: E402
 
 NUM_STEPS = 6
 BF16 = Precision("bf16", allow_emulated=True)
@@ -193,20 +193,20 @@ def test_unknown_precision_names_the_value(kwargs: dict, message: str) -> None:
 
 # ---------------------------------------------------------------- benchmarks/gradient_cost.py's labels
 def test_benchmark_labels_carry_the_precision() -> None:
-    policy, precision = gradient_cost.parse_label("sdo-random@bf16+copy+cl")
+    policy, precision = common.parse_label("sdo-random@bf16+copy+cl")
     assert policy.k == "random" and precision == Precision("bf16", cast="copy", channels_last=True)
-    assert gradient_cost.parse_label("none") == (gradient_cost.POLICIES["none"], None)
+    assert common.parse_label("none") == (common.POLICIES["none"], None)
     for bad, message in [("sdo@int8", "precision suffix 'int8'"), ("sdo@bf16+fast", "flags from copy"),
                          ("adjoint@bf16", "policy 'adjoint'")]:
         with pytest.raises(ValueError, match=message):
-            gradient_cost.parse_label(bad)
+            common.parse_label(bad)
     with pytest.raises(SystemExit):
         gradient_cost.parse_args(["--policies", "sdo@bf17"])
-    setup = gradient_cost.build_setup("small-unet", "cpu", 1, "latent")
+    setup = common.build_setup("small-unet", "cpu", 1, "latent")
     reference = gradient_cost.fp32_sdo_gradients(setup, 3, ["none", "sdo@bf16+emulated"])["sdo"]
-    mixed = gradient_cost.label_gradient(setup, 3, "sdo@bf16+emulated")
+    mixed = common.label_gradient(setup, 3, "sdo@bf16+emulated")
     assert not torch.equal(mixed, reference)
-    assert gradient_cost.cosine(mixed, reference) > 0.99
+    assert common.cosine(mixed, reference) > 0.99
 
 
 def test_weight_copy_follows_replaced_weights() -> None:
