@@ -15,6 +15,11 @@ PAPER_TABLE3: dict[str, dict[str, tuple[float, float]]] = {
     "latent": {"sdo": (1.91, 10.33), "adjoint": (17.12, 15.88), "doodl": (27.20, 18.59)},
 }
 LATENT_MODELS = ("sd15", "sd15-unet", "dit-xl-2")
+# Model calls of one gradient at N with the official code's defaults (counted in tests/test_official_baselines.py):
+# (forward calls, calls re-run with their VJP in backward). Pixel AdjointDPM: explicit_adams, two RK4 start-up steps
+# forward and an RK4 step per backward interval; latent: euler; DOODL: two calls per EDICT step, re-run with a graph.
+OFFICIAL_CALLS = {("adjoint", "pixel"): lambda n: (n + 6, 4 * n), ("adjoint", "latent"): lambda n: (n, n),
+                  ("doodl", "pixel"): lambda n: (2 * n, 2 * n), ("doodl", "latent"): lambda n: (2 * n, 2 * n)}
 
 
 def paper_ratio_lines(records: Records, model: str) -> list[str]:
@@ -28,13 +33,26 @@ def paper_ratio_lines(records: Records, model: str) -> list[str]:
                            "×")
 
     rows = [[n, f"{method}/sdo", vs_sdo(method, n, "cpu_seconds"), vs_sdo(method, n, "seconds"),
+             fmt_or_dash(predicted_ratio(records, method, row, n), ".2f", "×"),
              f"{paper[method][0] / paper['sdo'][0]:.2f}×", vs_sdo(method, n, "peak_mem_bytes"),
              f"{paper[method][1] / paper['sdo'][1]:.2f}×"]
             for n in sorted({rec["steps"] for rec in records}) for method in ("adjoint", "doodl")
             if record_value(records, method, n, "seconds") is not None]
     return [f"Table 3 side by side ({row} row of the paper, N = 50 on an A100; here: {model})",
-            *markdown_table(["N", "ratio", "measured time (CPU s)", "measured time (wall)", "paper time",
-                             "measured memory", "paper memory"], rows, "rlrrrrr")]
+            *markdown_table(["N", "ratio", "measured time (CPU s)", "measured time (wall)", "predicted by call counts",
+                             "paper time", "measured memory", "paper memory"], rows, "rlrrrrrr")]
+
+
+def predicted_ratio(records: Records, method: str, row: str, steps: int) -> float | None:
+    """``method``/SDO as the official call counts predict it from this run's prices: a forward call at plain
+    sampling's price (``none`` / N), a call re-run with its VJP at checkpointing's ((``checkpoint`` − ``none``) / N:
+    checkpoint re-runs every call with its graph in backward). None without those three cases."""
+    key = _cost_key(records, steps)
+    none, checkpoint, sdo = (record_value(records, p, steps, key) for p in ("none", "checkpoint", "sdo"))
+    if none is None or checkpoint is None or not sdo:
+        return None
+    forward, with_vjp = OFFICIAL_CALLS[(method, row)](steps)
+    return (forward * none + with_vjp * (checkpoint - none)) / steps / sdo
 
 
 # Relative slack of "SDO is the cheapest": a rival measured up to 5 % cheaper than SDO still passes (timing noise

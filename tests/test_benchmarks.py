@@ -88,7 +88,13 @@ def test_baseline_report_lines(tmp_path: Path) -> None:
                                ("sdo-tail=2", 1.5, 12, 0.6), ("sdo-tail=8", 2.5, 30, 0.93)]
             for n in (10, 50)]
     ratios = baseline_report.paper_ratio_lines(fake, "ddpm-256")
-    assert "| 10 | adjoint/sdo | — | 11.43× | 11.56× | 1.50× | 1.53× |" in ratios  # no CPU seconds here: —
+    assert "| 10 | adjoint/sdo | — | 11.43× | — | 11.56× | 1.50× | 1.53× |" in ratios  # no CPU s, no checkpoint: —
+    # the count prediction prices a forward call at none/N = 1 and a call with its VJP at (checkpoint - none)/N = 2:
+    # pixel adjoint (N + 6) + 4N·2 = 96, DOODL 2N + 2N·2 = 60, over SDO's 10.5
+    with_checkpoint = fake + [{"policy": "checkpoint", "steps": 10, "seconds": 30.0, "peak_mem_bytes": 1}]
+    ratios = baseline_report.paper_ratio_lines(with_checkpoint, "ddpm-256")
+    assert "| 10 | adjoint/sdo | — | 11.43× | 9.14× | 11.56× | 1.50× | 1.53× |" in ratios
+    assert "| 10 | doodl/sdo | — | 18.10× | 5.71× | 18.49× | 1.80× | 1.84× |" in ratios
     targets = baseline_report.baseline_targets(fake)
     # last_k=1 is cheaper but gives x_T no gradient (cosine 0): the next is sdo-tail=2
     assert targets[0] == ("PASS  sdo the cheapest policy with an x_T gradient at N=10, on seconds, tolerance 5% "
