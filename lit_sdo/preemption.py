@@ -70,8 +70,7 @@ class Preemption(L.Callback):
         if self._handed_over:
             path = checkpoint_folder(trainer) / CHECKPOINT_NAME
             trainer.save_checkpoint(path)  # every rank: a collective under DDP
-            budget = f" of {trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
-            announce(f"stopped by SIGTERM after step {trainer.current_epoch}{budget}; checkpoint {path}; "
+            announce(f"stopped by SIGTERM after {progress(trainer)}; checkpoint {path}; "
                      f"resume with: {resume_command(self.command, path)}")
         else:  # Lightning stopped on its own: during evaluation, or before this callback took the signal
             newest = getattr(trainer.checkpoint_callback, "last_model_path", "")
@@ -92,6 +91,14 @@ def checkpoint_folder(trainer: L.Trainer) -> Path:
     """The ModelCheckpoint's folder, else ``checkpoints/`` in the logger's folder (as Lightning's default one)."""
     dirpath = getattr(trainer.checkpoint_callback, "dirpath", None)
     return Path(dirpath) if dirpath else Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
+
+
+def progress(trainer: L.Trainer) -> str:
+    """Where a stopped run is: its epochs (a latent job's epoch is one optimisation step of every sample), and the
+    optimiser steps where an epoch holds several (a training job's)."""
+    budget = f" of {trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+    steps = f" (optimiser step {trainer.global_step})" if trainer.global_step > trainer.current_epoch else ""
+    return f"epoch {trainer.current_epoch}{budget}{steps}"
 
 
 def resume_command(command: Sequence[str], checkpoint: Path) -> str:
