@@ -78,7 +78,8 @@ def test_sigterm_mid_step_stops_after_the_step_with_a_checkpoint_and_resumes_exa
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
     assert (saved["epoch"], saved["global_step"]) == (2, BATCHES)  # two epochs of two optimiser steps each
     (line,) = [line for line in capsys.readouterr().out.splitlines() if "SIGTERM" in line]
-    assert line == (f"[lit_sdo] stopped by SIGTERM after epoch 2 of {EPOCHS} (optimiser step {BATCHES}); checkpoint {ckpt}; resume with: "
+    assert line == (f"[lit_sdo] stopped by SIGTERM after epoch 2 of {EPOCHS} (optimiser step {BATCHES}); "
+                    f"checkpoint {ckpt}; resume with: "
                     f"lit-sdo fit --config job.yaml --ckpt_path={ckpt}")
 
     resumed, straight = Quadratic(), Quadratic()
