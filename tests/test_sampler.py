@@ -92,6 +92,14 @@ def graph_step(recorder: CallRecorder) -> int:
     return grads.index(True)
 
 
+def test_a_given_generator_with_another_guidance_than_the_spec_is_refused_in_one_line() -> None:
+    """Guidance is built into the loaded adapter: a spec that says another scale would be silently ignored."""
+    with pytest.raises(ValueError, match=r"^generator 'tiny-ddpm' was loaded with guidance_scale=1 but the spec "
+                                         r"says 3; load it with load_diffusion\('tiny-ddpm', guidance_scale=3\)"):
+        pixel_sampler(guidance_scale=3.0)
+    assert pixel_sampler(guidance_scale=1.0).spec.guidance_scale == 1.0
+
+
 def test_the_policys_draws_derive_from_the_run_seed_and_the_key() -> None:
     """SDO's random k of the run named ``policy_key`` is drawn from ``seed * 1_000_003 + policy_key``."""
     for seed in (0, 5):

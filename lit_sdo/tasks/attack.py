@@ -70,7 +70,8 @@ class SDOAttack:
             raise ValueError(f"steps={steps} must be >= 1")
         self.eps, self.steps, self.lr, self.optimizer = eps, steps, lr, optimizer
         self.stop_at_success = stop_at_success
-        spec = SamplerSpec(model=generator.name, scheduler=scheduler, num_steps=num_sampling_steps, policy=policy)
+        spec = SamplerSpec(model=generator.name, scheduler=scheduler, num_steps=num_sampling_steps, policy=policy,
+                           guidance_scale=getattr(generator.denoiser, "guidance_scale", 1.0))  # as it was loaded
         self.sampler = Sampler(spec, model=generator)  # refuses a policy this run cannot take, before any work
         self.objective = ClassifierObjective(classifier, loss=loss, targeted=targeted, resize_for_classifier=resize)
         self.objective.prepare(generator.image_size, generator.channels, generator.num_classes)
