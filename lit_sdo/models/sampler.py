@@ -159,10 +159,11 @@ class Sampler(nn.Module):
     def __init__(self, spec: SamplerSpec, model: DiffusionModel | None = None) -> None:
         super().__init__()
         self.spec = spec
-        if model is not None and getattr(model.denoiser, "guidance_scale", 1.0) != spec.guidance_scale:
+        loaded_scale = None if model is None else getattr(model.denoiser, "guidance_scale", 1.0)
+        if model is not None and loaded_scale != spec.guidance_scale:
             # guidance is built into the loaded adapter, so a spec that says otherwise would be silently ignored
             raise ValueError(f"generator {model.name!r} was loaded with guidance_scale="
-                             f"{model.denoiser.guidance_scale:g} but the spec says {spec.guidance_scale:g}; load it "
+                             f"{loaded_scale:g} but the spec says {spec.guidance_scale:g}; load it "
                              f"with load_diffusion({model.name!r}, guidance_scale={spec.guidance_scale:g}) or set "
                              "the spec's guidance_scale to match")
         self.model = model if model is not None else load_diffusion(spec.model,
