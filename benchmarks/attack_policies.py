@@ -13,6 +13,7 @@ FID of the adversarial images against the clean ones, time and peak memory per s
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="L∞ budgets τ (the paper's: 0.1); several draw the success-against-change curves")
     parser.add_argument("--plot-dir", type=Path, default=None,
                         help="with several --eps: write attack_success_vs_change.png and attack_success_vs_time.png")
-    parser.add_argument("--json", type=Path, default=None, help="every run's aggregate, by τ and policy (atomic)")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="every run's aggregate, by τ and policy, written after each run; runs it already "
+                             "holds are kept, not rerun (an interrupted sweep resumes)")
     return parser.parse_args(argv)
 
 
@@ -90,18 +93,37 @@ def plot_curves(runs: dict[float, dict[str, dict]], folder: Path, title: str) ->
     return paths
 
 
+def saved_runs(path: Path | None, settings: dict) -> dict[float, dict[str, dict]]:
+    """The rows an earlier sweep saved to ``path`` by τ (none without the file); a file saved with other settings
+    is refused in one line, since its rows would be mixed into these tables unnoticed."""
+    if path is None or not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    if saved.get("settings") != settings:
+        raise SystemExit(f"{path} holds runs with settings {saved.get('settings')}, not {settings}: "
+                         "pass another --json, or delete it to start over")
+    return {float(eps): rows for eps, rows in saved["runs"].items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    runs: dict[float, dict[str, dict]] = {}
     job = Path(args.config).relative_to(ROOT) if Path(args.config).is_relative_to(ROOT) else Path(args.config)
+    settings = {"config": str(job), "per_class": args.per_class, "steps": args.steps, "override": args.override}
+    runs = saved_runs(args.json, settings)
+
+    def save(eps: float, label: str, row: dict) -> None:
+        runs.setdefault(eps, {})[label] = row
+        if args.json is not None:
+            write_json(args.json, {"settings": settings, "runs": {str(e): r for e, r in sorted(runs.items())}})
+
     for eps in args.eps:
         # Every step differentiates every sample (stop_at_success off): the step time is the policy's cost, not
         # how soon it fools; successes and δ are the same either way (the first success is kept).
         overrides = [f"--data.init_args.per_class={args.per_class}", f"--trainer.max_epochs={args.steps}",
                      f"--model.init_args.eps={eps}", "--model.init_args.stop_at_success=false",
                      *sweep.device_overrides(args)]
-        rows, reasons = sweep.run_policies(args.config, args.policies, overrides, sweep.aggregate)
-        runs[eps] = rows
+        rows, reasons = sweep.run_policies(args.config, args.policies, overrides, sweep.aggregate,
+                                           done=runs.get(eps), on_row=lambda label, row: save(eps, label, row))
         table = "\n".join(sweep.policy_table(COLUMNS, args.policies, rows, reasons, cells(rows)))
         print(f"τ = {eps:g}\n{table}")
         where = "CPU, 2 cores" if args.device == "cpu" else "CUDA"
@@ -114,8 +136,6 @@ def main(argv: list[str] | None = None) -> None:
         budget = "" if eps == 0.1 else f", τ = {eps:g}"
         sweep.publish(args.results, f"Attack{name}: gradient policies side by side{budget}", body, "attack_policies",
                       argv, args.started_on)
-    if args.json is not None:
-        write_json(args.json, {str(eps): rows for eps, rows in runs.items()})
     if args.plot_dir is not None and len(runs) > 1:
         title = f"{job}, {args.per_class} per class, {args.steps} steps; {args.started_on}"
         print("\n".join(map(str, plot_curves(runs, args.plot_dir, title))))

@@ -70,15 +70,17 @@ def unavailable_reason(sampler: Any, label: str) -> str | None:
 
 
 def run_policies(config: str, policies: Sequence[str], overrides: Sequence[str], read: Callable[[Path], Any],
-                 sampler: Any = None, extra: Callable[[str], list[str]] = lambda policy: []
+                 sampler: Any = None, extra: Callable[[str], list[str]] = lambda policy: [],
+                 done: dict[str, Any] | None = None, on_row: Callable[[str, Any], None] = lambda label, row: None
                  ) -> tuple[dict[str, Any], dict[str, str]]:
     """The job once per policy its sampler can run, in a temporary folder: (``read(folder)`` per policy run, the
-    reason per policy that cannot run); ``extra(policy)`` adds a run's own overrides."""
+    reason per policy that cannot run); ``extra(policy)`` adds a run's own overrides. Rows already in ``done`` (an
+    interrupted sweep's saved rows) are kept, not rerun; ``on_row`` sees each new row as soon as it exists."""
     sampler = sampler if sampler is not None else job_sampler(config, overrides)
     reasons = {p: r for p in policies if (r := unavailable_reason(sampler, p)) is not None}
-    rows = {}
+    rows = {p: done[p] for p in policies if done and p in done}
     with tempfile.TemporaryDirectory() as tmp:
-        for label in (p for p in policies if p not in reasons):
+        for label in (p for p in policies if p not in reasons and p not in rows):
             policy, options = split_label(label)
             out = Path(tmp) / label.replace("=", "").replace("+", "_")
             cli.main(["fit", "--config", config, f"--model.init_args.sampler.policy={policy}",
@@ -86,6 +88,7 @@ def run_policies(config: str, policies: Sequence[str], overrides: Sequence[str],
                       "--trainer.enable_progress_bar=false", *overrides, *extra(policy), *options])
             rows[label] = read(out)
             print(f"[sweep] {label}: {json.dumps(rows[label], default=str)}", file=sys.stderr, flush=True)
+            on_row(label, rows[label])
     return rows, reasons
 
 

@@ -150,12 +150,27 @@ def test_real_scale(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert not any(tmp_path.iterdir())  # nothing built, nothing run
 
 
-def test_attack_policies(tmp_path: Path) -> None:
-    from benchmarks import attack_policies
+def test_attack_policies_resumes_from_its_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import attack_policies, policy_sweep
 
-    attack_policies.main(["--policies", "sdo", "--per-class", "1", "--steps", "1",
-                          "--override=--model.init_args.sampler.num_steps=2", "--results", str(tmp_path / "a.md")])
+    tiny = ["--policies", "sdo", "--per-class", "1", "--steps", "1", "--json", str(tmp_path / "runs.json"),
+            "--override=--model.init_args.sampler.num_steps=2", "--results", str(tmp_path / "a.md")]
+    attack_policies.main(tiny)
     assert "| sdo | " in (tmp_path / "a.md").read_text()
+    saved = json.loads((tmp_path / "runs.json").read_text())
+    assert list(saved["runs"]) == ["0.1"] and list(saved["runs"]["0.1"]) == ["sdo"]
+
+    def refuse(argv: list[str]) -> None:
+        raise AssertionError(f"a saved run was rerun: {argv}")
+
+    monkeypatch.setattr(policy_sweep.cli, "main", refuse)  # the saved sdo row must be reused, not rerun
+    (tmp_path / "a.md").unlink()
+    attack_policies.main(tiny)
+    assert "| sdo | " in (tmp_path / "a.md").read_text()
+    assert json.loads((tmp_path / "runs.json").read_text()) == saved
+    with pytest.raises(SystemExit, match="holds runs with settings"):  # other settings: refused, file untouched
+        attack_policies.main([*tiny, "--steps", "2"])
+    assert json.loads((tmp_path / "runs.json").read_text()) == saved
 
 
 def test_attack_tau_sweep_draws_both_curves(tmp_path: Path) -> None:
