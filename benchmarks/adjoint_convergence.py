@@ -19,8 +19,7 @@ import torch
 from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import MODELS, build_setup, cosine, input_gradient, markdown_table, measure  # noqa: E402
 from lit_sdo.sampling import GradientPolicy, build_scheduler, sample  # noqa: E402

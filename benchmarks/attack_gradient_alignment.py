@@ -73,8 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         clean_correct = classifier(sampler.evaluate(x_T, cond)).argmax(1) == labels
     exact = gradient("full")
     print(f"{args.model} + {args.classifier}, {args.steps} steps, guidance {args.guidance_scale:g}, "  # noqa: T201
-          f"{args.samples} samples, "
-          f"{int(clean_correct.sum())} clean-correct")
+          f"{args.samples} samples, {int(clean_correct.sum())} clean-correct")
     rows = []
     cases = {"full (exact)": exact} | {name: gradient(policy) for name, policy in policies(args.steps).items()}
     for name, grad in cases.items():

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.common import Records, fmt_or_dash, markdown_table, ratio, record_value, verdict
-from lit_sdo.sampling import as_policy
+from lit_sdo.sampling import GradientPolicy, as_policy
 
 # Paper Table 3 (A100, one gradient w.r.t. x_N, 50 DDIM steps): (seconds, GB) per method.
 PAPER_TABLE3: dict[str, dict[str, tuple[float, float]]] = {
@@ -67,15 +67,21 @@ def _cost_key(records: Records, steps: int) -> str:
     return "cpu_seconds" if timed and all(rec.get("cpu_seconds") is not None for rec in timed) else "seconds"
 
 
+def sdo_policy(label: str) -> GradientPolicy | None:
+    """The SDO policy a label names; None for another policy or a label that is not a policy string."""
+    try:
+        policy = as_policy(label)
+    except ValueError:
+        return None
+    return policy if policy.name == "sdo" else None
+
+
 def is_sdo_tie(label: str) -> bool:
     """SDO's own variants, counted as SDO's cost and not as rivals: the same N calls and one-step graph, with k
     drawn per call (``sdo-random``) or one more graph call (``sdo-tail=1``). The precision suffix is ignored: labels
     are compared only within one precision (:func:`precision_of`)."""
-    try:
-        policy = as_policy(label.partition("@")[0])
-    except ValueError:
-        return False
-    return policy.name == "sdo" and policy.tail <= 1
+    policy = sdo_policy(label.partition("@")[0])
+    return policy is not None and policy.tail <= 1
 
 
 def precision_of(label: str) -> str:
@@ -134,16 +140,8 @@ def tail_frontier_lines(records: Records, threshold: float = 0.9) -> list[str]:
     """The smallest SDO tail m whose gradient has cosine >= ``threshold``, and its cost, at each N."""
     lines = []
     for n in sorted({rec["steps"] for rec in records}):
-        tails = []
-        for rec in records:
-            if rec["steps"] != n or rec.get("grad_cosine") is None:
-                continue
-            try:
-                policy = as_policy(rec["policy"])
-            except ValueError:
-                continue
-            if policy.name == "sdo" and policy.tail > 0:
-                tails.append((policy.tail, rec))
+        tails = [(policy.tail, rec) for rec in records if rec["steps"] == n and rec.get("grad_cosine") is not None
+                 and (policy := sdo_policy(rec["policy"])) is not None and policy.tail > 0]
         good = sorted((m, rec) for m, rec in tails if rec["grad_cosine"] >= threshold)
         if not tails:
             continue

@@ -1,9 +1,6 @@
 """What the benchmark scripts share: the networks they time, one gradient measurement, peak memory of a fresh
-process, the records' format and the helpers that turn records into tables and PASS/FAIL lines.
-
-Imports only the library (never another benchmark script), so every script can import it and none imports
-another's internals.
-"""
+process, the records' format and the helpers that turn records into tables and PASS/FAIL lines. It imports only the
+library, never another benchmark script, so every script can import it and none imports another's internals."""
 
 from __future__ import annotations
 
@@ -23,6 +20,7 @@ import torch
 from diffusers import UNet2DModel
 from torch import Tensor
 
+from lit_sdo.models import load_diffusion
 from lit_sdo.models.sampler import Sampler
 from lit_sdo.models.standins import LINEAR_BETAS, SD_BETAS, ddpm_256_unet, dit_xl_2, sd15_unet, sd_vae
 from lit_sdo.sampling import (
@@ -33,6 +31,7 @@ from lit_sdo.sampling import (
     TransformerDenoiser,
     as_policy,
     build_scheduler,
+    parse_policy,
     sample,
 )
 from lit_sdo.sampling.policies import BASELINE_NAMES
@@ -53,8 +52,6 @@ def small_unet() -> UNet2DModel:
 
 def digits_ddpm() -> tuple[DenoiserAdapter, int | str | None, dict[str, Any]]:
     """The shipped embedded:digits-ddpm (trained weights, 1×16×16, 10 classes): the attack's generator."""
-    from lit_sdo.models import load_diffusion
-
     model = load_diffusion("embedded:digits-ddpm")
     return model.denoiser, model.num_classes, dict(model.scheduler_config)
 
@@ -113,15 +110,9 @@ def output_shape(denoiser: DenoiserAdapter) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------- policy labels: policy[@precision]
-POLICIES: dict[str, GradientPolicy] = {  # presets; any other label is a policy string (sdo-tail=4, adjoint, ...)
-    "none": GradientPolicy("none"),
-    "sdo": GradientPolicy("sdo", k=0),
-    "sdo-random": GradientPolicy("sdo", k="random"),
-    "full": GradientPolicy("full"),
-    "checkpoint": GradientPolicy("checkpoint"),
-    "last_k=1": GradientPolicy("last_k", last_k=1),
-    "random_truncation": GradientPolicy("random_truncation"),
-}
+# The default labels; any other label is a policy string too (sdo-tail=4, adjoint, ...).
+POLICIES: dict[str, GradientPolicy] = {label: parse_policy(label) for label in (
+    "none", "sdo", "sdo-random", "full", "checkpoint", "last_k=1", "random_truncation")}
 PRECISION_FLAGS = {"copy": "cast='copy'", "cl": "channels_last", "compile": "torch.compile",
                    "emulated": "allow_emulated (bf16 on a CPU without bf16 kernels)"}
 
@@ -132,11 +123,8 @@ def policy_for(label: str) -> GradientPolicy:
 
 
 def parse_label(label: str) -> tuple[GradientPolicy, Precision | None]:
-    """``policy[@dtype[+copy][+cl][+compile][+emulated]]`` -> (policy, precision of the no-grad calls).
-
-    ``dtype`` is one of fp32, bf16, fp16; ``copy`` a low-precision weight copy instead of autocast,
-    ``cl`` channels_last inputs, ``compile`` torch.compile, ``emulated`` allow_emulated.
-    """
+    """``policy[@dtype[+flag...]]`` -> (policy, precision of the no-grad calls); ``dtype`` is fp32, bf16 or fp16,
+    each flag one of :data:`PRECISION_FLAGS` (``copy``: a low-precision weight copy instead of autocast)."""
     base, _, suffix = label.partition("@")
     policy = policy_for(base)
     if not suffix:
@@ -292,7 +280,6 @@ def predicted_peak(calls: int, one_call_peak: int, mem_budget_bytes: float | Non
 def fresh_process_case(work: Workload, steps: int, label: str, mem_budget_bytes: float | None) -> dict[str, Any]:
     """Run in a fresh process: a 1-step warm-up of the same label (lazy kernels, thread pools), its peak RSS as the
     prediction of the case's peak (:func:`predicted_peak`), then the one measured gradient unless it cannot fit.
-
     Returns :func:`measure`'s figures, ``warmup_seconds``, ``warmup_peak_bytes``, the prediction and ``grad``
     (d loss / d x_T as a NumPy array; None for ``none``), or ``skipped`` with the reason."""
     fix_malloc_thresholds()

@@ -22,8 +22,7 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable as `python benchmarks/evaluate_zoo.py` without installing
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # runnable as `python benchmarks/evaluate_zoo.py` without installing
 
 from benchmarks.common import sample_images  # noqa: E402
 from lit_sdo.datamodules import DigitsDataModule, PhotoCropsDataModule  # noqa: E402
@@ -37,25 +36,20 @@ from lit_sdo.models.sampler import Sampler, SamplerSpec  # noqa: E402
 
 @dataclass(frozen=True)
 class Zoo:
-    """A family of shipped models: its defaults, its training configs, and how its data is described."""
+    """A family of shipped models: its defaults and the machine it was trained on."""
 
     diffusion: str
     classifiers: tuple[str, ...]
     num_samples: int
     steps: int
     out: str
-    training: dict[str, str]  # model name -> its training config (seed_everything gives the seed)
     machine: str
 
 
 ZOOS = {
     "digits": Zoo("embedded:digits-ddpm", ("digits-resnet", "digits-convnext"), 2000, 50, "runs/zoo_eval.json",
-                  {"digits-ddpm": "configs/train/digits_ddpm.yaml", "digits-resnet": "configs/train/digits_resnet.yaml",
-                   "digits-convnext": "configs/train/digits_convnext.yaml"},
                   "2 shared CPU cores (other jobs running), no GPU"),
     "photos": Zoo("embedded:photos-ddpm", ("photos-resnet", "photos-convnext"), 500, 30, "runs/photos_eval.json",
-                  {"photos-ddpm": "configs/train/photos_ddpm.yaml", "photos-resnet": "configs/train/photos_resnet.yaml",
-                   "photos-convnext": "configs/train/photos_convnext.yaml"},
                   "2 shared CPU cores (load average 10-16 from other jobs), no GPU"),
 }
 
@@ -122,7 +116,8 @@ def write_manifests(args: argparse.Namespace, results: dict[str, Any], wall_cloc
     import yaml
 
     zoo = ZOOS[args.zoo]
-    for name, config_path in zoo.training.items():
+    for name in (zoo.diffusion.removeprefix("embedded:"), *zoo.classifiers):
+        config_path = f"configs/train/{name.replace('-', '_')}.yaml"  # its seed_everything is the seed
         folder = args.manifest_root / name
         if not folder.is_dir():
             continue
@@ -169,12 +164,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--note", nargs="*", default=[], metavar="NAME=TEXT",
                         help="how a model's training deviated from its plain command, recorded in its manifest")
     args = parser.parse_args(argv)
-    zoo = ZOOS[args.zoo]
-    defaults = {"diffusion": zoo.diffusion, "classifiers": list(zoo.classifiers), "num_samples": zoo.num_samples,
-                "steps": zoo.steps, "out": zoo.out}
-    for key, value in defaults.items():
+    for key in ("diffusion", "classifiers", "num_samples", "steps", "out"):  # not given: the zoo's
         if getattr(args, key) is None:
-            setattr(args, key, value)
+            setattr(args, key, getattr(ZOOS[args.zoo], key))
     return args
 
 

@@ -1,15 +1,11 @@
 """Cost of one gradient through an N-step sampler, for every gradient policy (paper Table 3).
 
-One record per (policy, N) case (:data:`benchmarks.common.RECORD_KEYS`; RESULTS.md says what each figure is): wall
-and CPU seconds of sampling forward + backward, medians of ``--repeats`` runs taken round-robin so load from other
-processes hits every policy alike; peak memory (CUDA's allocator, or a CPU case's peak RSS in a FRESH process: an
-interpreter with torch already holds ~0.9 GB); the cosine to the exact gradient. A label may carry the precision of
-its no-grad calls after ``@`` (``sdo@bf16``, :func:`benchmarks.common.parse_label`).
-
-``--one-pass`` (CPU, networks at the paper's sizes) runs each case ONCE in its fresh process and skips one
-predicted not to fit ``--mem-budget-gib`` (an OOM kill on a shared machine takes other processes with it).
-
-Run ``python benchmarks/gradient_cost.py`` (CPU, small UNet) or see ``--help``.
+One record per (policy, N) case (:data:`benchmarks.common.RECORD_KEYS`, explained in RESULTS.md): wall and CPU
+seconds of sampling forward + backward (medians of ``--repeats`` round-robin runs, so other processes' load hits every
+policy alike), peak memory (CUDA's allocator, or a CPU case's peak RSS in a FRESH process: torch alone holds ~0.9 GB)
+and the cosine to the exact gradient. A label may set its no-grad calls' precision after ``@`` (``sdo@bf16``).
+``--one-pass`` (CPU, paper-size networks) runs each case ONCE in its fresh process and skips one predicted not to fit
+``--mem-budget-gib`` (an OOM kill on a shared machine takes other processes with it). See ``--help``.
 """
 
 from __future__ import annotations
@@ -17,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -32,8 +29,7 @@ import torch
 from torch import Tensor
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # runnable as `python benchmarks/gradient_cost.py` without installing
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # runnable as `python benchmarks/gradient_cost.py` without installing
 
 from benchmarks import common  # noqa: E402
 from benchmarks.baseline_report import baseline_targets, paper_ratio_lines, plot_frontier, tail_frontier_lines  # noqa: E402
@@ -114,7 +110,7 @@ def timed_repeats(setup: common.Setup, steps: int, labels: Sequence[str], repeat
     return {label: medians(label) for label in labels}
 
 
-class FreshProcesses:
+class FreshProcesses(contextlib.AbstractContextManager):
     """Each case in its own fresh process. Once a warm-up has measured the peak of one graph call, a case that
     cannot fit the budget is skipped before its process starts; a process that dies is recorded as skipped."""
 
@@ -122,9 +118,6 @@ class FreshProcesses:
         self.work, self.mem_budget_bytes = work, mem_budget_bytes
         self.pool = common.fresh_process_pool()
         self.graph_step_peak: int | None = None
-
-    def __enter__(self) -> FreshProcesses:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.pool.shutdown()
@@ -262,12 +255,8 @@ def cost_table(records: Records) -> str:
 
 def check_targets(records: Records) -> list[str]:
     """PASS/FAIL/SKIP line per target (SKIP when a needed case was not run)."""
-    def t(p: str, n: int) -> float | None:
-        return record_value(records, p, n, "seconds")
-
-    def m(p: str, n: int) -> float | None:
-        return record_value(records, p, n, "peak_mem_bytes")
-
+    t = functools.partial(record_value, records, key="seconds")  # t(policy, N)
+    m = functools.partial(record_value, records, key="peak_mem_bytes")
     points = [(r["steps"], r["peak_mem_bytes"]) for r in records if r["policy"] == "full" and r["peak_mem_bytes"]]
     _, slope, r2 = line_fit(points) if len(points) >= 3 else (None, 0.0, None)
     return [

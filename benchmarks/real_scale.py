@@ -13,11 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's lit_sdo, also for the runs (PYTHONPATH in child_env)
@@ -26,7 +29,6 @@ from benchmarks.common import line_fit, markdown_table, mem_available_bytes  # n
 from lit_sdo.sampling import parse_policy  # noqa: E402
 
 GIB = 1024 ** 3
-SD_PROMPT = '--data.init_args.prompts=["a painting of a lighthouse"]'
 
 
 @dataclass(frozen=True)
@@ -45,49 +47,18 @@ class PaperConfig:
         return ROOT / "configs" / f"{self.name}.yaml"
 
 
-LATENT = ("--model.init_args.output_dir={out}", "--trainer.logger.init_args.save_dir={out}",
-          "--trainer.max_epochs={opt_steps}", "--model.init_args.sampler.num_steps={steps}")
-LATENT_OUT = ("results.json", "delta.safetensors", "grid.png")
-REWARD = (*LATENT, "--data.init_args.samples_per_step=1", "--data.init_args.batch_size=1",
-          "--trainer.accumulate_grad_batches=1", "--model.init_args.grid_samples=1",
-          "--model.init_args.grid_every_n_steps=1000")  # the config's shipped prompt file (a path, not a list)
-REWARD_OUT = ("history.json", "grid.png", "lora/pytorch_lora_weights.safetensors")
-SHORTCUT = ("--trainer.max_steps={opt_steps}", "--trainer.default_root_dir={out}",
-            "--model.init_args.vae={cache}/sd-vae-ft-mse", "--model.init_args.export_dir={out}/export",
-            "--data.init_args.batch_size=1", "--data.init_args.num_workers=0")
-SHORTCUT_OUT = ("export/MANIFEST.json",)
-ATTACK = ("--data.init_args.classes=[207]", "--data.init_args.per_class=1", "--data.init_args.batch_size=1")
+def load_configs(path: Path) -> dict[str, PaperConfig]:
+    """The paper configs of ``path`` (real_scale.yaml) in its order, each one's override groups before its own."""
+    data = yaml.safe_load(path.read_text())
+    configs = {}
+    for name, c in data["configs"].items():
+        overrides = [o for group in c["groups"] for o in data["groups"][group]] + c.get("overrides", [])
+        configs[name] = PaperConfig(name, tuple(c["components"]), tuple(overrides),
+                                    tuple(data["outputs"][c["outputs"]]), c["memory_gib"])
+    return configs
 
-CONFIGS: dict[str, PaperConfig] = {c.name: c for c in (
-    PaperConfig("edit/celebahq", ("celebahq", "clip-b16"), (
-        *LATENT, "--model.init_args.sampler.model={cache}/celebahq",
-        "--model.init_args.objective.init_args.text_image={cache}/clip-b16",
-        "--data.init_args.num_samples=1", "--data.init_args.batch_size=1"), LATENT_OUT, 4),
-    PaperConfig("attack/imagenet_adm", ("adm", "resnet50"), (*LATENT, *ATTACK), LATENT_OUT, 6),
-    PaperConfig("attack/imagenet_dit", ("dit-xl-2", "resnet50"), (
-        *LATENT, *ATTACK, "--model.init_args.sampler.model={cache}/dit-xl-2"), LATENT_OUT, 8),
-    PaperConfig("aesthetic/sd15", ("sd15", "clip-l14", "laion"), (
-        *LATENT, "--model.init_args.sampler.model={cache}/sd15",
-        "--model.init_args.objective.init_args.clip={cache}/clip-l14",
-        "--model.init_args.objective.init_args.predictor={cache}/laion/sac+logos+ava1-l14-linearMSE.pth",
-        "--data.init_args.per_prompt=1", SD_PROMPT), LATENT_OUT, 14),
-    PaperConfig("reward/sd15_aesthetic", ("sd15", "clip-l14", "laion"), (
-        *REWARD, "--model.init_args.sampler.model={cache}/sd15",
-        "--model.init_args.reward.init_args.weights={cache}/laion/laion_aesthetic_l14.safetensors",
-        "--model.init_args.reward.init_args.embedder=clip:{cache}/clip-l14"), REWARD_OUT, 14),
-    PaperConfig("reward/sd15_hps", ("sd15", "hps"), (
-        *REWARD, "--model.init_args.sampler.model={cache}/sd15",
-        "--model.init_args.reward.init_args.weights={cache}/hps/HPS_v2.1_compressed.pt"), REWARD_OUT, 17),
-    PaperConfig("style/lcm", ("lcm", "clip-b16", "images"), (
-        *LATENT, "--model.init_args.sampler.model={cache}/lcm",
-        "--model.init_args.objective.init_args.encoder={cache}/clip-b16",
-        "--model.init_args.objective.init_args.style_image={cache}/images/style.png",
-        "--data.init_args.per_prompt=1", SD_PROMPT), LATENT_OUT, 12),
-    PaperConfig("shortcut/celebahq256", ("sd-vae-ft-mse", "images"), (
-        *SHORTCUT, "--data.init_args.root={cache}/images/celebahq256"), SHORTCUT_OUT, 5),
-    PaperConfig("shortcut/imagenet256", ("sd-vae-ft-mse", "images"), (
-        *SHORTCUT, "--data.init_args.root={cache}/images/imagenet256"), SHORTCUT_OUT, 5),
-)}
+
+CONFIGS = load_configs(Path(__file__).with_suffix(".yaml"))
 
 
 @dataclass
@@ -170,8 +141,6 @@ def run_config(config: PaperConfig, args: argparse.Namespace, log: callable, tag
         return RunResult(config.name + tag, 0, 0.0, 0.0, 0.0, ["(command line parsed only)"], [], out, 0.0)
     build_components(config.components, args.cache, args.threads, log)
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
     wait_for_memory(config.memory_gib, log)
     load = os.getloadavg()[0]
