@@ -13,6 +13,7 @@ FID of the adversarial images against the clean ones, time and peak memory per s
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"--model.init_args.eps={eps}", "--model.init_args.stop_at_success=false",
                      *sweep.device_overrides(args)]
         rows, reasons = sweep.run_policies(args.config, args.policies, overrides, sweep.aggregate,
-                                           done=runs.get(eps), on_row=lambda label, row: save(eps, label, row))
+                                           done=runs.get(eps), on_row=functools.partial(save, eps))
         table = "\n".join(sweep.policy_table(COLUMNS, args.policies, rows, reasons, cells(rows)))
         print(f"τ = {eps:g}\n{table}")
         where = "CPU, 2 cores" if args.device == "cpu" else "CUDA"
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         sweep.publish(args.results, f"Attack{name}: gradient policies side by side{budget}", body, "attack_policies",
                       argv, args.started_on)
     if args.plot_dir is not None and len(runs) > 1:
-        title = f"{job}, {args.per_class} per class, {args.steps} steps; {args.started_on}"
+        title = f"{job}, {args.per_class} per class, {args.steps} steps\n{args.started_on}"
         print("\n".join(map(str, plot_curves(runs, args.plot_dir, title))))
 
 
