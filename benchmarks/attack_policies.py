@@ -99,8 +99,12 @@ def saved_runs(path: Path | None, settings: dict) -> dict[float, dict[str, dict]
     is refused in one line, since its rows would be mixed into these tables unnoticed."""
     if path is None or not path.exists():
         return {}
-    saved = json.loads(path.read_text())
-    if saved.get("settings") != settings:
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--json {path} cannot be read as an earlier sweep's file ({err}): pass another --json, "
+                         "or delete it to start over") from None
+    if not isinstance(saved, dict) or saved.get("settings") != settings:
         raise SystemExit(f"{path} holds runs with settings {saved.get('settings')}, not {settings}: "
                          "pass another --json, or delete it to start over")
     return {float(eps): rows for eps, rows in saved["runs"].items()}
@@ -117,6 +121,11 @@ def main(argv: list[str] | None = None) -> None:
         if args.json is not None:
             write_json(args.json, {"settings": settings, "runs": {str(e): r for e, r in sorted(runs.items())}})
 
+    if args.json is not None and not args.json.exists():  # an unwritable path fails now, not after the first run
+        try:
+            write_json(args.json, {"settings": settings, "runs": {}})
+        except OSError as err:
+            raise SystemExit(f"--json {args.json} cannot be written ({err.strerror}): pass a writable path") from None
     for eps in args.eps:
         # Every step differentiates every sample (stop_at_success off): the step time is the policy's cost, not
         # how soon it fools; successes and δ are the same either way (the first success is kept).

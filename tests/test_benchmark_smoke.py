@@ -171,6 +171,11 @@ def test_attack_policies_resumes_from_its_json(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(SystemExit, match="holds runs with settings"):  # other settings: refused, file untouched
         attack_policies.main([*tiny, "--steps", "2"])
     assert json.loads((tmp_path / "runs.json").read_text()) == saved
+    (tmp_path / "broken.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="cannot be read as an earlier sweep's file"):
+        attack_policies.main([*tiny, "--json", str(tmp_path / "broken.json")])
+    with pytest.raises(SystemExit, match="cannot be written"):  # before any run (cli.main would refuse)
+        attack_policies.main([*tiny, "--json", str(tmp_path / "a.md" / "runs.json")])
 
 
 def test_attack_tau_sweep_draws_both_curves(tmp_path: Path) -> None:
