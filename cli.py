@@ -3,8 +3,8 @@
 - ``fit`` / ``validate`` / ``test`` / ``predict``: LightningCLI driven by YAML configs. Any
   LightningModule / LightningDataModule is selected with ``class_path`` (subclass mode), so a new
   task costs a YAML file, not a change here.
-- the jobs that are not a Trainer call (``lora-grid``, ``train-text-image``, ``export-diffusion``):
-  plain functions whose signature and docstring become the options (jsonargparse), with ``--config``.
+- the jobs that are not a Trainer call (``lora-grid``, ``train-text-image``, ``export-diffusion``,
+  ``compare-runs``): plain functions whose signature and docstring become the options (jsonargparse), with ``--config``.
 
 LightningCLI's own subcommands are the Trainer's methods (each gets the trainer, model and data
 options), so the jobs are dispatched here by their name instead of being forced into it.
@@ -45,6 +45,7 @@ JOBS = {
     "lora-grid": "lit_sdo.lora:sample_lora_grid",
     "train-text-image": "lit_sdo.tasks.train_text_image:train_guidance_models",
     "export-diffusion": "lit_sdo.tasks.train_diffusion:export_checkpoint",
+    "compare-runs": "lit_sdo.compare:compare_runs",
 }
 LIGHTNING_COMMANDS = tuple(LightningCLI.subcommands())
 COMMANDS = (*LIGHTNING_COMMANDS, *JOBS)

@@ -18,11 +18,13 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import policy_sweep as sweep  # noqa: E402
+from benchmarks.common import save_plot  # noqa: E402
 from lit_sdo.io import write_json  # noqa: E402
 
 CONFIG = str(ROOT / "configs/attack/digits.yaml")
@@ -64,34 +66,23 @@ def cells(rows: dict[str, dict]) -> Callable[[str, dict], list[str]]:
 def plot_curves(runs: dict[float, dict[str, dict]], folder: Path, title: str) -> list[Path]:
     """Success rate against image change (1 − SSIM, one line per policy across τ: the distortion curve of attack
     papers) and against seconds per optimisation step (one marker per run), as two PNGs in ``folder``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     policies = list(dict.fromkeys(p for rows in runs.values() for p in rows))
-    paths = []
-    for name, x_of, x_label in (("change", lambda r: 1 - r["ssim_mean"], "image change: 1 − mean SSIM"),
-                                ("time", lambda r: r["seconds_per_step"], "seconds per optimisation step")):
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
-        for policy in policies:
-            points = [(x_of(rows[policy]), rows[policy]["success_rate"], eps) for eps, rows in sorted(runs.items())
-                      if policy in rows]
-            ax.plot([x for x, _, _ in points], [y for _, y, _ in points], "o-" if name == "change" else "o",
-                    label=policy)
-            for x, y, eps in points:
-                ax.annotate(f"τ={eps:g}", (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
-        ax.set_xlabel(x_label)
-        ax.set_ylabel("attack success rate (clean-correct samples)")
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        folder.mkdir(parents=True, exist_ok=True)
-        fig.tight_layout()
-        fig.savefig(folder / f"attack_success_vs_{name}.png", dpi=120)
-        plt.close(fig)
-        paths.append(folder / f"attack_success_vs_{name}.png")
-    return paths
+
+    def draw(x_of: Callable[[dict], float], style: str) -> Callable[[Any], None]:
+        def on(ax: Any) -> None:
+            for policy in policies:
+                points = [(x_of(rows[policy]), rows[policy]["success_rate"], eps)
+                          for eps, rows in sorted(runs.items()) if policy in rows]
+                ax.plot([x for x, _, _ in points], [y for _, y, _ in points], style, label=policy)
+                for x, y, eps in points:
+                    ax.annotate(f"τ={eps:g}", (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        return on
+
+    success = "attack success rate (clean-correct samples)"
+    return [save_plot(folder / "attack_success_vs_change.png", draw(lambda r: 1 - r["ssim_mean"], "o-"),
+                            "image change: 1 − mean SSIM", success, title),
+            save_plot(folder / "attack_success_vs_time.png", draw(lambda r: r["seconds_per_step"], "o"),
+                            "seconds per optimisation step", success, title)]
 
 
 def saved_runs(path: Path | None, settings: dict) -> dict[float, dict[str, dict]]:

@@ -5,8 +5,9 @@ and the fidelity/cost frontier (cosine to the exact gradient against seconds per
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from benchmarks.common import Records, fmt_or_dash, markdown_table, ratio, record_value, verdict
+from benchmarks.common import Records, fmt_or_dash, markdown_table, ratio, record_value, save_plot, verdict
 from lit_sdo.sampling import GradientPolicy, as_policy
 
 # Paper Table 3 (A100, one gradient w.r.t. x_N, 50 DDIM steps): (seconds, GB) per method.
@@ -157,28 +158,16 @@ def tail_frontier_lines(records: Records, threshold: float = 0.9) -> list[str]:
 
 def plot_frontier(records: Records, path: Path, title: str) -> Path:
     """PNG: cosine to the exact gradient against seconds per gradient, one point per policy, one colour per N."""
-    import matplotlib
+    def draw(ax: Any) -> None:
+        for n in sorted({rec["steps"] for rec in records}):
+            points = [(rec["seconds"], rec["grad_cosine"], rec["policy"]) for rec in records
+                      if rec["steps"] == n and rec.get("grad_cosine") is not None and rec["seconds"] is not None]
+            if not points:
+                continue
+            ax.scatter([p[0] for p in points], [p[1] for p in points], label=f"N = {n}")
+            for seconds, cos, label in points:
+                ax.annotate(label, (seconds, cos), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xscale("log")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for n in sorted({rec["steps"] for rec in records}):
-        points = [(rec["seconds"], rec["grad_cosine"], rec["policy"]) for rec in records
-                  if rec["steps"] == n and rec.get("grad_cosine") is not None and rec["seconds"] is not None]
-        if not points:
-            continue
-        ax.scatter([p[0] for p in points], [p[1] for p in points], label=f"N = {n}")
-        for seconds, cos, label in points:
-            ax.annotate(label, (seconds, cos), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("seconds per gradient (log)")
-    ax.set_ylabel("cosine to the exact gradient w.r.t. x_T")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_plot(path, draw, "seconds per gradient (log)", "cosine to the exact gradient w.r.t. x_T", title,
+                     (7, 4.5))

@@ -21,10 +21,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import input_gradient, markdown_table, measure, sample_images  # noqa: E402
+from benchmarks.common import input_gradient, markdown_table, measure, sample_images, save_plot  # noqa: E402
 from lit_sdo.datamodules import DigitsDataModule  # noqa: E402
 from lit_sdo.images import to_unit_range  # noqa: E402
-from lit_sdo.io import atomic_path, write_json, write_markdown_section  # noqa: E402
+from lit_sdo.io import write_json, write_markdown_section  # noqa: E402
 from lit_sdo.metrics import feature_fid  # noqa: E402
 from lit_sdo.models import load_classifier, load_diffusion  # noqa: E402
 from lit_sdo.models.sampler import Sampler, SamplerSpec  # noqa: E402
@@ -97,31 +97,20 @@ def write_section(path: Path, section: str) -> None:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-    import matplotlib.ticker
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [r["steps"] for r in results["fid"]]
-    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-    ax.plot(steps, [r["shortcut_fid"] for r in results["fid"]], "o-", label="shortcut model")
-    ax.plot(steps, [r["flow_fid"] for r in results["fid"]], "s--", label="flow matching (Euler)")
-    ax.axhline(results["fid_floor"], color="grey", lw=0.8, ls=":", label="floor: train vs test")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_yticks([0.5, 1, 2, 4, 8], ["0.5", "1", "2", "4", "8"])
-    ax.set_xticks(steps, [str(s) for s in steps])
-    ax.set_xlabel("sampling steps")
-    ax.set_ylabel("digits-FID (lower is better)")
-    ax.set_title("Shortcut vs flow matching, 16×16 digits")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+
+    def draw(ax: Any) -> None:
+        ax.plot(steps, [r["shortcut_fid"] for r in results["fid"]], "o-", label="shortcut model")
+        ax.plot(steps, [r["flow_fid"] for r in results["fid"]], "s--", label="flow matching (Euler)")
+        ax.axhline(results["fid_floor"], color="grey", lw=0.8, ls=":", label="floor: train vs test")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_yticks([0.5, 1, 2, 4, 8], ["0.5", "1", "2", "4", "8"], minor=False)
+        ax.set_yticks([], minor=True)
+        ax.set_xticks(steps, [str(s) for s in steps])
+
+    save_plot(path, draw, "sampling steps", "digits-FID (lower is better)",
+              "Shortcut vs flow matching, 16×16 digits", (5, 3.4))
 
 
 def main(argv: list[str] | None = None) -> None:

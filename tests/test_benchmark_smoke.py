@@ -73,22 +73,6 @@ def test_shortcut_fid(tmp_path: Path) -> None:
     assert shortcut_fid.SECTION in Path(paths["results.md"]).read_text()
 
 
-def test_compare_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import torch
-
-    from benchmarks import compare_runs
-    from lit_sdo.io import write_json, write_tensors
-
-    for name, value in (("old", 1.0), ("new", 1.5)):
-        write_tensors(tmp_path / name / "delta.safetensors", {"delta": torch.full((2,), value)})
-        write_json(tmp_path / name / "results.json", {"samples": [{"loss": value, "seconds": value}],
-                                                      "aggregate": {"success_rate": 0.5}})
-    compare_runs.main([str(tmp_path / "old"), str(tmp_path / "new")])
-    printed = json.loads(capsys.readouterr().out)
-    assert printed["tensors_max_abs_diff"] == 0.5 and printed["records_max_abs_diff"] == {"samples": 0.5,
-                                                                                          "aggregate": 0.0}
-
-
 FAKE_GUIDED_DIFFUSION = '''
 """guided-diffusion's two network classes, as lit_sdo's under the official argument names (a stand-in clone)."""
 from lit_sdo.models.adm import ADMClassifier, ADMUNet
