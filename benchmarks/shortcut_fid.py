@@ -100,13 +100,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
     steps = [r["steps"] for r in results["fid"]]
 
     def draw(ax: Any) -> None:
+        from matplotlib.ticker import NullFormatter
+
         ax.plot(steps, [r["shortcut_fid"] for r in results["fid"]], "o-", label="shortcut model")
         ax.plot(steps, [r["flow_fid"] for r in results["fid"]], "s--", label="flow matching (Euler)")
         ax.axhline(results["fid_floor"], color="grey", lw=0.8, ls=":", label="floor: train vs test")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        ax.set_yticks([0.5, 1, 2, 4, 8], ["0.5", "1", "2", "4", "8"], minor=False)
-        ax.set_yticks([], minor=True)
+        ax.set_yticks([0.5, 1, 2, 4, 8], ["0.5", "1", "2", "4", "8"])
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks(steps, [str(s) for s in steps])
 
     save_plot(path, draw, "sampling steps", "digits-FID (lower is better)",

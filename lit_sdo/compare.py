@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lit_sdo.io import read_tensors, write_json
+from lit_sdo.io import read_tensors, writable_folder, write_json
 
 TIMING_KEYS = {"seconds", "cpu_seconds", "peak_bytes", "seconds_per_step", "peak_mib_per_step"}
 
@@ -76,6 +76,8 @@ def compare_runs(old: str | Path, new: str | Path, rename: dict[str, str] | None
     for folder in (old, new):
         if not Path(folder).is_dir():
             raise FileNotFoundError(f"{folder} is not a folder; pass two runs' output folders")
+    if out is not None:  # an unwritable --out fails now, not after the comparison
+        writable_folder(Path(out).parent)
     a, b = run_tensors(Path(old)), run_tensors(Path(new))
     tensor_delta = {k: float((a[k] - b[k]).abs().max()) if a[k].shape == b[k].shape else math.inf
                     for k in a if k in b}
