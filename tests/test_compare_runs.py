@@ -44,7 +44,7 @@ def test_renamed_keys_are_compared_and_unmatched_keys_listed(tmp_path: Path,
     assert json.loads(capsys.readouterr().out)["records_max_abs_diff"]["samples"] == 1.0
 
 
-def test_a_different_number_of_samples_is_an_infinite_difference(tmp_path: Path) -> None:
+def test_a_different_number_of_samples_is_an_infinite_difference() -> None:
     from lit_sdo.compare import largest_difference
 
     assert largest_difference([1.0, 2.0], [1.0], set()) == math.inf
