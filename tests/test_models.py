@@ -187,6 +187,22 @@ def test_embedded_style_classifier_applies_its_conventions(tmp_path: Path) -> No
     assert features.shape == (3, 8)
 
 
+def test_a_regularised_convnext_reloads_as_the_same_deterministic_network(tmp_path: Path) -> None:
+    """Dropout and stochastic depth are training-time only: the reloaded classifier must apply neither (two calls
+    agree) and compute what the exported network computes in eval mode (same ops and order: bit-for-bit)."""
+    torch.manual_seed(0)
+    kwargs = {"in_chans": 3, "depths": [1, 1, 1, 1], "dims": [4, 8, 8, 8], "drop_rate": 0.5, "drop_path_rate": 0.5}
+    network = build_network("convnext", num_classes=3, **kwargs)
+    assert not torch.equal(*(network(torch.ones(1, 3, 8, 8)) for _ in range(2)))  # training mode: random
+    export_classifier(network, tmp_path / "convnext", "convnext", kwargs, num_classes=3, input_size=8, channels=3)
+    classifier = load_classifier(str(tmp_path / "convnext"))
+    images = torch.rand(4, 3, 8, 8)
+    with torch.no_grad():
+        first = classifier(images)
+        assert torch.equal(first, classifier(images))
+        assert torch.equal(first, network.eval()((images - 0.5) / 0.5))
+
+
 def test_timm_folder_loads_with_its_pretrained_cfg(tmp_path: Path) -> None:
     torch.manual_seed(0)
     network = timm.create_model("test_resnet", pretrained=False, num_classes=7).eval()
