@@ -187,13 +187,20 @@ def test_embedded_style_classifier_applies_its_conventions(tmp_path: Path) -> No
     assert features.shape == (3, 8)
 
 
-def test_a_regularised_convnext_reloads_as_the_same_deterministic_network(tmp_path: Path) -> None:
+@pytest.mark.parametrize("norm_layer", [None, "batchnorm2d"])
+def test_a_regularised_convnext_reloads_as_the_same_deterministic_network(tmp_path: Path,
+                                                                          norm_layer: str | None) -> None:
     """Dropout and stochastic depth are training-time only: the reloaded classifier must apply neither (two calls
-    agree) and compute what the exported network computes in eval mode (same ops and order: bit-for-bit)."""
+    agree) and compute what the exported network computes in eval mode (same ops and order: bit-for-bit). With
+    BatchNorm the training-mode calls move the running statistics, which the export must carry."""
     torch.manual_seed(0)
-    kwargs = {"in_chans": 3, "depths": [1, 1, 1, 1], "dims": [4, 8, 8, 8], "drop_rate": 0.5, "drop_path_rate": 0.5}
+    kwargs = {"in_chans": 3, "depths": [1, 1, 1, 1], "dims": [4, 8, 8, 8], "drop_rate": 0.5, "drop_path_rate": 0.5,
+              "norm_layer": norm_layer}
     network = build_network("convnext", num_classes=3, **kwargs)
-    assert not torch.equal(*(network(torch.ones(1, 3, 8, 8)) for _ in range(2)))  # training mode: random
+    batchnorms = [m for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bool(batchnorms) == (norm_layer is not None)
+    assert not torch.equal(*(network(torch.rand(2, 3, 8, 8) * 2 - 1) for _ in range(2)))  # training mode: random
+    assert all(bn.num_batches_tracked.item() == 2 for bn in batchnorms)
     export_classifier(network, tmp_path / "convnext", "convnext", kwargs, num_classes=3, input_size=8, channels=3)
     classifier = load_classifier(str(tmp_path / "convnext"))
     images = torch.rand(4, 3, 8, 8)

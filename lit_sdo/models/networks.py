@@ -30,14 +30,17 @@ def build_resnet(in_chans: int = 1, num_classes: int = 10, layers: tuple[int, ..
 
 def build_convnext(in_chans: int = 1, num_classes: int = 10, depths: tuple[int, ...] = (1, 1, 2, 1),
                    dims: tuple[int, ...] = (16, 32, 64, 128), patch_size: int = 1, drop_rate: float = 0.0,
-                   drop_path_rate: float = 0.0) -> ConvNeXt:
+                   drop_path_rate: float = 0.0, norm_layer: str | None = None) -> ConvNeXt:
     """timm ConvNeXt (4 stages, as timm requires) with a 1×1 stem: 16×16 -> 16, 8, 4, 2 (timm downsamples
     in stage 0 too when the stem strides, which would leave 1×1 < the 2×2 downsampling kernel);
     5×5 depthwise kernels (7×7 outgrows the late maps). ``drop_rate`` (before the head) and ``drop_path_rate``
-    (stochastic depth) regularise a network that would otherwise memorise the training crops."""
+    (stochastic depth) regularise a network that would otherwise memorise the training crops.
+    ``norm_layer`` None keeps ConvNeXt's LayerNorm; a timm norm name (``"batchnorm2d"``, the normalisation the
+    ConvNeXt paper's modernisation starts from) switches every block to channels-first (``conv_mlp``), as timm
+    requires for any other norm."""
     return ConvNeXt(in_chans=in_chans, num_classes=num_classes, depths=tuple(depths), dims=tuple(dims),
                     patch_size=patch_size, kernel_sizes=5, drop_rate=drop_rate,
-                    drop_path_rate=drop_path_rate)
+                    drop_path_rate=drop_path_rate, norm_layer=norm_layer, conv_mlp=norm_layer is not None)
 
 
 def build_network(architecture: str, **kwargs: Any) -> nn.Module:
