@@ -210,6 +210,11 @@ def test_a_regularised_convnext_reloads_as_the_same_deterministic_network(tmp_pa
         assert torch.equal(first, network.eval()((images - 0.5) / 0.5))
 
 
+def test_an_unknown_convnext_norm_layer_is_a_one_line_error() -> None:
+    with pytest.raises(ValueError, match="norm_layer='batchnorm3'"):
+        build_network("convnext", num_classes=3, in_chans=3, norm_layer="batchnorm3")
+
+
 def test_timm_folder_loads_with_its_pretrained_cfg(tmp_path: Path) -> None:
     torch.manual_seed(0)
     network = timm.create_model("test_resnet", pretrained=False, num_classes=7).eval()

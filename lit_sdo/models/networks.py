@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from timm.layers import get_norm_layer
 from timm.models.convnext import ConvNeXt
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
@@ -38,6 +39,12 @@ def build_convnext(in_chans: int = 1, num_classes: int = 10, depths: tuple[int, 
     ``norm_layer`` None keeps ConvNeXt's LayerNorm; a timm norm name (``"batchnorm2d"``, the normalisation the
     ConvNeXt paper's modernisation starts from) switches every block to channels-first (``conv_mlp``), as timm
     requires for any other norm."""
+    if norm_layer is not None:
+        try:
+            get_norm_layer(norm_layer)
+        except KeyError:
+            raise ValueError(f"norm_layer={norm_layer!r} is not a timm norm layer name (e.g. 'batchnorm2d', "
+                             "'groupnorm'); leave it unset for ConvNeXt's LayerNorm") from None
     return ConvNeXt(in_chans=in_chans, num_classes=num_classes, depths=tuple(depths), dims=tuple(dims),
                     patch_size=patch_size, kernel_sizes=5, drop_rate=drop_rate,
                     drop_path_rate=drop_path_rate, norm_layer=norm_layer, conv_mlp=norm_layer is not None)
