@@ -24,33 +24,30 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable as `python benchmarks/evaluate_zoo.py` without installing
 
-from benchmarks.common import sample_images  # noqa: E402
+from benchmarks.common import machine, sample_images  # noqa: E402
 from lit_sdo.datamodules import DigitsDataModule, PhotoCropsDataModule  # noqa: E402
 from lit_sdo.images import to_unit_range  # noqa: E402
 from lit_sdo.io import write_json  # noqa: E402
 from lit_sdo.metrics import accuracy, batched_outputs, feature_fid, per_class_accuracy  # noqa: E402
 from lit_sdo.models import EMBEDDED_ROOT, load_classifier  # noqa: E402
-from lit_sdo.models.manifest import write_manifest  # noqa: E402
+from lit_sdo.models.manifest import read_manifest, write_manifest  # noqa: E402
 from lit_sdo.models.sampler import Sampler, SamplerSpec  # noqa: E402
 
 
 @dataclass(frozen=True)
 class Zoo:
-    """A family of shipped models: its defaults and the machine it was trained on."""
+    """A family of shipped models and the defaults of its evaluation."""
 
     diffusion: str
     classifiers: tuple[str, ...]
     num_samples: int
     steps: int
     out: str
-    machine: str
 
 
 ZOOS = {
-    "digits": Zoo("embedded:digits-ddpm", ("digits-resnet", "digits-convnext"), 2000, 50, "runs/zoo_eval.json",
-                  "2 shared CPU cores (other jobs running), no GPU"),
-    "photos": Zoo("embedded:photos-ddpm", ("photos-resnet", "photos-convnext"), 500, 30, "runs/photos_eval.json",
-                  "2 shared CPU cores (load average 10-16 from other jobs), no GPU"),
+    "digits": Zoo("embedded:digits-ddpm", ("digits-resnet", "digits-convnext"), 2000, 50, "runs/zoo_eval.json"),
+    "photos": Zoo("embedded:photos-ddpm", ("photos-resnet", "photos-convnext"), 500, 30, "runs/photos_eval.json"),
 }
 
 
@@ -109,10 +106,26 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def training_record(folder: Path, config_path: str, wall_clock: float | None, note: str | None) -> dict[str, Any]:
+    """How the model in ``folder`` was trained: the facts its manifest already records (command, machine, wall
+    clock, notes, and any field written beside them), since the machine evaluating it now need not be the one that
+    trained it; a folder without a manifest gets the plain command with this process's thread count. A measured
+    ``wall_clock`` or ``note`` replaces the recorded one."""
+    record = {k: v for k, v in (read_manifest(folder) or {}).items() if k != "sha256"}
+    record.setdefault("training_command",
+                      f"OMP_NUM_THREADS={torch.get_num_threads()} .venv/bin/python cli.py fit --config {config_path}")
+    record.setdefault("training_machine", "not recorded")
+    if wall_clock is not None:
+        record["training_wall_clock_s"] = wall_clock
+    if note is not None:
+        record["training_notes"] = note
+    return record
+
+
 def write_manifests(args: argparse.Namespace, results: dict[str, Any], wall_clock: dict[str, float],
                     notes: dict[str, str], command: str) -> None:
-    """One MANIFEST.json per model folder under ``--manifest-root``: sha256 of its files, training command,
-    seed, data, time, metrics."""
+    """Refresh one MANIFEST.json per model folder under ``--manifest-root``: the sha256 of its files and the
+    metrics just measured, with the machine they were measured on, beside the training facts it records."""
     import yaml
 
     zoo = ZOOS[args.zoo]
@@ -129,16 +142,13 @@ def write_manifests(args: argparse.Namespace, results: dict[str, Any], wall_cloc
         else:
             metrics = {k: v for k, v in results["classifiers"][name].items() if "samples" not in k}
         write_manifest(folder, {
+            **training_record(folder, config_path, wall_clock.get(name), notes.get(name)),
             "name": f"embedded:{name}",
-            # One thread per run: on 2 cores shared with other jobs, torch's 2 threads each oversubscribe.
-            "training_command": f"OMP_NUM_THREADS=1 .venv/bin/python cli.py fit --config {config_path}",
-            "training_notes": notes.get(name),
             "seed": config["seed_everything"],
             "data": data_description(args.zoo, config),
-            "training_wall_clock_s": wall_clock.get(name),
-            "training_machine": zoo.machine,
             "metrics": metrics,
             "metrics_command": command,
+            "metrics_machine": machine(),
         })
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,13 +54,28 @@ def test_attack_gradient_alignment(capsys: pytest.CaptureFixture[str]) -> None:
     assert tables["1"].split("\n", 1)[1] != tables["3"].split("\n", 1)[1]
 
 
-def test_evaluate_zoo(tmp_path: Path) -> None:
+def test_evaluate_zoo_refreshes_metrics_and_keeps_the_training_facts(tmp_path: Path) -> None:
+    """A manifest rewritten by an evaluation keeps how the model was trained (the evaluating machine need not be
+    the training one) and any field written beside it; its metrics and digests are the new ones."""
     from benchmarks import evaluate_zoo
+    from lit_sdo.models import EMBEDDED_ROOT
+    from lit_sdo.models.manifest import check_manifest, read_manifest
 
+    folder = tmp_path / "models" / "digits-resnet"
+    shutil.copytree(EMBEDDED_ROOT / "digits-resnet", folder)
+    shipped = read_manifest(folder)
+    (folder / "MANIFEST.json").write_text(json.dumps({**shipped, "training_machine": "the training box",
+                                                      "metrics": {"test_accuracy": -1.0}, "kept_field": 7}))
     evaluate_zoo.main(["--num-samples", "20", "--steps", "2", "--classifiers", "digits-resnet",
-                       "--out", str(tmp_path / "zoo.json")])
+                       "--out", str(tmp_path / "zoo.json"), "--manifest", "--manifest-root", str(tmp_path / "models")])
     results = json.loads((tmp_path / "zoo.json").read_text())
     assert results["sampler"] == "ddim-2" and results["digits_fid_samples_vs_test"] > 0
+    manifest = read_manifest(folder)
+    assert manifest["training_machine"] == "the training box" and manifest["kept_field"] == 7
+    assert manifest["training_command"] == shipped["training_command"]
+    assert manifest["metrics"]["test_accuracy"] == results["classifiers"]["digits-resnet"]["test_accuracy"] > 0.5
+    assert manifest["metrics_machine"].startswith(evaluate_zoo.machine().split(";")[0])
+    check_manifest(folder)  # digests of the copied files
 
 
 def test_shortcut_fid(tmp_path: Path) -> None:
