@@ -289,7 +289,9 @@ class LatentResultsWriter(L.Callback):
 
 def gather_records(trainer: L.Trainer, module: L.LightningModule) -> SampleRecords:
     """All ranks' records as full (N, ...) tensors in sample order (rows evaluated twice are averaged), each of
-    its own kind again: integers and flags rounded back, numbers in float32."""
+    its own kind again: integers and flags rounded back, numbers in float32. They come back on the host, whatever
+    the module's device: every reader after this (the report's NumPy metrics, results.json, the grid) is
+    host-side, and the reduction across ranks is the last step that needs the device."""
     n = module.delta.shape[0]
     local = SampleRecords.concat(module.records)
     module.records = []
@@ -303,9 +305,9 @@ def gather_records(trainer: L.Trainer, module: L.LightningModule) -> SampleRecor
         buffer.index_add_(0, rows, value.float().to(device))
         total = trainer.strategy.reduce(buffer, reduce_op="sum")
         mean = total / count.clamp(min=1).view(-1, *([1] * (value.dim() - 1)))
-        return mean if value.is_floating_point() else mean.round().to(value.dtype)
+        return (mean if value.is_floating_point() else mean.round().to(value.dtype)).cpu()
 
-    return local.apply(full, index=torch.arange(n, device=device))
+    return local.apply(full, index=torch.arange(n))
 
 
 def generic_report(records: SampleRecords, datamodule: Any) -> Report:
