@@ -51,7 +51,7 @@ class ProbabilityFlow:
 
     def timestep(self, sigma: Tensor) -> Tensor:
         """Model timestep at level σ: the scheduler's own at its levels, interpolated in log σ in between."""
-        hit = (self.sigmas[:-1].to(sigma.dtype) == sigma).nonzero()
+        hit = (self.sigmas[:-1].to(sigma.device, sigma.dtype) == sigma).nonzero()
         if len(hit):
             return self.timesteps[int(hit[0])]
         if self.kind == "flow":
