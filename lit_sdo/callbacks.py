@@ -109,8 +109,10 @@ class StepCost(L.Callback):
     """What each optimiser step costs, for any module: the wall-clock and process CPU time of its training
     batches (evaluation, grids and checkpoints excluded) and the memory autograd keeps for backward.
 
-    Memory is the peak CUDA memory on a GPU; on CPU (no allocator statistics) it is the peak of what
-    autograd holds for backward while a batch runs, its backward included (:class:`SavedTensorMeter`,
+    Memory is, on a GPU, the peak CUDA memory a batch allocates above what was allocated when it started (the
+    weights, δ and whatever earlier steps left excluded; the device is synchronised at the batch's edges, so its
+    time includes its kernels); on CPU (no allocator statistics) it is the peak of what autograd holds for
+    backward while a batch runs, its backward included (:class:`SavedTensorMeter`,
     weights excluded: they cost no new memory): the part in which gradient policies differ. Counting through
     the backward matters for AdjointDPM and DOODL, whose forward saves nearly nothing and whose backward
     rebuilds one step's graph at a time. ``rows`` has one entry per optimiser step:
@@ -140,6 +142,8 @@ class StepCost(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)  # the batch's queued kernels belong to its time
         self._clock[0] += time.perf_counter() - self._started[0]
         self._clock[1] += time.process_time() - self._started[1]
         self._stop_memory()
@@ -165,8 +169,10 @@ class StepCost(L.Callback):
     def _start_memory(self, module: L.LightningModule) -> None:
         device = module.device
         if device.type == "cuda":
+            torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-            self._read = lambda: torch.cuda.max_memory_allocated(device)
+            held_before = torch.cuda.memory_allocated(device)
+            self._read = lambda: torch.cuda.max_memory_allocated(device) - held_before
             return
         meter = SavedTensorMeter.excluding_weights_of(module)
         self._hooks = meter.hooks()

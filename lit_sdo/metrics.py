@@ -39,12 +39,16 @@ def batched_outputs(fn: nn.Module, images: Tensor, batch_size: int = 500) -> Ten
     return torch.cat([fn(images[i:i + batch_size]).cpu() for i in range(0, len(images), batch_size)])
 
 
+def host_float64(values: np.ndarray | Tensor) -> np.ndarray:
+    """A float64 NumPy copy of ``values``, from whichever device a tensor is on."""
+    return values.detach().cpu().double().numpy() if isinstance(values, Tensor) else np.asarray(values, np.float64)
+
+
 def frechet_distance(features_a: np.ndarray | Tensor, features_b: np.ndarray | Tensor) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets (N, F) and (M, F) (clean-fid)."""
     from cleanfid.fid import fid_from_feats
 
-    a = features_a.double().numpy() if isinstance(features_a, Tensor) else np.asarray(features_a, np.float64)
-    b = features_b.double().numpy() if isinstance(features_b, Tensor) else np.asarray(features_b, np.float64)
+    a, b = host_float64(features_a), host_float64(features_b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f"feature arrays {a.shape} and {b.shape} must be (N, F) and (M, F) with N, M >= 2")
     return float(fid_from_feats(a, b))

@@ -64,6 +64,21 @@ def test_diffusion_loss_regresses_the_ddpm_target(prediction_type: str) -> None:
     torch.testing.assert_close(loss, target.pow(2).mean())  # the recorder predicts 0
 
 
+def test_validation_draws_the_same_noise_every_time_and_leaves_the_training_stream_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    module = DiffusionTrainingModule(TINY_UNET)
+    module.ema = Recorder()
+    monkeypatch.setattr(module, "log", lambda *args, **kwargs: None)  # no trainer to log to
+    batch = (torch.rand(4, 1, 16, 16) * 2 - 1, torch.arange(4))
+    torch.manual_seed(7)
+    expected_next = torch.rand(3)
+    torch.manual_seed(7)
+    module.validation_step(batch, 2)
+    module.validation_step(batch, 2)
+    assert torch.equal(torch.rand(3), expected_next)  # training's stream is where it was
+    assert torch.equal(module.ema.calls[0][0], module.ema.calls[1][0])  # the same x_t both times
+
+
 def test_num_class_embeds_must_leave_a_null_label() -> None:
     with pytest.raises(ValueError, match="num_classes \\+ 1"):
         DiffusionTrainingModule(TINY_UNET | {"num_class_embeds": 10})

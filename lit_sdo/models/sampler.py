@@ -230,7 +230,7 @@ class Sampler(nn.Module):
 
         Each prompt is embedded once per sampler (cached), in one call for the prompts it has not seen."""
         if self.model.encode_prompt is None:
-            return labels if self.model.num_classes is not None else None
+            return None if labels is None or self.model.num_classes is None else labels.to(self.device)
         if prompts is None:
             if labels is None:
                 raise ValueError(f"generator {self.model.name} is text-conditioned: pass prompts (or labels to "

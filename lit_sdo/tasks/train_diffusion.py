@@ -93,10 +93,11 @@ class DiffusionTrainingModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         images, labels = batch
-        generator_state = torch.get_rng_state()
-        torch.manual_seed(batch_idx)  # the same noise every epoch: comparable validation losses
-        loss = self.diffusion_loss(self.ema, images, labels)
-        torch.set_rng_state(generator_state)
+        # The same noise every epoch (comparable validation losses), and training's random streams untouched:
+        # manual_seed reseeds the CUDA generators too, so they are forked with the CPU one.
+        with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+            torch.manual_seed(batch_idx)
+            loss = self.diffusion_loss(self.ema, images, labels)
         self.log("val/loss_ema", loss, prog_bar=True, batch_size=images.shape[0])
 
     def configure_optimizers(self) -> Any:
